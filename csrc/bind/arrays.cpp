@@ -1,0 +1,40 @@
+#include "bind/arrays.h"
+
+namespace ggtune::bind {
+
+std::string shape_str(const py::array& a) {
+  std::string s = "(";
+  for (py::ssize_t i = 0; i < a.ndim(); ++i) {
+    if (i) s += ", ";
+    s += std::to_string(a.shape(i));
+  }
+  return s + (a.ndim() == 1 ? ",)" : ")");
+}
+
+void fail(const char* name, const std::string& what) {
+  throw py::value_error(std::string(name) + ": " + what);
+}
+
+void check_array(const py::array& a, const char* name, const py::dtype& dtype,
+                 std::initializer_list<int64_t> dims, bool writable) {
+  if (!a.dtype().is(dtype))
+    fail(name, "expected dtype " + std::string(py::str(dtype)) + ", got " +
+                   std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    fail(name, "expected a C-contiguous array (use numpy.ascontiguousarray)");
+  if (writable && !a.writeable()) fail(name, "expected a writable array");
+  if (a.ndim() != static_cast<py::ssize_t>(dims.size()))
+    fail(name, "expected " + std::to_string(dims.size()) + " dimensions, got shape " + shape_str(a));
+  int axis = 0;
+  for (int64_t want : dims) {
+    if (want != kAny && a.shape(axis) != want) {
+      std::string expected = "(";
+      int i = 0;
+      for (int64_t d : dims) expected += (i++ ? ", " : "") + (d == kAny ? std::string("*") : std::to_string(d));
+      fail(name, "expected shape " + expected + (dims.size() == 1 ? ",)" : ")") + ", got " + shape_str(a));
+    }
+    ++axis;
+  }
+}
+
+}  // namespace ggtune::bind

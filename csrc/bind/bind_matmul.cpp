@@ -1,0 +1,5 @@
+#include <pybind11/pybind11.h>
+
+namespace ggtune::bind {
+void bind_matmul(pybind11::module_& m) {}
+}  // namespace ggtune::bind

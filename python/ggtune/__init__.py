@@ -1,0 +1,7 @@
+"""ggtune: fast CPU LoRA finetuning of LLaMA-family GGUF models."""
+
+from . import _core
+
+__version__ = "0.1.0"
+
+__all__ = ["_core", "__version__"]

@@ -1,0 +1,25 @@
+import pytest
+
+from ggtune import _core
+
+
+@pytest.fixture(scope="session")
+def smollm2_path():
+    """The real SmolLM2-135M-Instruct Q4_1 GGUF, fetched once into the user cache."""
+    from ggtune.fetch import smollm2_path as fetch
+
+    return str(fetch())
+
+
+def available_isas():
+    """Every tier this machine can run, scalar first."""
+    order = ["scalar", "avx2", "avx512"]
+    return order[: order.index(_core.detected_isa()) + 1]
+
+
+@pytest.fixture(params=available_isas())
+def isa(request):
+    """Runs a test once per SIMD tier the machine has, then restores the best tier."""
+    _core.set_isa(request.param)
+    yield request.param
+    _core.set_isa(_core.detected_isa())
