@@ -1,0 +1,285 @@
+"""The LoRA training graph: forward and backward of a LLaMA model, gradients into LoRA only.
+
+Shape legend: B batch rows, S sequence (ctx), T = B*S tokens, C n_embd, F n_ff,
+Hq / Hkv query / key-value heads, D head dim, V vocab, r LoRA rank.
+
+Every adapted matrix computes  Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ  with s = alpha/r: the frozen W stays in
+its GGUF type and the dense W + s·B·A is never built. Gradients flow to A and B only.
+
+Memory: with gradient checkpointing only each layer's input x [T, C] is kept through the
+forward; the backward recomputes one layer at a time. The loss head runs over row chunks so
+the [T, V] logits never sit in memory at once; forward and backward of the head are fused
+(the chunk's logits become its gradient in place).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import _core
+from .lora import LoraPair, LoraSet, tensor_name
+
+
+def _empty(*shape: int) -> np.ndarray:
+    return np.empty(shape, np.float32)
+
+
+@dataclass
+class Grads:
+    """Gradient accumulators with the shapes of the LoRA pairs (zeroed with reset())."""
+
+    pairs: dict[str, LoraPair]
+
+    @classmethod
+    def like(cls, lora: LoraSet) -> "Grads":
+        return cls({n: LoraPair(np.zeros_like(p.a), np.zeros_like(p.b)) for n, p in lora.pairs.items()})
+
+    def reset(self) -> None:
+        for g in self.pairs.values():
+            g.a.fill(0.0)
+            g.b.fill(0.0)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, g in self.pairs.items():
+            out[name + ".lora_a"] = g.a
+            out[name + ".lora_b"] = g.b
+        return out
+
+
+class Graph:
+    """Forward / backward over one batch for a loaded model and a LoRA set."""
+
+    def __init__(self, model, lora: LoraSet, *, precision: str = "auto", head_chunk: int = 256):
+        self.model = model
+        self.hp = model.hparams
+        self.lora = lora
+        self.precision = precision
+        self.head_chunk = head_chunk
+        hp = self.hp
+        self.head_dim = hp.n_embd // hp.n_head
+        self.kv_dim = self.head_dim * hp.n_head_kv
+        self.attn_scale = 1.0 / float(np.sqrt(self.head_dim))
+
+    # ----------------------------------------------------------------- linear with LoRA
+    def linear_forward(self, x, weight, name, out=None):
+        """x [T, n_in] -> (y [T, n_out], z [T, r] or None); z = x·Aᵀ is kept for the backward."""
+        y = out if out is not None else _empty(x.shape[0], weight.n_out)
+        _core.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
+        pair = self.lora.get(name)
+        if pair is None:
+            return y, None
+        z = _empty(x.shape[0], pair.rank)
+        _core.gemm(x, pair.a, z, trans_b=True)
+        _core.gemm(z, pair.b, y, trans_b=True, alpha=self.lora.scale(name), beta=1.0)
+        return y, z
+
+    def linear_backward(self, dy, x, z, weight, name, grads: Grads, dx, accumulate: bool):
+        """dx (= or +=) dy·W + s·(dy·B)·A; dA += s·(dy·B)ᵀ·x; dB += s·dyᵀ·z."""
+        _core.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate,
+                              precision=self.precision)
+        pair = self.lora.get(name)
+        if pair is None:
+            return
+        s = self.lora.scale(name)
+        g = grads.pairs[name]
+        dz = _empty(dy.shape[0], pair.rank)
+        _core.gemm(dy, pair.b, dz, alpha=s)                       # dz = s·dy·B   [T, r]
+        _core.gemm(dy, z, g.b, trans_a=True, alpha=s, beta=1.0)   # dB += s·dyᵀ·z [n_out, r]
+        _core.gemm(dz, x, g.a, trans_a=True, beta=1.0)            # dA += dzᵀ·x   [r, n_in]
+        _core.gemm(dz, pair.a, dx, beta=1.0)                      # dx += dz·A    [T, n_in]
+
+    # ----------------------------------------------------------------- norms with LoRA
+    def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:
+        """w + s·(B·A)[0]: a norm adapter adapts the (C,) weight viewed as a (1, C) matrix."""
+        pair = self.lora.get(name)
+        if pair is None:
+            return weight
+        return (weight + self.lora.scale(name) * (pair.b @ pair.a)[0]).astype(np.float32)
+
+    def norm_weight_backward(self, dweight: np.ndarray, name: str, grads: Grads) -> None:
+        pair = self.lora.get(name)
+        if pair is None:
+            return
+        s = self.lora.scale(name)
+        g = grads.pairs[name]
+        g.a += s * np.outer(pair.b[0], dweight)
+        g.b += s * (pair.a @ dweight)[None, :]
+
+    def rms_norm(self, x, weight):
+        out, rstd = _empty(*x.shape), _empty(x.shape[0])
+        _core.rms_norm_forward(x, weight, self.hp.rms_eps, out, rstd)
+        return out, rstd
+
+    # ----------------------------------------------------------------- one transformer layer
+    def layer_forward(self, li: int, x: np.ndarray, batch: int, keep: bool):
+        """x [T, C] -> x_out [T, C]; with keep=True also returns what the backward needs."""
+        hp, layer = self.hp, self.model.layers[li]
+        T, S = x.shape[0], x.shape[0] // batch
+        Hq, Hkv, D = hp.n_head, hp.n_head_kv, self.head_dim
+        names = {k: tensor_name(k, li) for k in ("attn_norm", "attn_q", "attn_k", "attn_v",
+                                                 "attn_output", "ffn_norm", "ffn_gate", "ffn_down", "ffn_up")}
+        w_an = self.norm_weight(layer.attn_norm, names["attn_norm"])
+        h, rstd1 = self.rms_norm(x, w_an)
+        q, zq = self.linear_forward(h, layer.attn_q, names["attn_q"])
+        k, zk = self.linear_forward(h, layer.attn_k, names["attn_k"])
+        v, zv = self.linear_forward(h, layer.attn_v, names["attn_v"])
+        pos = self._positions(batch, S)
+        self._rope(q.reshape(T, Hq, D), pos, forward=True)
+        self._rope(k.reshape(T, Hkv, D), pos, forward=True)
+        att, lse = _empty(T, Hq * D), _empty(batch, Hq, S)
+        _core.attention_forward(q.reshape(batch, S, Hq, D), k.reshape(batch, S, Hkv, D),
+                                v.reshape(batch, S, Hkv, D), self.attn_scale,
+                                att.reshape(batch, S, Hq, D), lse)
+        o, zo = self.linear_forward(att, layer.attn_output, names["attn_output"])
+        x1 = _empty(T, hp.n_embd)
+        _core.add(x, o, x1)
+        w_fn = self.norm_weight(layer.ffn_norm, names["ffn_norm"])
+        h2, rstd2 = self.rms_norm(x1, w_fn)
+        gate, zg = self.linear_forward(h2, layer.ffn_gate, names["ffn_gate"])
+        up, zu = self.linear_forward(h2, layer.ffn_up, names["ffn_up"])
+        act = _empty(T, gate.shape[1])
+        _core.swiglu_forward(gate, up, act)
+        x2, zd = self.linear_forward(act, layer.ffn_down, names["ffn_down"])
+        _core.add(x1, x2, x2)
+        if not keep:
+            return x2, None
+        saved = dict(names=names, x=x, h=h, rstd1=rstd1, w_an=w_an, q=q, k=k, v=v, att=att, lse=lse,
+                     x1=x1, h2=h2, rstd2=rstd2, w_fn=w_fn, gate=gate, up=up, act=act, pos=pos,
+                     zq=zq, zk=zk, zv=zv, zo=zo, zg=zg, zu=zu, zd=zd, batch=batch)
+        return x2, saved
+
+    def layer_backward(self, li: int, s: dict, dx2: np.ndarray, grads: Grads) -> np.ndarray:
+        """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]."""
+        hp, layer, n = self.hp, self.model.layers[li], s["names"]
+        T, batch = dx2.shape[0], s["batch"]
+        S, Hq, Hkv, D = T // batch, hp.n_head, hp.n_head_kv, self.head_dim
+        # feed-forward block: x2 = x1 + down(swiglu(gate(h2), up(h2)))
+        dact = _empty(T, s["act"].shape[1])
+        self.linear_backward(dx2, s["act"], s["zd"], layer.ffn_down, n["ffn_down"], grads, dact, False)
+        dgate, dup = _empty(*dact.shape), _empty(*dact.shape)
+        _core.swiglu_backward(dact, s["gate"], s["up"], dgate, dup)
+        dh2 = _empty(T, hp.n_embd)
+        self.linear_backward(dgate, s["h2"], s["zg"], layer.ffn_gate, n["ffn_gate"], grads, dh2, False)
+        self.linear_backward(dup, s["h2"], s["zu"], layer.ffn_up, n["ffn_up"], grads, dh2, True)
+        dx1 = self._norm_backward(dh2, s["x1"], s["w_fn"], s["rstd2"], n["ffn_norm"], grads)
+        _core.add(dx1, dx2, dx1)
+        # attention block: x1 = x + wo(attention(rope(wq h), rope(wk h), wv h)), h = norm(x)
+        datt = _empty(T, Hq * D)
+        self.linear_backward(dx1, s["att"], s["zo"], layer.attn_output, n["attn_output"], grads, datt, False)
+        dq, dk, dv = _empty(T, Hq * D), _empty(T, Hkv * D), _empty(T, Hkv * D)
+        _core.attention_backward(datt.reshape(batch, S, Hq, D), s["q"].reshape(batch, S, Hq, D),
+                                 s["k"].reshape(batch, S, Hkv, D), s["v"].reshape(batch, S, Hkv, D),
+                                 s["att"].reshape(batch, S, Hq, D), s["lse"], self.attn_scale,
+                                 dq.reshape(batch, S, Hq, D), dk.reshape(batch, S, Hkv, D),
+                                 dv.reshape(batch, S, Hkv, D))
+        self._rope(dq.reshape(T, Hq, D), s["pos"], forward=False)
+        self._rope(dk.reshape(T, Hkv, D), s["pos"], forward=False)
+        dh = _empty(T, hp.n_embd)
+        self.linear_backward(dq, s["h"], s["zq"], layer.attn_q, n["attn_q"], grads, dh, False)
+        self.linear_backward(dk, s["h"], s["zk"], layer.attn_k, n["attn_k"], grads, dh, True)
+        self.linear_backward(dv, s["h"], s["zv"], layer.attn_v, n["attn_v"], grads, dh, True)
+        dx = self._norm_backward(dh, s["x"], s["w_an"], s["rstd1"], n["attn_norm"], grads)
+        _core.add(dx, dx1, dx)
+        return dx
+
+    def _norm_backward(self, dout, x, weight, rstd, name, grads: Grads) -> np.ndarray:
+        dx = _empty(*x.shape)
+        if name in self.lora.pairs:
+            dweight = np.zeros(x.shape[1], np.float32)
+            _core.rms_norm_backward(dout, x, weight, rstd, dx, dweight)
+            self.norm_weight_backward(dweight, name, grads)
+        else:
+            _core.rms_norm_backward(dout, x, weight, rstd, dx)
+        return dx
+
+    def _positions(self, batch: int, S: int) -> np.ndarray:
+        return np.ascontiguousarray(np.tile(np.arange(S, dtype=np.int32), batch))
+
+    def _rope(self, x: np.ndarray, pos: np.ndarray, forward: bool) -> None:
+        hp = self.hp
+        fn = _core.rope_forward if forward else _core.rope_backward
+        fn(x, pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, 0, x)
+
+    # ----------------------------------------------------------------- embeddings and head
+    def embed_forward(self, ids: np.ndarray) -> np.ndarray:
+        """ids int32 [T] -> x0 [T, C] = E[ids] + s·B[ids]·A (token_embd adapter)."""
+        emb = self.model.tok_embd
+        x = _empty(ids.shape[0], self.hp.n_embd)
+        _core.get_rows(emb.data, emb.ggml_type, ids, x)
+        pair = self.lora.get("token_embd.weight")
+        if pair is not None:
+            x += self.lora.scale("token_embd.weight") * (pair.b[ids] @ pair.a)
+        return x
+
+    def embed_backward(self, ids: np.ndarray, dx: np.ndarray, grads: Grads) -> None:
+        pair = self.lora.get("token_embd.weight")
+        if pair is None:
+            return
+        s, g = self.lora.scale("token_embd.weight"), grads.pairs["token_embd.weight"]
+        g.a += s * (pair.b[ids].T @ dx)
+        _core.embedding_backward(np.ascontiguousarray(s * (dx @ pair.a.T), np.float32), ids, g.b)
+
+    def head_name(self) -> str:
+        return "token_embd.weight" if self.model.tied_embeddings else "output.weight"
+
+    def head(self, x: np.ndarray, targets: np.ndarray, grads: Grads | None, loss_scale: float):
+        """Final norm, output matmul and cross-entropy over row chunks.
+
+        Returns (sum of token losses, dL/dx [T, C] or None). With grads, each chunk's logits
+        are turned into their gradient in place (scaled by loss_scale) right after the loss.
+        """
+        hp, model = self.hp, self.model
+        w_on = self.norm_weight(model.output_norm, "output_norm.weight")
+        h, rstd = self.rms_norm(x, w_on)
+        name, weight = self.head_name(), model.output
+        T = x.shape[0]
+        dh = _empty(T, hp.n_embd) if grads is not None else None
+        loss_sum = 0.0
+        for r0 in range(0, T, self.head_chunk):
+            r1 = min(T, r0 + self.head_chunk)
+            hc, tc = h[r0:r1], targets[r0:r1]
+            logits, z = self.linear_forward(hc, weight, name)
+            loss = _empty(r1 - r0)
+            _core.cross_entropy_forward(logits, tc, loss)
+            loss_sum += float(loss.sum(dtype=np.float64))
+            if grads is not None:
+                _core.cross_entropy_backward(logits, tc, loss_scale, logits)
+                self.linear_backward(logits, hc, z, weight, name, grads, dh[r0:r1], False)
+        if grads is None:
+            return loss_sum, None
+        return loss_sum, self._norm_backward(dh, x, w_on, rstd, "output_norm.weight", grads)
+
+    # ----------------------------------------------------------------- whole model
+    def loss_and_grads(self, inputs: np.ndarray, targets: np.ndarray, grads: Grads | None,
+                       *, checkpointing: bool = True, loss_scale: float | None = None):
+        """inputs, targets int32 [B, S] (target < 0: masked). Returns (loss_sum, n_kept).
+
+        With grads, adds d(loss_scale · loss_sum)/dθ into them; loss_scale defaults to 1/n_kept
+        (the mean over unmasked positions)."""
+        batch = inputs.shape[0]
+        ids = np.ascontiguousarray(inputs.reshape(-1), np.int32)
+        tgt = np.ascontiguousarray(targets.reshape(-1), np.int32)
+        n_kept = int((tgt >= 0).sum())
+        if loss_scale is None:
+            loss_scale = 1.0 / max(n_kept, 1)
+        keep_all = grads is not None and not checkpointing
+        x = self.embed_forward(ids)
+        layer_inputs, saved = [], []
+        for li in range(self.hp.n_layer):
+            layer_inputs.append(x)
+            x, s = self.layer_forward(li, x, batch, keep=keep_all)
+            saved.append(s)
+        loss_sum, dx = self.head(x, tgt, grads, loss_scale)
+        if grads is None:
+            return loss_sum, n_kept
+        for li in reversed(range(self.hp.n_layer)):
+            s = saved[li]
+            if s is None:  # checkpointing: recompute this layer, keeping its intermediates
+                _, s = self.layer_forward(li, layer_inputs[li], batch, keep=True)
+            dx = self.layer_backward(li, s, dx, grads)
+            saved[li] = layer_inputs[li] = None
+        self.embed_backward(ids, dx, grads)
+        return loss_sum, n_kept

@@ -1,0 +1,92 @@
+"""Memory plan of a training run, computed from the shapes before anything is allocated.
+
+Every figure is bytes. The plan mirrors what graph.Graph allocates: with gradient
+checkpointing the forward keeps one [T, C] input per layer and the backward holds one
+layer's intermediates at a time; the loss head holds one [chunk, V] logits block.
+"""
+
+from __future__ import annotations
+
+import resource
+from dataclasses import dataclass
+
+F32 = 4
+
+
+@dataclass
+class MemoryPlan:
+    runtime: int          # the process before loading (interpreter, numpy, the extension): measured
+    weights: int          # the mapped base model (resident once its pages are touched)
+    lora: int             # LoRA parameters, gradients and Adam's two moments
+    activations: int      # what the graph keeps between forward and backward
+    checkpoints: int      # per-layer inputs kept by gradient checkpointing
+    work: int             # one layer's recompute + backward temporaries, the head's logits chunk
+
+    @property
+    def total(self) -> int:
+        return self.runtime + self.weights + self.lora + self.activations + self.checkpoints + self.work
+
+    def lines(self) -> list[str]:
+        rows = [("runtime (interpreter, libraries; measured)", self.runtime),
+                ("base weights (memory-mapped, stay quantized)", self.weights),
+                ("LoRA parameters + gradients + Adam moments", self.lora),
+                ("activations kept for the backward", self.activations),
+                ("gradient-checkpoint buffers (layer inputs)", self.checkpoints),
+                ("work buffers (one layer, loss-head chunk)", self.work)]
+        out = ["memory plan:"]
+        out += [f"  {label:<46} {mib(size):>10}" for label, size in rows]
+        out.append(f"  {'total (expected peak RSS)':<46} {mib(self.total):>10}")
+        return out
+
+
+def mib(n: int) -> str:
+    return f"{n / 2**20:8.1f} MiB"
+
+
+def layer_intermediates(hp, tokens: int) -> int:
+    """Bytes graph.Graph.layer_forward keeps for one layer's backward (keep=True)."""
+    C, F = hp.n_embd, hp.n_ff
+    head_dim = C // hp.n_head
+    q, kv = hp.n_head * head_dim, hp.n_head_kv * head_dim
+    # x, h, x1, h2 [T,C]; q, att [T,q]; k, v [T,kv]; gate, up, act [T,F]; lse and rstd
+    per_token = 4 * C + 2 * q + 2 * kv + 3 * F + hp.n_head + 2
+    return per_token * tokens * F32
+
+
+def layer_backward_temporaries(hp, tokens: int) -> int:
+    """Peak bytes of gradient temporaries inside graph.Graph.layer_backward."""
+    C, F = hp.n_embd, hp.n_ff
+    head_dim = C // hp.n_head
+    q, kv = hp.n_head * head_dim, hp.n_head_kv * head_dim
+    # dact, dgate, dup [T,F]; dh2, dx1, dh, dx [T,C]; datt, dq [T,q]; dk, dv [T,kv]
+    per_token = 3 * F + 4 * C + 2 * q + 2 * kv
+    return per_token * tokens * F32
+
+
+def plan_memory(model, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
+                head_chunk: int, runtime_bytes: int) -> MemoryPlan:
+    hp = model.hparams
+    tokens = n_ctx * n_batch
+    per_layer = layer_intermediates(hp, tokens)
+    residual = tokens * hp.n_embd * F32
+    head = (min(head_chunk, tokens) * hp.n_vocab + 3 * tokens * hp.n_embd) * F32  # logits, h, dh, dx
+    if checkpointing:
+        activations, checkpoints = 0, hp.n_layer * residual
+        work = per_layer + layer_backward_temporaries(hp, tokens) + head
+    else:
+        activations, checkpoints = hp.n_layer * per_layer, 0
+        work = layer_backward_temporaries(hp, tokens) + head
+    return MemoryPlan(runtime=runtime_bytes, weights=model.weights_nbytes,
+                      lora=4 * n_lora_params * F32, activations=activations,
+                      checkpoints=checkpoints, work=work)
+
+
+def peak_rss() -> int:
+    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def current_rss() -> int:
+    with open("/proc/self/statm") as f:
+        pages = int(f.read().split()[1])
+    return pages * resource.getpagesize()
