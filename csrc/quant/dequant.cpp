@@ -85,12 +85,15 @@ void q8_1_block(const BlockQ8_1& b, float* y) {
 // Q2_K: element j = 128 h + 32 s + l holds bits 2s..2s+1 of qs[32 h + l]; sub-block j / 16.
 void q2_k_block(const BlockQ2_K& b, float* y) {
   const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const uint8_t sc = b.scales[j / 16];
-    const float dl = d * float(sc & 0x0f), ml = dmin * float(sc >> 4);
-    const int q = (b.qs[32 * h + l] >> (2 * s)) & 3;
-    y[j] = dl * float(q) - ml;
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const uint8_t sc = b.scales[8 * h + 2 * s + half];
+        const float dl = d * float(sc & 0x0f), ml = dmin * float(sc >> 4);
+        const uint8_t* q = b.qs + 32 * h + 16 * half;
+        for (int l = 0; l < 16; ++l) y[l] = dl * float((q[l] >> (2 * s)) & 3) - ml;
+      }
+    }
   }
 }
 
@@ -105,12 +108,19 @@ int q3_k_scale(const uint8_t* scales, int k) {
 // Q3_K: 2 low bits as Q2_K; bit j / 32 of hmask[j % 32] clear subtracts 4.
 void q3_k_block(const BlockQ3_K& b, float* y) {
   const float d = fp16_to_fp32(b.d);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const float dl = d * float(q3_k_scale(b.scales, j / 16));
-    const int low = (b.qs[32 * h + l] >> (2 * s)) & 3;
-    const int high_clear = ((b.hmask[l] >> (j / 32)) & 1) ^ 1;
-    y[j] = dl * float(low - 4 * high_clear);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const float dl = d * float(q3_k_scale(b.scales, 8 * h + 2 * s + half));
+        const uint8_t* q = b.qs + 32 * h + 16 * half;
+        const uint8_t* mask = b.hmask + 16 * half;
+        const int bit = 4 * h + s;
+        for (int l = 0; l < 16; ++l) {
+          const int high_clear = ((mask[l] >> bit) & 1) ^ 1;
+          y[l] = dl * float(((q[l] >> (2 * s)) & 3) - 4 * high_clear);
+        }
+      }
+    }
   }
 }
 
@@ -146,12 +156,18 @@ void q5_k_block(const BlockQ5_K& b, float* y) {
 // (high nibble when s >= 2), 2 high bits at 2s of qh[32 h + l]; sub-block j / 16.
 void q6_k_block(const BlockQ6_K& b, float* y) {
   const float d = fp16_to_fp32(b.d);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const int low = (b.ql[64 * h + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0f;
-    const int high = (b.qh[32 * h + l] >> (2 * s)) & 3;
-    const float dl = d * float(b.scales[j / 16]);
-    y[j] = dl * float((low | high << 4) - 32);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const float dl = d * float(b.scales[8 * h + 2 * s + half]);
+        const uint8_t* ql = b.ql + 64 * h + 32 * (s % 2) + 16 * half;
+        const uint8_t* qh = b.qh + 32 * h + 16 * half;
+        for (int l = 0; l < 16; ++l) {
+          const int low = (ql[l] >> (4 * (s / 2))) & 0x0f, high = (qh[l] >> (2 * s)) & 3;
+          y[l] = dl * float((low | high << 4) - 32);
+        }
+      }
+    }
   }
 }
 
