@@ -107,6 +107,14 @@ inline void k_scale_min(const uint8_t* scales, int k, int* sc, int* mn) {
   }
 }
 
+// Q3_K sub-scale k (6 bits, offset 32): low 4 bits in scales[k % 8] (nibble k / 8),
+// high 2 bits in scales[8 + k % 4] (bits 2 (k / 4)).
+inline int q3_k_scale(const uint8_t* scales, int k) {
+  const int lo = (scales[k % 8] >> (4 * (k / 8))) & 0x0f;
+  const int hi = (scales[8 + k % 4] >> (2 * (k / 4))) & 0x03;
+  return (lo | hi << 4) - 32;
+}
+
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block size");
 static_assert(sizeof(BlockQ4_1) == 20, "Q4_1 block size");
 static_assert(sizeof(BlockQ5_0) == 22, "Q5_0 block size");

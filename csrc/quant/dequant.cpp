@@ -97,14 +97,6 @@ void q2_k_block(const BlockQ2_K& b, float* y) {
   }
 }
 
-// Q3_K sub-scale k (6 bits, offset 32): low 4 bits in scales[k % 8] (nibble k / 8),
-// high 2 bits in scales[8 + k % 4] (bits 2 (k / 4)).
-int q3_k_scale(const uint8_t* scales, int k) {
-  const int lo = (scales[k % 8] >> (4 * (k / 8))) & 0x0f;
-  const int hi = (scales[8 + k % 4] >> (2 * (k / 4))) & 0x03;
-  return (lo | hi << 4) - 32;
-}
-
 // Q3_K: 2 low bits as Q2_K; bit j / 32 of hmask[j % 32] clear subtracts 4.
 void q3_k_block(const BlockQ3_K& b, float* y) {
   const float d = fp16_to_fp32(b.d);
