@@ -212,6 +212,16 @@ def test_past_disagreeing_with_stored_loss_buffer(tmp_path):
     assert_rejected(tmp_path, bad, "adam pf", "expected [4]")
 
 
+@pytest.mark.parametrize("word,value,fragments", [
+    (7, 0, ("n_mult", "is 0", "offset 28")),
+    (8, 3, ("n_head", "3 does not divide n_embd 8", "offset 32")),
+    (10, 5, ("n_rot", "exceeds the head size 4", "offset 40")),
+])
+def test_impossible_hyperparameters(tmp_path, word, value, fragments):
+    f = build_ggcp(GgcpSpec())
+    assert_rejected(tmp_path, patch_u32(f.data, 4 * word, value), *fragments)
+
+
 def test_failed_conversion_keeps_an_existing_output(tmp_path):
     out = tmp_path / "keep.gguf"
     out.write_bytes(b"previous")

@@ -183,15 +183,17 @@ def read_ggcp(path: str | os.PathLike) -> GgcpCheckpoint:
 
 
 def _read_hparams(cur: _Cursor) -> Hparams:
-    start = cur.offset
-    hp = Hparams(*(cur.u32(name) for name in Hparams.__dataclass_fields__))
+    names = list(Hparams.__dataclass_fields__)
+    at = {name: cur.offset + 4 * i for i, name in enumerate(names)}
+    hp = Hparams(*(cur.u32(name) for name in names))
     for name in ("n_vocab", "n_embd", "n_mult", "n_head"):
         if getattr(hp, name) == 0:
-            cur.fail(name, "is 0", at=start)
+            cur.fail(name, "is 0", at=at[name])
     if hp.n_embd % hp.n_head:
-        cur.fail("n_head", f"{hp.n_head} does not divide n_embd {hp.n_embd}", at=start)
+        cur.fail("n_head", f"{hp.n_head} does not divide n_embd {hp.n_embd}", at=at["n_head"])
     if hp.n_rot > hp.n_embd // hp.n_head:
-        cur.fail("n_rot", f"{hp.n_rot} exceeds the head size {hp.n_embd // hp.n_head}", at=start)
+        cur.fail("n_rot", f"{hp.n_rot} exceeds the head size {hp.n_embd // hp.n_head}",
+                 at=at["n_rot"])
     return hp
 
 
