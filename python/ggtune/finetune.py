@@ -1,0 +1,330 @@
+"""LoRA finetuning: ``ggtune.finetune()`` and ``ggtune finetune``.
+
+One run: load the base model (memory-mapped, stays quantized) -> read and tokenize the data ->
+choose the adapted tensors -> start fresh or resume a checkpoint -> print the memory plan ->
+``adam_iter`` optimizer steps (each ``grad_acc`` forward/backward passes) with periodic saves ->
+final checkpoint and adapter. Ctrl-C saves both and stops cleanly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import adapters, checkpoint as ckpt_io, data as data_io
+from .graph import Graph, Grads
+from .lora import LoraPair, LoraSet, RANK_OPTIONS, init_lora, kind_of
+from .memory import current_rss, peak_rss, plan_memory
+from .optim import Adam, AdamState, Convergence, learning_rate_schedule
+from .options import FinetuneOptions, options_from_kwargs
+from .progress import Progress
+from .profile import Profiler
+
+MATRIX_DEFAULT_KINDS = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
+                        "ffn_gate", "ffn_down", "ffn_up")
+
+
+@dataclass
+class FinetuneResult:
+    losses: list[float] = field(default_factory=list)          # per optimizer step (mean over passes)
+    learning_rates: list[float] = field(default_factory=list)
+    tokens_per_second: list[float] = field(default_factory=list)
+    written: list[str] = field(default_factory=list)           # paths of checkpoints and adapters
+    iterations: int = 0                                        # global optimizer iteration at the end
+    interrupted: bool = False
+    stopped_by: str = ""                                       # why training ended early, if it did
+    memory_plan_bytes: int = 0
+    peak_rss_bytes: int = 0
+    trained_tensors: list[str] = field(default_factory=list)
+
+
+def finetune(model_base: str, train_data: str, lora_out: str = "ggml-lora-ITERATION-f32.gguf",
+             **options) -> FinetuneResult:
+    """Trains LoRA adapters on ``model_base`` with ``train_data``; the options are those of
+    ``ggtune finetune`` as snake_case keywords (see ``ggtune finetune --help``)."""
+    opts = options_from_kwargs(model_base=model_base, train_data=train_data, lora_out=lora_out, **options)
+    return run(opts)
+
+
+def run(opts: FinetuneOptions) -> FinetuneResult:
+    opts.check()
+    log = _logger(opts.verbose)
+    runtime_bytes = current_rss()
+    from .model import load_model
+
+    model = load_model(opts.model_base, n_threads=opts.threads or None, precision=opts.precision)
+    _apply_overrides(model, opts)
+    ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
+    alpha = float(opts.lora_alpha if opts.lora_alpha is not None else opts.lora_r)
+    resumed = _read_checkpoint(opts, ranks)
+    if opts.only_write_lora:
+        if resumed is None:
+            raise ValueError(f"--only-write-lora: needs an existing --checkpoint-in, got {opts.checkpoint_in!r}")
+        lora = _lora_from_checkpoint(resumed, alpha)
+        result = FinetuneResult(iterations=resumed.counters.iteration_count)
+        result.written = write_adapter(opts, model, lora, resumed.counters.iteration_count)
+        log(f"wrote {', '.join(result.written)}")
+        return result
+
+    tokenizer = model.tokenizer
+    samples = _load_samples(opts, model, tokenizer)
+    for note in samples.notes:
+        log(note)
+    seed = opts.seed if opts.seed >= 0 else int(time.time())
+    lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
+    graph = Graph(model.weights, lora, precision=opts.precision)
+    grads = Grads.like(lora)
+    adam = Adam(lora.parameters(), beta1=opts.adam_beta1, beta2=opts.adam_beta2, decay=opts.adam_decay,
+                decay_min_ndim=opts.adam_decay_min_ndim, gclip=opts.adam_gclip)
+    convergence = Convergence(past=opts.opt_past, delta=opts.opt_delta,
+                              max_no_improvement=opts.opt_max_no_improvement, epsf=opts.adam_epsf)
+    counters = ckpt_io.TrainCounters()
+    if resumed:
+        adam.load_state(AdamState(resumed.optimizer.iteration, resumed.optimizer.m, resumed.optimizer.v))
+        _restore_convergence(convergence, resumed.optimizer)
+        counters = resumed.counters
+        log(f"resuming from {opts.checkpoint_in} at iteration {counters.iteration_count}")
+    stream = data_io.BatchStream(
+        samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
+                                      separate_with_bos=opts.separate_with_bos,
+                                      fill_with_next_samples=opts.fill_with_next_samples,
+                                      sample_random_offsets=opts.sample_random_offsets),
+        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
+        state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
+    if resumed and stream.reshuffled:
+        log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
+
+    plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
+                       checkpointing=opts.use_checkpointing, head_chunk=graph.head_chunk,
+                       runtime_bytes=runtime_bytes)
+    log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
+        f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
+    for line in plan.lines():
+        log(line)
+
+    state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None)
+    result = state.train(log)
+    result.memory_plan_bytes = plan.total
+    result.peak_rss_bytes = peak_rss()
+    result.trained_tensors = list(lora.pairs)
+    log(f"peak RSS {result.peak_rss_bytes / 2**20:.1f} MiB (plan {plan.total / 2**20:.1f} MiB)")
+    return result
+
+
+# ----------------------------------------------------------------------------- the loop
+class _TrainState:
+    def __init__(self, opts, model, lora, graph, grads, adam, convergence, counters, stream, fresh):
+        self.opts, self.model, self.lora, self.graph, self.grads = opts, model, lora, graph, grads
+        self.adam, self.convergence, self.counters, self.stream = adam, convergence, counters, stream
+        self.fresh = fresh
+        self.interrupted = False
+        self.profiler = Profiler(enabled=opts.profile)
+
+    def train(self, log) -> FinetuneResult:
+        opts, result = self.opts, FinetuneResult()
+        progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose)
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        epochs_done = 0
+        try:
+            for step in range(opts.adam_iter):
+                started = time.perf_counter()
+                loss, epochs = self.step()
+                epochs_done += epochs
+                elapsed = time.perf_counter() - started
+                tokens = opts.ctx * opts.batch * opts.grad_acc
+                lr = self.last_lr
+                result.losses.append(loss)
+                result.learning_rates.append(lr)
+                result.tokens_per_second.append(tokens / elapsed)
+                progress.update(step + 1, it=self.counters.iteration_count, loss=loss, lr=lr,
+                                tok_s=round(tokens / elapsed, 1))
+                if opts.profile:
+                    log(self.profiler.report(self.counters.iteration_count))
+                stop = self._stop_reason(loss, epochs_done)
+                last = step + 1 == opts.adam_iter or stop or self.interrupted
+                if not last and opts.save_every > 0 and self.counters.iteration_count % opts.save_every == 0:
+                    result.written += self.save()
+                if stop or self.interrupted:
+                    result.stopped_by = "interrupted (SIGINT)" if self.interrupted else stop
+                    break
+        finally:
+            progress.close()
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        result.written += self.save()
+        result.iterations = self.counters.iteration_count
+        result.interrupted = self.interrupted
+        if result.stopped_by:
+            log(f"stopped: {result.stopped_by}")
+        log(f"wrote {', '.join(result.written)}")
+        return result
+
+    def step(self) -> tuple[float, int]:
+        """One optimizer step over grad_acc batches; returns (mean loss, epochs completed)."""
+        opts, prof = self.opts, self.profiler
+        self.grads.reset()
+        losses, epochs = [], 0
+        for _ in range(opts.grad_acc):
+            with prof.phase("data"):
+                batch = self.stream.next_batch()
+            n_kept = max(int((batch.targets >= 0).sum()), 1)
+            with prof.phase("forward+backward"):
+                loss_sum, _ = self.graph.loss_and_grads(batch.inputs, batch.targets, self.grads,
+                                                        checkpointing=opts.use_checkpointing,
+                                                        loss_scale=1.0 / (n_kept * opts.grad_acc))
+            losses.append(loss_sum / n_kept)
+            self.counters.sample_count += batch.used_samples
+            self.counters.token_count += batch.inputs.size
+            epochs += int(batch.epoch_completed)
+        loss = float(np.mean(losses))
+        if self.fresh and self.adam.iteration == 0:
+            self.convergence.start(loss)
+        self.last_lr = learning_rate_schedule(
+            self.adam.iteration, warmup=opts.warmup, cos_decay_steps=opts.cos_decay_steps,
+            cos_decay_restart=opts.cos_decay_restart, cos_decay_min=opts.cos_decay_min,
+            enable_restart=opts.enable_restart, alpha=opts.adam_alpha, min_alpha=opts.adam_min_alpha)
+        with prof.phase("optimizer"):
+            self.adam.step(self.grads.arrays(), self.last_lr)
+        self.counters.iteration_count += 1
+        self.counters.epoch_count += epochs
+        self.last_loss = loss
+        return loss, epochs
+
+    def _stop_reason(self, loss: float, epochs_done: int) -> str:
+        if self.convergence.converged(loss, self.adam.iteration - 1):
+            return "converged (--adam-epsf / --opt-past / --opt-max-no-improvement)"
+        if self.opts.epochs > 0 and epochs_done >= self.opts.epochs:
+            return f"--epochs {self.opts.epochs} reached"
+        return ""
+
+    def save(self) -> list[str]:
+        it = self.counters.iteration_count
+        written = []
+        for path in ckpt_io.output_names(self.opts.checkpoint_out, it, self.opts.pattern_fn_it, self.opts.fn_latest):
+            ckpt_io.save_checkpoint(path, self.checkpoint())
+            written.append(path)
+        return written + write_adapter(self.opts, self.model, self.lora, it)
+
+    def checkpoint(self) -> ckpt_io.Checkpoint:
+        hp = self.model.hparams
+        conv = self.convergence
+        return ckpt_io.Checkpoint(
+            hparams=ckpt_io.ModelHparams(n_ctx=self.opts.ctx, n_embd=hp.n_embd, n_ff=hp.n_ff, n_head=hp.n_head,
+                                         n_head_kv=hp.n_head_kv, n_layer=hp.n_layer, n_rot=hp.n_rot,
+                                         rms_norm_eps=hp.rms_eps, rope_freq_base=hp.rope_freq_base,
+                                         rope_freq_scale=hp.rope_freq_scale),
+            ranks=self.lora.ranks_by_kind(),
+            lora={name: (p.a.T.copy(), p.b.copy()) for name, p in self.lora.pairs.items()},
+            optimizer=ckpt_io.OptimizerCheckpoint(
+                iteration=self.adam.iteration, m=self.adam.m.copy(), v=self.adam.v.copy(), just_initialized=False,
+                best_loss=conv.best_loss, previous_loss=conv.previous_loss,
+                no_improvement_count=conv.no_improvement_count, past_loss_values=conv.past_loss_values.copy()),
+            counters=ckpt_io.TrainCounters(**vars(self.counters)),
+            shuffle=self.stream.state)
+
+    def _on_sigint(self, signum, frame) -> None:
+        if self.interrupted:  # a second Ctrl-C: the user really wants out now
+            raise KeyboardInterrupt
+        self.interrupted = True
+        print("\nggtune: interrupted, finishing this iteration and saving (Ctrl-C again to abort)",
+              file=sys.stderr, flush=True)
+
+
+# ----------------------------------------------------------------------------- pieces
+def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
+    """Rank of each tensor kind. Kinds the adapter format cannot carry are left out by default
+    (said in one line); asking for one explicitly is refused, naming a format that can."""
+    carried = adapters.adapter_capabilities(opts.lora_format, tied)
+    ranks, dropped = {}, []
+    for option, kind in RANK_OPTIONS.items():
+        explicit = getattr(opts, option)
+        default = opts.lora_r if kind in MATRIX_DEFAULT_KINDS else 1
+        rank = default if explicit is None else explicit
+        if rank > 0 and kind not in carried:
+            if explicit is not None:
+                others = [f for f in adapters.formats_that_carry(kind, tied) if f != opts.lora_format]
+                why = "the model has no output.weight (tied embeddings)" if not others else \
+                    f"the {opts.lora_format} adapter cannot carry it; use --lora-format {others[0]}"
+                raise ValueError(f"--{option.replace('_', '-')} {explicit}: {kind} cannot be trained here: {why}")
+            if not (kind == "output" and tied):
+                dropped.append(kind)
+            rank = 0
+        ranks[kind] = rank
+    if dropped:
+        log(f"not training {', '.join(dropped)}: the {opts.lora_format} adapter cannot carry them "
+            f"(--lora-format ggla can)")
+    return ranks
+
+
+def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int) -> list[str]:
+    names = ckpt_io.output_names(opts.lora_out, iteration, opts.pattern_fn_it, opts.fn_latest)
+    tensors = {name: (p.a, p.b) for name, p in lora.pairs.items()}
+    for path in names:
+        if opts.lora_format == "gguf":
+            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha,
+                                        tied_embeddings=model.weights.tied_embeddings)
+        else:
+            ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
+            adapters.write_ggla_adapter(path, ck, alpha=lora.alpha, lora_r=opts.lora_r)
+    return names
+
+
+def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
+    """The checkpoint to resume, or None to start fresh ('' or a file that does not exist)."""
+    if not opts.checkpoint_in or not os.path.exists(opts.checkpoint_in):
+        return None
+    ck = ckpt_io.load_checkpoint(opts.checkpoint_in)
+    if not opts.only_write_lora:
+        ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
+    return ck
+
+
+def _lora_from_checkpoint(ck, alpha: float) -> LoraSet:
+    lora = LoraSet(alpha=alpha)
+    for name, (a, b) in ck.lora.items():
+        lora.pairs[name] = LoraPair(np.ascontiguousarray(a.T, np.float32), np.ascontiguousarray(b, np.float32))
+    return lora
+
+
+def _restore_convergence(conv: Convergence, opt) -> None:
+    conv.best_loss, conv.previous_loss = opt.best_loss, opt.previous_loss
+    conv.no_improvement_count = opt.no_improvement_count
+    conv.past_loss_values = np.array(opt.past_loss_values, np.float32)
+
+
+def _load_samples(opts: FinetuneOptions, model, tokenizer):
+    meta = model.weights.metadata
+    template = meta.get("tokenizer.chat_template")
+    return data_io.load_training_data(
+        opts.train_data, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
+        escape=opts.escape, include_sample_start=opts.include_sample_start,
+        overlapping_samples=opts.overlapping_samples, chat_template=template,
+        bos_token=tokenizer.token_text(tokenizer.bos_id), eos_token=tokenizer.token_text(tokenizer.eos_id))
+
+
+def _apply_overrides(model, opts: FinetuneOptions) -> None:
+    hp = model.hparams
+    if opts.norm_rms_eps is not None:
+        hp.rms_eps = opts.norm_rms_eps
+    if opts.rope_freq_base is not None:
+        hp.rope_freq_base = opts.rope_freq_base
+    if opts.rope_freq_scale is not None:
+        hp.rope_freq_scale = opts.rope_freq_scale
+
+
+def _main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _logger(verbose: bool):
+    def log(message: str) -> None:
+        if verbose:
+            print(message, file=sys.stderr, flush=True)
+    return log

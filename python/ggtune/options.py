@@ -1,0 +1,168 @@
+"""The finetune options: one table serves ``ggtune.finetune(**options)`` and ``ggtune finetune``.
+
+Names and defaults are the original's (spec section A); entries marked ggtune are additions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import os
+from dataclasses import dataclass, field, fields
+
+
+def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: str | None = None):
+    """A dataclass field carrying its command-line spelling."""
+    return field(default=default, metadata={"help": help, "aliases": aliases, "negation": negation,
+                                            "flag": flag})
+
+
+@dataclass
+class FinetuneOptions:
+    model_base: str = _opt("", "base model GGUF (architecture llama)")
+    train_data: str = _opt("shakespeare.txt", "training data: raw text, or JSONL with --train-format chat")
+    train_format: str = _opt("text", "ggtune: 'text' (the original's) or 'chat' (JSONL of messages, "
+                                     "loss on assistant tokens only)")
+    checkpoint_in: str = _opt("checkpoint.gguf", "resume from this checkpoint if it exists; '' starts fresh")
+    checkpoint_out: str = _opt("checkpoint-ITERATION.gguf", "checkpoint output; '' disables checkpoints")
+    lora_out: str = _opt("ggml-lora-ITERATION-f32.gguf", "adapter output")
+    lora_format: str = _opt("gguf", "ggtune: 'gguf' (current llama.cpp's LoRA adapter) or 'ggla' (the "
+                                    "original's format)")
+    only_write_lora: bool = _opt(False, "write the adapter from --checkpoint-in and exit")
+    pattern_fn_it: str = _opt("ITERATION", "placeholder for the iteration number in output names")
+    fn_latest: str = _opt("LATEST", "text for the latest copy in output names")
+    save_every: int = _opt(10, "save every N iterations (<= 0: only at the end)")
+    seed: int = _opt(-1, "RNG seed for LoRA init and shuffling (-1: time-based)", "-s")
+    ctx: int = _opt(128, "tokens per training sequence", "-c")
+    threads: int = _opt(0, "kernel threads (0: every core)", "-t")
+    batch: int = _opt(8, "sequences per evaluation", "-b")
+    grad_acc: int = _opt(1, "batches accumulated per optimizer step")
+    sample_start: str = _opt("", "split the data into samples at this string")
+    include_sample_start: bool = _opt(False, "keep the sample-start pattern inside each sample")
+    escape: bool = _opt(False, "unescape \\n \\r \\t \\' \\\" \\\\ \\xNN in --sample-start")
+    overlapping_samples: bool = _opt(False, "a sample may run past the next sample start")
+    fill_with_next_samples: bool = _opt(False, "pack following samples into unused positions")
+    separate_with_eos: bool = _opt(False, "EOS between packed samples", negation="--no-separate-with-eos")
+    separate_with_bos: bool = _opt(True, "BOS between packed samples", negation="--no-separate-with-bos")
+    sample_random_offsets: bool = _opt(False, "start each row at a random offset inside its sample")
+    force_reshuffle: bool = _opt(False, "ignore the shuffle state stored in the checkpoint")
+    use_flash: bool = _opt(True, "fused attention (ggtune's attention is always fused; accepted for "
+                                 "compatibility)", negation="--no-flash")
+    use_checkpointing: bool = _opt(True, "gradient checkpointing (recompute each layer in the backward)",
+                                   negation="--no-checkpointing")
+    warmup: int = _opt(100, "learning-rate warmup iterations")
+    cos_decay_steps: int = _opt(1000, "cosine decay length")
+    cos_decay_restart: float = _opt(1.1, "cycle-length multiplier after each restart")
+    cos_decay_min: float = _opt(0.1, "cosine floor")
+    enable_restart: bool = _opt(False, "cosine decay with restarts", negation="--disable-restart")
+    opt_past: int = _opt(0, "window of the delta convergence test (0: off)")
+    opt_delta: float = _opt(1e-5, "relative loss change of the delta convergence test")
+    opt_max_no_improvement: int = _opt(0, "stop after N steps without improvement (0: off)")
+    epochs: int = _opt(-1, "stop after N epochs in this run (-1: no limit)")
+    adam_iter: int = _opt(256, "optimizer iterations in this run")
+    adam_alpha: float = _opt(1e-3, "peak learning rate")
+    adam_min_alpha: float = _opt(0.0, "learning-rate floor")
+    adam_decay: float = _opt(0.1, "AdamW decoupled weight decay")
+    adam_decay_min_ndim: int = _opt(2, "decay only tensors with at least this many dimensions")
+    adam_beta1: float = _opt(0.9, "Adam beta1")
+    adam_beta2: float = _opt(0.999, "Adam beta2")
+    adam_gclip: float = _opt(1.0, "global-norm gradient clip (0: off)")
+    adam_epsf: float = _opt(0.0, "stop on a small relative loss change (<= 0: off)")
+    norm_rms_eps: float | None = _opt(None, "override the model's rms_norm epsilon")
+    rope_freq_base: float | None = _opt(None, "override the model's rope frequency base")
+    rope_freq_scale: float | None = _opt(None, "override the model's rope frequency scale")
+    lora_r: int = _opt(4, "default LoRA rank")
+    lora_alpha: float | None = _opt(None, "LoRA alpha (scale alpha/r); default = lora_r")
+    rank_att_norm: int | None = _opt(None, "rank of attention-norm adapters (default 1)")
+    rank_ffn_norm: int | None = _opt(None, "rank of feed-forward-norm adapters (default 1)")
+    rank_out_norm: int | None = _opt(None, "rank of the output-norm adapter (default 1)")
+    rank_tok_embd: int | None = _opt(None, "rank of the token-embedding adapter (default lora_r)")
+    rank_out: int | None = _opt(None, "rank of the output adapter (default lora_r)")
+    rank_wq: int | None = _opt(None, "rank of attn_q adapters (default lora_r)")
+    rank_wk: int | None = _opt(None, "rank of attn_k adapters (default lora_r)")
+    rank_wv: int | None = _opt(None, "rank of attn_v adapters (default lora_r)")
+    rank_wo: int | None = _opt(None, "rank of attn_output adapters (default lora_r)")
+    rank_w1: int | None = _opt(None, "rank of ffn_gate adapters (default lora_r)")
+    rank_w2: int | None = _opt(None, "rank of ffn_down adapters (default lora_r)")
+    rank_w3: int | None = _opt(None, "rank of ffn_up adapters (default lora_r)")
+    n_gpu_layers: int = _opt(0, "accepted for compatibility; ggtune runs on the CPU", "-ngl",
+                             flag="--gpu-layers")
+    precision: str = _opt("auto", "ggtune: matmul precision 'auto' (bf16 for quantized weights where the "
+                                  "CPU has AVX512-BF16), 'f32' or 'bf16'")
+    profile: bool = _opt(False, "ggtune: print the time share of each phase and kernel per iteration")
+    verbose: bool = _opt(True, "progress bar and messages on stderr", negation="--quiet")
+
+    def check(self) -> None:
+        """Raises ValueError naming the option for values that cannot work."""
+        positive = ("ctx", "batch", "grad_acc", "lora_r")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ValueError(f"--{_dash(name)}: expected a positive integer, got {getattr(self, name)}")
+        if self.adam_iter < 0:
+            raise ValueError(f"--adam-iter: expected >= 0, got {self.adam_iter}")
+        for name in ("rank_att_norm", "rank_ffn_norm", "rank_out_norm", "rank_tok_embd", "rank_out", "rank_wq",
+                     "rank_wk", "rank_wv", "rank_wo", "rank_w1", "rank_w2", "rank_w3"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"--{_dash(name)}: expected a rank >= 0, got {value}")
+        choices = {"train_format": ("text", "chat"), "lora_format": ("gguf", "ggla"),
+                   "precision": ("auto", "f32", "bf16")}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"--{_dash(name)}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        if not self.model_base:
+            raise ValueError("--model-base: a base model GGUF is required")
+        if not os.path.exists(self.model_base):
+            raise ValueError(f"--model-base: {self.model_base}: no such file")
+
+
+def _dash(name: str) -> str:
+    return name.replace("_", "-")
+
+
+def options_from_kwargs(**kwargs) -> FinetuneOptions:
+    """FinetuneOptions from snake_case (or dashed) keyword arguments; unknown names are refused
+    with the closest known option."""
+    known = {f.name for f in fields(FinetuneOptions)}
+    values = {}
+    for key, value in kwargs.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            hint = difflib.get_close_matches(name, known, n=1)
+            raise TypeError(f"finetune(): unknown option {key!r}" + (f" (did you mean {hint[0]!r}?)" if hint else ""))
+        values[name] = value
+    return FinetuneOptions(**values)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Registers every option as a --flag with the original's spelling and default."""
+    for f in fields(FinetuneOptions):
+        meta, flag = f.metadata, f.metadata["flag"] or "--" + _dash(f.name)
+        names = [flag, *meta["aliases"]]
+        if flag != "--" + _dash(f.name):
+            names.append("--" + _dash(f.name))
+        shown = "" if f.default is None else f" (default: {f.default!r})"
+        if f.type in ("bool", bool):
+            parser.add_argument(*names, dest=f.name, action="store_true", default=f.default,
+                                help=meta["help"] + shown)
+            if meta["negation"]:
+                parser.add_argument(meta["negation"], dest=f.name, action="store_false",
+                                    help=f"turn {flag} off")
+            continue
+        parser.add_argument(*names, dest=f.name, type=_parser_type(f.type), default=f.default,
+                            metavar=f.name.upper(), help=meta["help"] + shown)
+
+
+def _parser_type(annotation: str):
+    return {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}[annotation]
+
+
+def normalize_flags(argv: list[str]) -> list[str]:
+    """The original turned '_' into '-' in every --flag before matching; so do we."""
+    out = []
+    for arg in argv:
+        if arg.startswith("--"):
+            name, eq, value = arg.partition("=")
+            arg = name.replace("_", "-") + eq + value
+        out.append(arg)
+    return out
