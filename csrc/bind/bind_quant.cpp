@@ -1,5 +1,97 @@
+// GGUF weight formats: type facts, row dequantization and the embedding row gather.
+//
+// Shapes: R rows of a GGUF tensor, B bytes per row (row_bytes), C columns (elements per row),
+// T gathered tokens.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "bind/arrays.h"
+#include "parallel.h"
+#include "quant/dequant.h"
+#include "quant/types.h"
+
 namespace ggtune::bind {
-void bind_quant(pybind11::module_& m) {}
+namespace {
+
+const TypeTraits& traits_of(int ggml_type) {
+  const TypeTraits* t = type_traits(ggml_type);
+  if (!t) fail("ggml_type", "unsupported GGML type " + std::to_string(ggml_type));
+  return *t;
+}
+
+// Checks that `out` has C columns fitting `t`, and `data` rows of exactly the bytes they take.
+// Returns C.
+int64_t check_row_layout(const py::array& data, const py::array& out, const TypeTraits& t) {
+  const int64_t cols = dim(out, 1);
+  if (cols % t.block_size != 0)
+    fail("out", "expected a column count that is a multiple of " + std::string(t.name) +
+                    "'s block size " + std::to_string(t.block_size) + ", got " +
+                    std::to_string(cols));
+  const int64_t want = row_bytes(t, cols);
+  if (dim(data, 1) != want)
+    fail("data", "expected rows of " + std::to_string(want) + " bytes (" + std::to_string(cols) +
+                     " " + t.name + " elements), got " + std::to_string(dim(data, 1)));
+  return cols;
+}
+
+// Rows per thread chunk: at least ~16K elements, so small tensors stay on one thread.
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(cols, 1)); }
+
+// out[r] = dequantize(data[r]) for every row r.
+void dequantize(const py::array& data, int ggml_type, py::array& out) {
+  const TypeTraits& t = traits_of(ggml_type);
+  const uint8_t* src = cdata_of<uint8_t>(data, "data", {kAny, kAny});  // [R, B]
+  float* dst = data_of<float>(out, "out", {dim(data, 0), kAny}, true);  // [R, C]
+  const int64_t cols = check_row_layout(data, out, t);
+  const int64_t rows = dim(data, 0), stride = dim(data, 1);
+  const GgmlType type = static_cast<GgmlType>(ggml_type);
+  py::gil_scoped_release release;
+  parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) dequantize_row(type, src + r * stride, dst + r * cols, cols);
+  });
+}
+
+// out[i] = dequantize(data[ids[i]]): the embedding lookup on a quantized table.
+void get_rows(const py::array& data, int ggml_type, const py::array& ids, py::array& out) {
+  const TypeTraits& t = traits_of(ggml_type);
+  const uint8_t* src = cdata_of<uint8_t>(data, "data", {kAny, kAny});  // [R, B]
+  const int32_t* idx = cdata_of<int32_t>(ids, "ids", {kAny});          // [T]
+  float* dst = data_of<float>(out, "out", {dim(ids, 0), kAny}, true);  // [T, C]
+  const int64_t cols = check_row_layout(data, out, t);
+  const int64_t n_rows = dim(data, 0), n_ids = dim(ids, 0), stride = dim(data, 1);
+  for (int64_t i = 0; i < n_ids; ++i) {
+    if (idx[i] < 0 || idx[i] >= n_rows)
+      throw py::index_error("ids: ids[" + std::to_string(i) + "] = " + std::to_string(idx[i]) +
+                            " is outside the table's " + std::to_string(n_rows) + " rows");
+  }
+  const GgmlType type = static_cast<GgmlType>(ggml_type);
+  py::gil_scoped_release release;
+  parallel_for(n_ids, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i)
+      dequantize_row(type, src + idx[i] * stride, dst + i * cols, cols);
+  });
+}
+
+}  // namespace
+
+void bind_quant(py::module_& m) {
+  m.def(
+      "type_info",
+      [](int ggml_type) {
+        const TypeTraits& t = traits_of(ggml_type);
+        return py::make_tuple(t.name, t.block_size, t.type_size);
+      },
+      py::arg("ggml_type"),
+      "(name, block_size, type_size) of a GGML type id: elements and bytes per block.");
+  m.def("dequantize", &dequantize, py::arg("data"), py::arg("ggml_type"), py::arg("out"),
+        "out float32 [R, C] = rows of data uint8 [R, row_bytes] decoded from ggml_type, "
+        "bit-exact with gguf.quants.dequantize.");
+  m.def("get_rows", &get_rows, py::arg("data"), py::arg("ggml_type"), py::arg("ids"),
+        py::arg("out"),
+        "out float32 [T, C] = dequantized rows ids int32 [T] of data uint8 [R, row_bytes] "
+        "(embedding lookup).");
+}
+
 }  // namespace ggtune::bind
