@@ -240,3 +240,24 @@ def _decode(data: np.ndarray, ggml_type: int, shape: tuple[int, int]) -> np.ndar
     if data.dtype != np.uint8:
         return data.astype(np.float32).reshape(shape)
     return gguf.quants.dequantize(data, T(ggml_type)).astype(np.float32).reshape(shape)
+
+
+def write_f32_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
+    """Copies a GGUF model with every tensor dequantized to F32 (by gguf.quants) and all metadata."""
+    reader = gguf.GGUFReader(os.fspath(src))
+    arch = reader.fields["general.architecture"].contents()
+    w = gguf.GGUFWriter(os.fspath(dst), arch)
+    for key, f in reader.fields.items():
+        if key.startswith("GGUF.") or key in ("general.architecture", "general.file_type"):
+            continue
+        sub_type = f.types[-1] if f.types[0] == gguf.GGUFValueType.ARRAY else None
+        w.add_key_value(key, f.contents(), f.types[0], sub_type)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    for t in reader.tensors:
+        values = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w.add_tensor(t.name, values.reshape(tuple(int(n) for n in reversed(t.shape))))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return os.fspath(dst)
