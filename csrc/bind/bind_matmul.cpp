@@ -1,5 +1,113 @@
+// Matmul bindings: the quantized-weight matmul in both directions and plain float32 GEMM.
+//
+// Shapes: T tokens, K in-features, N out-features, B bytes per weight row.
+#include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <string>
+
+#include "bind/arrays.h"
+#include "gemm/gemm.h"
+#include "ops/matmul.h"
+#include "quant/types.h"
+
 namespace ggtune::bind {
-void bind_matmul(pybind11::module_& m) {}
+namespace {
+
+const TypeTraits& weight_traits(int w_type) {
+  const TypeTraits* t = type_traits(w_type);
+  if (!t) fail("w_type", "unsupported GGML type " + std::to_string(w_type));
+  return *t;
+}
+
+gemm::Precision parse_precision(const std::string& precision, GgmlType type) {
+  if (precision == "auto") return auto_matmul_precision(type);
+  if (precision == "f32") return gemm::Precision::f32;
+  if (precision == "bf16") return gemm::Precision::bf16;
+  fail("precision", "expected 'auto', 'f32' or 'bf16', got '" + precision + "'");
+}
+
+// Checks w: N rows holding K elements of type t each. Returns N.
+int64_t check_weight(const py::array& w, const TypeTraits& t, int64_t K, const char* k_owner) {
+  cdata_of<uint8_t>(w, "w", {kAny, kAny});
+  if (K % t.block_size != 0)
+    fail(k_owner, "expected K (axis 1) to be a multiple of " + std::string(t.name) +
+                      "'s block size " + std::to_string(t.block_size) + ", got " +
+                      std::to_string(K));
+  if (dim(w, 1) != row_bytes(t, K))
+    fail("w", "expected rows of " + std::to_string(row_bytes(t, K)) + " bytes (K = " +
+                  std::to_string(K) + " " + t.name + " elements), got " +
+                  std::to_string(dim(w, 1)));
+  return dim(w, 0);
+}
+
+// out[T, N] (= or +=) x[T, K] @ W.T
+void matmul(const py::array& x, const py::array& w, int w_type, py::array& out, bool accumulate,
+            const std::string& precision) {
+  const TypeTraits& t = weight_traits(w_type);
+  const float* xp = cdata_of<float>(x, "x", {kAny, kAny});  // [T, K]
+  const int64_t T = dim(x, 0), K = dim(x, 1);
+  const int64_t N = check_weight(w, t, K, "x");
+  float* op = data_of<float>(out, "out", {T, N}, true);  // [T, N]
+  const auto type = static_cast<GgmlType>(w_type);
+  const gemm::Precision prec = parse_precision(precision, type);
+  const auto* wp = static_cast<const uint8_t*>(w.data());  // [N, B]
+  py::gil_scoped_release release;
+  matmul_forward(xp, T, K, wp, type, N, op, accumulate, prec);
+}
+
+// dx[T, K] (= or +=) dy[T, N] @ W
+void matmul_backward(const py::array& dy, const py::array& w, int w_type, py::array& dx,
+                     bool accumulate, const std::string& precision) {
+  const TypeTraits& t = weight_traits(w_type);
+  const float* dyp = cdata_of<float>(dy, "dy", {kAny, kAny});  // [T, N]
+  const int64_t T = dim(dy, 0);
+  float* dxp = data_of<float>(dx, "dx", {T, kAny}, true);  // [T, K]
+  const int64_t K = dim(dx, 1);
+  const int64_t N = check_weight(w, t, K, "dx");
+  if (dim(dy, 1) != N)
+    fail("dy", "expected shape (" + std::to_string(T) + ", " + std::to_string(N) +
+                   ") to match w's " + std::to_string(N) + " rows, got " + shape_str(dy));
+  const auto type = static_cast<GgmlType>(w_type);
+  const gemm::Precision prec = parse_precision(precision, type);
+  const auto* wp = static_cast<const uint8_t*>(w.data());  // [N, B]
+  py::gil_scoped_release release;
+  ggtune::matmul_backward(dyp, T, N, wp, type, K, dxp, accumulate, prec);
+}
+
+// out[M, N] = alpha * op(a)[M, K] @ op(b)[K, N] + beta * out
+void gemm(const py::array& a, const py::array& b, py::array& out, bool trans_a, bool trans_b,
+          float alpha, float beta) {
+  const float* ap = cdata_of<float>(a, "a", {kAny, kAny});  // [M, K] or [K, M]
+  const float* bp = cdata_of<float>(b, "b", {kAny, kAny});  // [K, N] or [N, K]
+  const int64_t M = dim(a, trans_a ? 1 : 0), K = dim(a, trans_a ? 0 : 1);
+  const int64_t N = dim(b, trans_b ? 0 : 1);
+  if (dim(b, trans_b ? 1 : 0) != K)
+    fail("b", "expected " + std::to_string(K) + " (op(a)'s K) along axis " +
+                  std::to_string(trans_b ? 1 : 0) + ", got shape " + shape_str(b));
+  float* op = data_of<float>(out, "out", {M, N}, true);  // [M, N]
+  const int64_t lda = dim(a, 1), ldb = dim(b, 1);
+  py::gil_scoped_release release;
+  gemm::gemm_f32(M, N, K, ap, lda, trans_a, bp, ldb, trans_b, op, N, alpha, beta);
+}
+
+}  // namespace
+
+void bind_matmul(py::module_& m) {
+  using namespace pybind11::literals;
+  m.def("matmul", &matmul, "x"_a, "w"_a, "w_type"_a, "out"_a, "accumulate"_a = false,
+        "precision"_a = "auto",
+        "out[T, N] (= or +=) x[T, K] @ W.T, W the GGUF bytes (uint8 [N, row_bytes]) of ggml "
+        "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
+        "bfloat16, float32 accumulation) or 'auto' (f32 for F32 weights, else bf16 on the "
+        "avx512 tier and f32 below it).");
+  m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
+        "accumulate"_a = false, "precision"_a = "auto",
+        "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision.");
+  m.def("gemm", &gemm, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
+        "alpha"_a = 1.0f, "beta"_a = 0.0f,
+        "Plain float32 out[M, N] = alpha * op(a) @ op(b) + beta * out, op = transpose when "
+        "trans_* (beta = 0: out is only written).");
+}
+
 }  // namespace ggtune::bind
