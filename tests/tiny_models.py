@@ -261,3 +261,17 @@ def write_f32_copy(src: str | os.PathLike, dst: str | os.PathLike) -> str:
     w.write_tensors_to_file()
     w.close()
     return os.fspath(dst)
+
+
+# The random adapter of the golden llama.cpp fixtures (scripts/make_model_fixtures.py): rebuilt
+# bit-identically by the tests from these parameters and the model's shapes.
+FIXTURE_ADAPTER = dict(rank=4, alpha=8.0, seed=1234, std=0.03)
+FIXTURE_ADAPTER_TARGETS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+
+
+def write_fixture_adapter(path: str | os.PathLike, model_path: str | os.PathLike):
+    """The golden fixtures' adapter for a model: every layer's attention and FFN matrices."""
+    reader = gguf.GGUFReader(os.fspath(model_path))
+    shapes = {t.name: (int(t.shape[1]), int(t.shape[0])) for t in reader.tensors
+              if t.name.startswith("blk.") and t.name.split(".")[2] in FIXTURE_ADAPTER_TARGETS}
+    return write_random_adapter(path, shapes, **FIXTURE_ADAPTER)
