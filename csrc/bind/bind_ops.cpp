@@ -1,5 +1,267 @@
-#include <pybind11/pybind11.h>
+// Bindings of the llama ops (csrc/ops/): rms_norm, rope, attention, swiglu, cross-entropy,
+// embedding backward, element-wise add. Every shape relation is checked here, before the
+// GIL is released and a kernel runs on raw pointers.
+#include <string>
+
+#include "bind/arrays.h"
+#include "ops/activation.h"
+#include "ops/attention.h"
+#include "ops/embedding.h"
+#include "ops/loss.h"
+#include "ops/norm.h"
+#include "ops/rope.h"
 
 namespace ggtune::bind {
-void bind_ops(pybind11::module_& m) {}
+namespace {
+
+using ops::AttentionShape;
+
+// Integer ids must index a table of `limit` rows; `allow_negative` lets < 0 mark "ignored".
+void check_ids(const int32_t* ids, int64_t n, int64_t limit, const char* name,
+               bool allow_negative) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (ids[i] >= limit || (!allow_negative && ids[i] < 0))
+      throw py::index_error(std::string(name) + ": entry " + std::to_string(i) + " is " +
+                            std::to_string(ids[i]) + ", expected " +
+                            (allow_negative ? "< " : "in [0, ") + std::to_string(limit) +
+                            (allow_negative ? " (or < 0 to ignore)" : ")"));
+  }
+}
+
+// An element-wise operand: float32, C-contiguous, the same shape as `ref` (any rank).
+float* elementwise_data(py::array& a, const char* name, const py::array& ref, bool writable) {
+  if (!a.dtype().is(py::dtype::of<float>()))
+    fail(name, "expected dtype float32, got " + std::string(py::str(a.dtype())));
+  if (!(a.flags() & py::array::c_style))
+    fail(name, "expected a C-contiguous array (use numpy.ascontiguousarray)");
+  if (writable && !a.writeable()) fail(name, "expected a writable array");
+  bool same = a.ndim() == ref.ndim();
+  for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == ref.shape(i);
+  if (!same) fail(name, "expected shape " + shape_str(ref) + ", got " + shape_str(a));
+  return static_cast<float*>(const_cast<void*>(a.data()));  // written only when `writable`
+}
+
+void rms_norm_forward(const py::array& x, const py::array& weight, float eps, py::array& out,
+                      py::array& rstd) {
+  const float* px = cdata_of<float>(x, "x", {kAny, kAny});
+  const int64_t T = dim(x, 0), C = dim(x, 1);
+  const float* pw = cdata_of<float>(weight, "weight", {C});
+  float* po = data_of<float>(out, "out", {T, C}, true);
+  float* pr = data_of<float>(rstd, "rstd", {T}, true);
+  if (!(eps >= 0.0f)) fail("eps", "expected >= 0");
+  py::gil_scoped_release nogil;
+  ops::norm_kernels().rms_norm_forward(px, pw, eps, po, pr, T, C);
+}
+
+void rms_norm_backward(const py::array& dout, const py::array& x, const py::array& weight,
+                       const py::array& rstd, py::array& dx, py::object dweight) {
+  const float* px = cdata_of<float>(x, "x", {kAny, kAny});
+  const int64_t T = dim(x, 0), C = dim(x, 1);
+  const float* pg = cdata_of<float>(dout, "dout", {T, C});
+  const float* pw = cdata_of<float>(weight, "weight", {C});
+  const float* pr = cdata_of<float>(rstd, "rstd", {T});
+  float* pdx = data_of<float>(dx, "dx", {T, C}, true);
+  float* pdw = nullptr;
+  py::array dw_array;
+  if (!dweight.is_none()) {
+    if (!py::isinstance<py::array>(dweight)) fail("dweight", "expected a numpy array or None");
+    dw_array = dweight.cast<py::array>();
+    pdw = data_of<float>(dw_array, "dweight", {C}, true);
+  }
+  py::gil_scoped_release nogil;
+  ops::norm_kernels().rms_norm_backward(pg, px, pw, pr, pdx, pdw, T, C);
+}
+
+ops::RopeParams rope_params(int64_t n_dims, float freq_base, float freq_scale, int mode, int64_t D) {
+  if (n_dims <= 0 || n_dims % 2 != 0 || n_dims > D)
+    fail("n_dims", "expected an even number in [2, head dim " + std::to_string(D) + "], got " +
+                       std::to_string(n_dims));
+  if (mode != ops::kRopeNormal && mode != ops::kRopeNeox)
+    fail("mode", "expected 0 (normal) or 2 (neox), got " + std::to_string(mode));
+  if (!(freq_base > 0.0f)) fail("freq_base", "expected > 0");
+  return {n_dims, freq_base, freq_scale, mode};
+}
+
+// Forward and backward share the checks; `backward` selects the rotation direction.
+void rope_apply(const py::array& x, const py::array& pos, int64_t n_dims, float freq_base,
+                float freq_scale, int mode, py::array& out, bool backward, const char* x_name,
+                const char* out_name) {
+  const float* px = cdata_of<float>(x, x_name, {kAny, kAny, kAny});
+  const int64_t T = dim(x, 0), H = dim(x, 1), D = dim(x, 2);
+  const int32_t* pp = cdata_of<int32_t>(pos, "pos", {T});
+  float* po = data_of<float>(out, out_name, {T, H, D}, true);
+  const ops::RopeParams p = rope_params(n_dims, freq_base, freq_scale, mode, D);
+  py::gil_scoped_release nogil;
+  if (backward) ops::rope_backward(px, pp, p, po, T, H, D);
+  else ops::rope_forward(px, pp, p, po, T, H, D);
+}
+
+AttentionShape attention_shape(const py::array& q, const py::array& k, const py::array& v) {
+  cdata_of<float>(q, "q", {kAny, kAny, kAny, kAny});
+  const int64_t B = dim(q, 0), S = dim(q, 1), Hq = dim(q, 2), D = dim(q, 3);
+  cdata_of<float>(k, "k", {B, kAny, kAny, D});
+  const int64_t Skv = dim(k, 1), Hkv = dim(k, 2);
+  cdata_of<float>(v, "v", {B, Skv, Hkv, D});
+  if (Skv < S)
+    fail("k", "expected at least as many positions as q (" + std::to_string(S) + "), got " +
+                  std::to_string(Skv));
+  if (Hkv == 0 || Hq % Hkv != 0)
+    fail("k", "expected a head count dividing q's " + std::to_string(Hq) + ", got " +
+                  std::to_string(Hkv));
+  return {B, S, Skv, Hq, Hkv, D};
+}
+
+void attention_forward(const py::array& q, const py::array& k, const py::array& v, float scale,
+                       py::array& out, py::array& lse) {
+  const AttentionShape s = attention_shape(q, k, v);
+  float* po = data_of<float>(out, "out", {s.B, s.S, s.Hq, s.D}, true);
+  float* pl = data_of<float>(lse, "lse", {s.B, s.Hq, s.S}, true);
+  const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
+             *pv = static_cast<const float*>(v.data());
+  py::gil_scoped_release nogil;
+  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, s);
+}
+
+void attention_backward(const py::array& dout, const py::array& q, const py::array& k,
+                        const py::array& v, const py::array& out, const py::array& lse,
+                        float scale, py::array& dq, py::array& dk, py::array& dv) {
+  const AttentionShape s = attention_shape(q, k, v);
+  const float* pg = cdata_of<float>(dout, "dout", {s.B, s.S, s.Hq, s.D});
+  const float* po = cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
+  const float* pl = cdata_of<float>(lse, "lse", {s.B, s.Hq, s.S});
+  float* pdq = data_of<float>(dq, "dq", {s.B, s.S, s.Hq, s.D}, true);
+  float* pdk = data_of<float>(dk, "dk", {s.B, s.Skv, s.Hkv, s.D}, true);
+  float* pdv = data_of<float>(dv, "dv", {s.B, s.Skv, s.Hkv, s.D}, true);
+  const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
+             *pv = static_cast<const float*>(v.data());
+  py::gil_scoped_release nogil;
+  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, s);
+}
+
+void swiglu_forward(const py::array& gate, const py::array& up, py::array& out) {
+  const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
+  const int64_t T = dim(gate, 0), F = dim(gate, 1);
+  const float* pu = cdata_of<float>(up, "up", {T, F});
+  float* po = data_of<float>(out, "out", {T, F}, true);
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().swiglu_forward(pg, pu, po, T * F);
+}
+
+void swiglu_backward(const py::array& dout, const py::array& gate, const py::array& up,
+                     py::array& dgate, py::array& dup) {
+  const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
+  const int64_t T = dim(gate, 0), F = dim(gate, 1);
+  const float* pd = cdata_of<float>(dout, "dout", {T, F});
+  const float* pu = cdata_of<float>(up, "up", {T, F});
+  float* pdg = data_of<float>(dgate, "dgate", {T, F}, true);
+  float* pdu = data_of<float>(dup, "dup", {T, F}, true);
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().swiglu_backward(pd, pg, pu, pdg, pdu, T * F);
+}
+
+void cross_entropy_forward(const py::array& logits, const py::array& targets, py::array& loss) {
+  const float* pl = cdata_of<float>(logits, "logits", {kAny, kAny});
+  const int64_t T = dim(logits, 0), V = dim(logits, 1);
+  const int32_t* pt = cdata_of<int32_t>(targets, "targets", {T});
+  float* ploss = data_of<float>(loss, "loss", {T}, true);
+  check_ids(pt, T, V, "targets", true);
+  py::gil_scoped_release nogil;
+  ops::loss_kernels().cross_entropy_forward(pl, pt, ploss, T, V);
+}
+
+void cross_entropy_backward(const py::array& logits, const py::array& targets, float scale,
+                            py::array& dlogits) {
+  const float* pl = cdata_of<float>(logits, "logits", {kAny, kAny});
+  const int64_t T = dim(logits, 0), V = dim(logits, 1);
+  const int32_t* pt = cdata_of<int32_t>(targets, "targets", {T});
+  float* pd = data_of<float>(dlogits, "dlogits", {T, V}, true);
+  check_ids(pt, T, V, "targets", true);
+  py::gil_scoped_release nogil;
+  ops::loss_kernels().cross_entropy_backward(pl, pt, scale, pd, T, V);
+}
+
+void embedding_backward(const py::array& dout, const py::array& ids, py::array& dtable) {
+  const float* pg = cdata_of<float>(dout, "dout", {kAny, kAny});
+  const int64_t T = dim(dout, 0), C = dim(dout, 1);
+  const int32_t* pi = cdata_of<int32_t>(ids, "ids", {T});
+  float* pt = data_of<float>(dtable, "dtable", {kAny, C}, true);
+  check_ids(pi, T, dim(dtable, 0), "ids", false);
+  py::gil_scoped_release nogil;
+  ops::embedding_backward(pg, pi, pt, T, C);
+}
+
+void add(py::array& a, py::array& b, py::array& out) {
+  const float* pa = elementwise_data(a, "a", a, false);
+  const float* pb = elementwise_data(b, "b", a, false);
+  float* po = elementwise_data(out, "out", a, true);
+  const int64_t n = a.size();
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().add(pa, pb, po, n);
+}
+
+void scale_add(py::array& out, py::array& x, float alpha) {
+  float* po = elementwise_data(out, "out", out, true);
+  const float* px = elementwise_data(x, "x", out, false);
+  const int64_t n = out.size();
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().scale_add(po, px, alpha, n);
+}
+
+}  // namespace
+
+void bind_ops(py::module_& m) {
+  using py::arg;
+  m.def("rms_norm_forward", &rms_norm_forward, arg("x"), arg("weight"), arg("eps"), arg("out"),
+        arg("rstd"),
+        "out[T,C] = x * rstd[:,None] * weight, rstd[T] = 1/sqrt(mean(x^2) + eps) (saved for the "
+        "backward).");
+  m.def("rms_norm_backward", &rms_norm_backward, arg("dout"), arg("x"), arg("weight"), arg("rstd"),
+        arg("dx"), arg("dweight") = py::none(),
+        "dx[T,C] overwritten; dweight[C] accumulated (+=) when given.");
+  m.def(
+      "rope_forward",
+      [](const py::array& x, const py::array& pos, int64_t n_dims, float freq_base,
+         float freq_scale, int mode, py::array& out) {
+        rope_apply(x, pos, n_dims, freq_base, freq_scale, mode, out, false, "x", "out");
+      },
+      arg("x"), arg("pos"), arg("n_dims"), arg("freq_base"), arg("freq_scale"), arg("mode"),
+      arg("out"),
+      "Rotary embedding of x[T,H,D] at int32 positions pos[T], llama.cpp semantics: mode 0 "
+      "rotates pairs (2i, 2i+1), mode 2 (neox) pairs (i, i+n_dims/2); theta = pos * freq_scale "
+      "* freq_base^(-2i/n_dims); dims >= n_dims pass through. out may be x.");
+  m.def(
+      "rope_backward",
+      [](const py::array& dout, const py::array& pos, int64_t n_dims, float freq_base,
+         float freq_scale, int mode, py::array& dx) {
+        rope_apply(dout, pos, n_dims, freq_base, freq_scale, mode, dx, true, "dout", "dx");
+      },
+      arg("dout"), arg("pos"), arg("n_dims"), arg("freq_base"), arg("freq_scale"), arg("mode"),
+      arg("dx"), "dx = rotation of dout by -theta (overwritten; may be dout).");
+  m.def("attention_forward", &attention_forward, arg("q"), arg("k"), arg("v"), arg("scale"),
+        arg("out"), arg("lse"),
+        "Causal GQA attention: q[B,S,Hq,D], k/v[B,Skv,Hkv,D] (Skv >= S, query i sees keys j <= "
+        "i + Skv - S; head h reads KV head h // (Hq/Hkv)); writes out[B,S,Hq,D] and "
+        "lse[B,Hq,S], the log-sum-exp of the scaled scores.");
+  m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
+        arg("out"), arg("lse"), arg("scale"), arg("dq"), arg("dk"), arg("dv"),
+        "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head).");
+  m.def("swiglu_forward", &swiglu_forward, arg("gate"), arg("up"), arg("out"),
+        "out[T,F] = silu(gate) * up.");
+  m.def("swiglu_backward", &swiglu_backward, arg("dout"), arg("gate"), arg("up"), arg("dgate"),
+        arg("dup"), "dgate, dup [T,F] overwritten.");
+  m.def("cross_entropy_forward", &cross_entropy_forward, arg("logits"), arg("targets"),
+        arg("loss"),
+        "loss[t] = -log softmax(logits[t])[targets[t]] (float32 [T,V], int32 [T]); rows with a "
+        "target < 0 are ignored (loss 0).");
+  m.def("cross_entropy_backward", &cross_entropy_backward, arg("logits"), arg("targets"),
+        arg("scale"), arg("dlogits"),
+        "dlogits[T,V] = scale * (softmax - onehot) on kept rows, 0 on ignored rows (overwritten; "
+        "may be logits itself).");
+  m.def("embedding_backward", &embedding_backward, arg("dout"), arg("ids"), arg("dtable"),
+        "dtable[ids[t]] += dout[t] (float32 [T,C], int32 [T], [V,C]); deterministic.");
+  m.def("add", &add, arg("a"), arg("b"), arg("out"), "out = a + b, element-wise, same shapes.");
+  m.def("scale_add", &scale_add, arg("out"), arg("x"), arg("alpha"),
+        "out += alpha * x, element-wise, same shapes.");
+}
+
 }  // namespace ggtune::bind

@@ -1,0 +1,36 @@
+// Causal softmax attention with grouped-query heads, forward and backward.
+// Legend: B batch, S query positions, Skv key/value positions (Skv >= S; the last S of them
+// are the queries' own positions, the rest a cache), Hq query heads, Hkv key/value heads
+// (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv)), D head dim.
+//   out_i = sum_j softmax_j(scale * q_i . k_j) v_j  over keys j <= i + (Skv - S)
+//   lse_i = log sum_j exp(scale * q_i . k_j)       (saved for the backward)
+// Blocked like FlashAttention: scores exist only one tile at a time (memory O(S) per head),
+// the forward keeps an online softmax, the backward recomputes probabilities from lse.
+#pragma once
+
+#include <cstdint>
+
+namespace ggtune::ops {
+
+struct AttentionShape {
+  int64_t B, S, Skv, Hq, Hkv, D;
+};
+
+struct AttentionKernels {
+  void (*forward)(const float* q /*[B,S,Hq,D]*/, const float* k /*[B,Skv,Hkv,D]*/,
+                  const float* v /*[B,Skv,Hkv,D]*/, float scale, float* out /*[B,S,Hq,D]*/,
+                  float* lse /*[B,Hq,S]*/, const AttentionShape& s);
+  // dq, dk, dv overwritten; dk/dv sum over the query heads sharing a KV head.
+  void (*backward)(const float* dout /*[B,S,Hq,D]*/, const float* q, const float* k,
+                   const float* v, const float* out /*[B,S,Hq,D]*/, const float* lse /*[B,Hq,S]*/,
+                   float scale, float* dq /*[B,S,Hq,D]*/, float* dk /*[B,Skv,Hkv,D]*/,
+                   float* dv /*[B,Skv,Hkv,D]*/, const AttentionShape& s);
+};
+
+const AttentionKernels& attention_kernels();  // the active tier's kernels
+
+#if defined(__x86_64__)
+extern const AttentionKernels attention_kernels_avx2, attention_kernels_avx512;
+#endif
+
+}  // namespace ggtune::ops

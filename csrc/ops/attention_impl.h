@@ -1,0 +1,214 @@
+// Blocked causal GQA attention as templates over a vector type (see simd_vec.h); included
+// once per tier. All products are tiles of at most kQueryBlock x kKeyBlock x D through
+// gemm_block, so the scores of a head never exist whole.
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+
+#include "ops/attention.h"
+#include "ops/simd_vec.h"
+#include "parallel.h"
+
+namespace ggtune::ops {
+namespace {
+
+constexpr int64_t kQueryBlock = 32;  // Br: query rows per tile
+constexpr int64_t kKeyBlock = 64;    // Bc: keys per tile
+
+// A heap buffer local to one task (plain new[]: no library template compiled per tier).
+struct Scratch {
+  float* p;
+  explicit Scratch(int64_t n) : p(new float[std::max<int64_t>(n, 1)]) {}
+  ~Scratch() { delete[] p; }
+  Scratch(const Scratch&) = delete;
+  Scratch& operator=(const Scratch&) = delete;
+};
+
+// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols.
+inline void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
+                      int64_t ld_dst) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+}
+
+template <class V>
+void scale_row(float* row, int64_t n, float alpha) {
+  for_chunks<V>(n, [&](auto u, int64_t i) {
+    using U = decltype(u);
+    U::store(row + i, U::mul(U::load(row + i), U::set1(alpha)));
+  });
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// One task = one query block of one head: the tile's rows of `out` accumulate P.V under an
+// online softmax (running max m and sum l per row), then are normalised by l.
+template <class V>
+void attention_forward_v(const float* q, const float* k, const float* v, float scale, float* out,
+                         float* lse, const AttentionShape& s) {
+  const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
+  const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
+  const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
+  parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
+    // Late query blocks see the most keys: hand them out first for a balanced tail.
+    const int64_t qb = n_qblocks - 1 - task % n_qblocks;
+    const int64_t b = task / n_qblocks / s.Hq, h = task / n_qblocks % s.Hq, hk = h / group;
+    const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
+    const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
+    float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
+    const float* k_head = k + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
+    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;
+    Scratch kt(D * kKeyBlock), scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
+    for (int64_t r = 0; r < nr; ++r) {
+      std::memset(out_tile + r * ldq, 0, sizeof(float) * D);
+      m.p[r] = -std::numeric_limits<float>::infinity();
+      l.p[r] = 0.0f;
+    }
+    const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
+    for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
+      const int64_t nc = std::min(kKeyBlock, n_keys - j0);
+      transpose(k_head + j0 * ldk, ldk, nc, D, kt.p, kKeyBlock);
+      gemm_block<V>(nr, nc, D, q_tile, ldq, kt.p, kKeyBlock, scores.p, kKeyBlock, scale, false);
+      for (int64_t r = 0; r < nr; ++r) {
+        float* srow = scores.p + r * kKeyBlock;
+        const int64_t n_valid = std::clamp<int64_t>(i0 + r + off + 1 - j0, 0, nc);
+        std::memset(srow + n_valid, 0, sizeof(float) * (nc - n_valid));  // masked: p = 0
+        if (n_valid == 0) continue;
+        const float m_new = std::max(m.p[r], reduce_max<V>(srow, n_valid));
+        const float p_sum = reduce_sum<V>(n_valid, [&](auto u, int64_t c) {
+          using U = decltype(u);
+          const auto p = U::exp(U::sub(U::load(srow + c), U::set1(m_new)));
+          U::store(srow + c, p);
+          return p;
+        });
+        const float alpha = std::exp(m.p[r] - m_new);  // 0 on the first block (m = -inf)
+        if (alpha != 1.0f) scale_row<V>(out_tile + r * ldq, D, alpha);
+        l.p[r] = l.p[r] * alpha + p_sum;
+        m.p[r] = m_new;
+      }
+      gemm_block<V>(nr, D, nc, scores.p, kKeyBlock, v_head + j0 * ldk, ldk, out_tile, ldq, 1.0f,
+                    true);
+    }
+    float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
+    for (int64_t r = 0; r < nr; ++r) {
+      scale_row<V>(out_tile + r * ldq, D, 1.0f / l.p[r]);
+      lse_tile[r] = m.p[r] + std::log(l.p[r]);
+    }
+  });
+}
+
+// delta[b,h,i] = dout_i . out_i  (= sum_j P_ij dP_ij, the softmax backward's row term).
+template <class V>
+void attention_delta(const float* dout, const float* out, float* delta, const AttentionShape& s) {
+  parallel_for(s.B * s.S * s.Hq, 256, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; ++row) {  // row = (b * S + i) * Hq + h
+      const float *g = dout + row * s.D, *o = out + row * s.D;
+      const int64_t h = row % s.Hq, i = row / s.Hq % s.S, b = row / s.Hq / s.S;
+      delta[(b * s.Hq + h) * s.S + i] = reduce_sum<V>(s.D, [&](auto u, int64_t d) {
+        using U = decltype(u);
+        return U::mul(U::load(g + d), U::load(o + d));
+      });
+    }
+  });
+}
+
+// Backward, FlashAttention-2 order: a task owns one KV head's key blocks (every
+// n_chunks-th one, which balances the causal work) and so owns their dk/dv rows, summed
+// over the query heads of the group; it adds its share of dq into its own dq buffer.
+// With more than one chunk per KV head the buffers are summed afterwards in chunk order,
+// so results never depend on scheduling. Per (key tile, query tile), transposed so the
+// key index is the row:
+//   P^T = exp(scale K Q^T - lse),  dP^T = V dO^T,  dS^T = P^T * (dP^T - delta)
+//   dV += P^T dO,   dK += scale dS^T Q,   dQ += scale dS K
+template <class V>
+void attention_backward_v(const float* dout, const float* q, const float* k, const float* v,
+                          const float* out, const float* lse, float scale, float* dq, float* dk,
+                          float* dv, const AttentionShape& s) {
+  const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
+  const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
+  const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
+  const int64_t n_chunks = std::min<int64_t>(
+      n_kblocks, std::max<int64_t>(1, ceil_div(2 * num_threads(), s.B * s.Hkv)));
+  const int64_t dq_size = s.B * s.S * s.Hq * D;
+
+  Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
+  attention_delta<V>(dout, out, delta.p, s);
+  std::memset(dq, 0, sizeof(float) * dq_size);
+  std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
+
+  parallel_for_each(s.B * s.Hkv * n_chunks, [&](int64_t task) {
+    const int64_t chunk = task % n_chunks, b = task / n_chunks / s.Hkv,
+                  hk = task / n_chunks % s.Hkv;
+    float* dq_acc = chunk == 0 ? dq : dq_parts.p + (chunk - 1) * dq_size;
+    Scratch qt(D * kQueryBlock), dot(D * kQueryBlock), pt(kKeyBlock * kQueryBlock),
+        dst(kKeyBlock * kQueryBlock), ds(kQueryBlock * kKeyBlock), dk_acc(kKeyBlock * D),
+        dv_acc(kKeyBlock * D);
+    for (int64_t kb = chunk; kb < n_kblocks; kb += n_chunks) {
+      const int64_t j0 = kb * kKeyBlock, nc = std::min(kKeyBlock, s.Skv - j0);
+      const int64_t kv_row = (b * s.Skv + j0) * s.Hkv + hk;
+      const float* k_tile = k + kv_row * D;  // [nc, D], ld ldk
+      const float* v_tile = v + kv_row * D;
+      std::memset(dk_acc.p, 0, sizeof(float) * nc * D);
+      std::memset(dv_acc.p, 0, sizeof(float) * nc * D);
+      const int64_t first_query = std::max<int64_t>(0, j0 - off);  // first row seeing key j0
+      for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
+        for (int64_t qb = first_query / kQueryBlock; qb < n_qblocks; ++qb) {
+          const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
+          const int64_t q_row = (b * s.S + i0) * s.Hq + h;
+          const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
+          const float* do_tile = dout + q_row * D;
+          const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
+          const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
+          transpose(q_tile, ldq, nr, D, qt.p, kQueryBlock);
+          transpose(do_tile, ldq, nr, D, dot.p, kQueryBlock);
+          gemm_block<V>(nc, nr, D, k_tile, ldk, qt.p, kQueryBlock, pt.p, kQueryBlock, scale, false);
+          gemm_block<V>(nc, nr, D, v_tile, ldk, dot.p, kQueryBlock, dst.p, kQueryBlock, 1.0f,
+                        false);
+          for (int64_t c = 0; c < nc; ++c) {
+            float* prow = pt.p + c * kQueryBlock;
+            float* dsrow = dst.p + c * kQueryBlock;
+            const int64_t r_first = std::clamp<int64_t>(j0 + c - off - i0, 0, nr);  // causal
+            std::memset(prow, 0, sizeof(float) * r_first);
+            std::memset(dsrow, 0, sizeof(float) * r_first);
+            for_chunks<V>(nr - r_first, [&](auto u, int64_t i) {
+              using U = decltype(u);
+              const int64_t r = r_first + i;
+              const auto p = U::exp(U::sub(U::load(prow + r), U::load(lse_tile + r)));
+              U::store(prow + r, p);
+              U::store(dsrow + r, U::mul(p, U::sub(U::load(dsrow + r), U::load(delta_tile + r))));
+            });
+          }
+          gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, do_tile, ldq, dv_acc.p, D, 1.0f, true);
+          gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, q_tile, ldq, dk_acc.p, D, scale, true);
+          transpose(dst.p, kQueryBlock, nc, nr, ds.p, kKeyBlock);
+          gemm_block<V>(nr, D, nc, ds.p, kKeyBlock, k_tile, ldk, dq_acc + q_row * D, ldq, scale,
+                        true);
+        }
+      }
+      for (int64_t c = 0; c < nc; ++c) {
+        std::memcpy(dk + (kv_row + c * s.Hkv) * D, dk_acc.p + c * D, sizeof(float) * D);
+        std::memcpy(dv + (kv_row + c * s.Hkv) * D, dv_acc.p + c * D, sizeof(float) * D);
+      }
+    }
+  });
+
+  for (int64_t chunk = 1; chunk < n_chunks; ++chunk) {
+    const float* part = dq_parts.p + (chunk - 1) * dq_size;
+    parallel_for(dq_size, 1 << 15, [&](int64_t e0, int64_t e1) {
+      for_chunks<V>(e1 - e0, [&](auto u, int64_t i) {
+        using U = decltype(u);
+        U::store(dq + e0 + i, U::add(U::load(dq + e0 + i), U::load(part + e0 + i)));
+      });
+    });
+  }
+}
+
+template <class V>
+constexpr AttentionKernels make_attention_kernels() {
+  return {&attention_forward_v<V>, &attention_backward_v<V>};
+}
+
+}  // namespace
+}  // namespace ggtune::ops
