@@ -153,7 +153,7 @@ class LlamaModel:
         """tokens int [S] -> f32 [S, V], or [B, S] -> f32 [B, S, V]."""
         batch = self._as_batch(tokens)
         out = self.output_logits(self.hidden(batch))
-        return out if np.ndim(tokens) == 2 else out.reshape(batch.shape[1], -1)
+        return out.reshape(batch.shape + (-1,)) if np.ndim(tokens) == 2 else out
 
     def token_losses(self, tokens) -> np.ndarray:
         """Next-token cross-entropy (nats) of each prediction: tokens [B, S] (or [S]) -> f32 [B, S-1]."""
