@@ -190,3 +190,29 @@ def test_ggla_non_integer_alpha_folds_into_b(tmp_path):
     assert struct.unpack("<4I", raw[:16]) == (0x67676C61, 1, 2, 2)  # header scale 1
     b_data = np.frombuffer(raw[-32:], "<f4")  # loraB is the last tensor: 4*2 floats
     np.testing.assert_allclose(b_data, 1.25)  # trained scale 2.5 / 2 folded in
+
+
+def test_llama_cpp_loads_the_gguf_adapter(tmp_path, smollm2_path):
+    """Current llama.cpp accepts the file (its loader checks every shape and the pairing): a zero-B
+    adapter leaves the logits bit-identical, a random one moves them."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    ne = {t.name: [int(x) for x in t.shape] for t in gguf.GGUFReader(smollm2_path).tensors}
+    rng = np.random.default_rng(4)
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_down", "ffn_up")
+    bases = [n for n in ne if n.startswith("blk.") and n.split(".")[2] in kinds]
+    pairs = {n: (0.05 * rng.standard_normal((4, ne[n][0])).astype(np.float32),
+                 0.05 * rng.standard_normal((ne[n][1], 4)).astype(np.float32)) for n in bases}
+    zero = {n: (a, np.zeros_like(b)) for n, (a, b) in pairs.items()}
+    write_gguf_adapter(tmp_path / "zero.gguf", zero, alpha=4.0, tied_embeddings=True)
+    write_gguf_adapter(tmp_path / "rand.gguf", pairs, alpha=4.0, tied_embeddings=True)
+
+    def logits(lora_path=None):
+        kw = {"lora_path": str(lora_path)} if lora_path else {}
+        model = llama_cpp.Llama(model_path=smollm2_path, n_ctx=32, logits_all=True, verbose=False, n_threads=2, **kw)
+        tokens = model.tokenize(b"The quick brown fox jumps over the lazy dog.")
+        model.eval(tokens)
+        return np.array(model.scores[: len(tokens)])
+
+    base = logits()
+    assert np.array_equal(logits(tmp_path / "zero.gguf"), base)
+    assert np.abs(logits(tmp_path / "rand.gguf") - base).max() > 0.1

@@ -1,0 +1,282 @@
+"""Read LLaMA-family GGUF models, memory-mapped, weights kept in their stored (quantized) form.
+
+Shapes: numpy order, row-major. A weight with ggml ne = (n_in, n_out) is stored as n_out rows of
+n_in elements; here it is a `Weight` whose `data` is a uint8 view [n_out, row_bytes] into the map.
+Nothing is dequantized at load time except the small norm vectors.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import gguf
+
+from . import _core
+
+GGUF_MAGIC = b"GGUF"
+ARCHITECTURE = "llama"
+
+# ggml type ids of weights ggtune loads: those of csrc/quant/types.h except Q8_1, which llama.cpp
+# never stores as a weight and which gguf-py sizes as 40-byte blocks where ggml's are 36 bytes.
+SUPPORTED_TYPES = frozenset({0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30})
+
+# Defaults for optional keys, as llama.cpp assumes them. A converted training checkpoint carries
+# neither a vocabulary, a KV head count, a context length nor a frequency base.
+DEFAULT_CONTEXT_LENGTH = 2048
+DEFAULT_ROPE_FREQ_BASE = 10000.0
+DEFAULT_RMS_EPS = 1e-5
+
+
+class GGUFError(ValueError):
+    """A GGUF file that ggtune cannot use; the message names the file (and key or tensor)."""
+
+
+def type_name(ggml_type: int) -> str:
+    try:
+        return gguf.GGMLQuantizationType(ggml_type).name
+    except ValueError:
+        return f"type {ggml_type}"
+
+
+def row_bytes(ggml_type: int, n_in: int) -> int:
+    """Bytes of one row of n_in elements (n_in a multiple of the block size)."""
+    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)]
+    return n_in // block_size * type_size
+
+
+@dataclass
+class Weight:
+    """A linear layer's matrix W (n_out, n_in) in its stored form: y = x @ W.T."""
+
+    data: np.ndarray  # uint8 [n_out, row_bytes], usually a view into the file map
+    ggml_type: int
+    n_out: int
+    n_in: int
+    name: str = ""
+
+    def dequantize(self) -> np.ndarray:
+        """float32 [n_out, n_in]. For tests and small tensors only: never on a whole model."""
+        qtype = gguf.GGMLQuantizationType(self.ggml_type)
+        if qtype == gguf.GGMLQuantizationType.F32:
+            return self.data.view(np.float32).reshape(self.n_out, self.n_in).copy()
+        if qtype == gguf.GGMLQuantizationType.F16:
+            return self.data.view(np.float16).reshape(self.n_out, self.n_in).astype(np.float32)
+        out = np.empty((self.n_out, self.n_in), dtype=np.float32)
+        _core.dequantize(np.ascontiguousarray(self.data), self.ggml_type, out)
+        return out
+
+
+@dataclass
+class HParams:
+    n_vocab: int
+    n_ctx_train: int
+    n_embd: int
+    n_ff: int
+    n_head: int
+    n_head_kv: int
+    n_layer: int
+    n_rot: int  # rotated dimensions per head (rope.dimension_count)
+    rope_freq_base: float
+    rope_freq_scale: float  # 1 / linear scaling factor
+    rms_eps: float
+
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
+
+    @property
+    def n_embd_kv(self) -> int:
+        return self.head_dim * self.n_head_kv
+
+
+@dataclass
+class LayerWeights:
+    attn_norm: np.ndarray  # f32 [C]
+    wq: Weight  # [H*D, C]
+    wk: Weight  # [Hkv*D, C]
+    wv: Weight  # [Hkv*D, C]
+    wo: Weight  # [C, H*D]
+    ffn_norm: np.ndarray  # f32 [C]
+    w_gate: Weight  # [F, C]
+    w_up: Weight  # [F, C]
+    w_down: Weight  # [C, F]
+
+    def linears(self) -> dict[str, Weight]:
+        """The layer's matrices by their GGUF short name (attn_q, ..., ffn_up)."""
+        return {
+            "attn_q": self.wq, "attn_k": self.wk, "attn_v": self.wv, "attn_output": self.wo,
+            "ffn_gate": self.w_gate, "ffn_up": self.w_up, "ffn_down": self.w_down,
+        }
+
+
+@dataclass
+class ModelWeights:
+    path: str
+    hparams: HParams
+    token_embd: Weight  # [V, C]
+    output_norm: np.ndarray  # f32 [C]
+    output: Weight  # [V, C]; the same object as token_embd when embeddings are tied
+    layers: list[LayerWeights]
+    metadata: dict[str, Any] = field(repr=False)  # every key/value of the file, as Python values
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return self.output is self.token_embd
+
+    def weights_by_name(self) -> dict[str, Weight]:
+        """Every matrix by its GGUF tensor name, e.g. 'blk.3.attn_q.weight'."""
+        named = {"token_embd.weight": self.token_embd}
+        if not self.tied_embeddings:
+            named["output.weight"] = self.output
+        for i, layer in enumerate(self.layers):
+            for short, w in layer.linears().items():
+                named[f"blk.{i}.{short}.weight"] = w
+        return named
+
+
+def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
+    """A memory-mapped reader, or a GGUFError saying why the file is not a readable GGUF."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise GGUFError(f"{path}: no such file")
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
+    try:
+        reader = gguf.GGUFReader(path, "r")
+    except (ValueError, IndexError, OverflowError, KeyError) as e:
+        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({e})") from None
+    size = os.path.getsize(path)
+    for t in reader.tensors:
+        if t.data_offset + t.n_bytes > size:
+            raise GGUFError(f"{path}: truncated GGUF file: tensor '{t.name}' ends at byte "
+                            f"{t.data_offset + t.n_bytes}, the file has {size}")
+    return reader
+
+
+def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
+    """Every key/value pair as plain Python values (str, int, float, bool, lists of them)."""
+    return {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
+
+
+def read_hparams(path: str, meta: dict[str, Any], n_vocab_default: int) -> HParams:
+    arch = meta.get("general.architecture")
+    if arch != ARCHITECTURE:
+        raise GGUFError(f"{path}: general.architecture is {arch!r}, ggtune runs '{ARCHITECTURE}' models")
+
+    def key(name: str, default: Any = None) -> Any:
+        full = f"{ARCHITECTURE}.{name}"
+        if full in meta:
+            return meta[full]
+        if default is None:
+            raise GGUFError(f"{path}: missing metadata key '{full}'")
+        return default
+
+    n_embd = int(key("embedding_length"))
+    n_head = int(key("attention.head_count"))
+    if n_head <= 0 or n_embd % n_head:
+        raise GGUFError(f"{path}: embedding_length {n_embd} is not a multiple of head_count {n_head}")
+    n_head_kv = int(key("attention.head_count_kv", n_head))
+    if n_head_kv <= 0 or n_head % n_head_kv:
+        raise GGUFError(f"{path}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
+    tokens = meta.get("tokenizer.ggml.tokens")
+    n_vocab = int(key("vocab_size", len(tokens) if tokens else n_vocab_default))
+    head_dim = n_embd // n_head
+    n_rot = int(key("rope.dimension_count", head_dim))
+    if n_rot > head_dim or n_rot % 2:
+        raise GGUFError(f"{path}: rope.dimension_count {n_rot} must be even and <= head size {head_dim}")
+    linear_factor = float(key("rope.scaling.factor", key("rope.scale_linear", 1.0)))
+    if meta.get(f"{ARCHITECTURE}.rope.scaling.type", "linear") not in ("linear", "none"):
+        raise GGUFError(f"{path}: rope scaling type {meta[f'{ARCHITECTURE}.rope.scaling.type']!r} "
+                        "is not supported (only linear)")
+    return HParams(
+        n_vocab=n_vocab,
+        n_ctx_train=int(key("context_length", DEFAULT_CONTEXT_LENGTH)),
+        n_embd=n_embd,
+        n_ff=int(key("feed_forward_length")),
+        n_head=n_head,
+        n_head_kv=n_head_kv,
+        n_layer=int(key("block_count")),
+        n_rot=n_rot,
+        rope_freq_base=float(key("rope.freq_base", DEFAULT_ROPE_FREQ_BASE)),
+        rope_freq_scale=1.0 / linear_factor if linear_factor else 1.0,
+        rms_eps=float(key("attention.layer_norm_rms_epsilon", DEFAULT_RMS_EPS)),
+    )
+
+
+class _TensorTable:
+    """Looks tensors up by name and checks their type and shape, naming the file and tensor."""
+
+    def __init__(self, path: str, reader: gguf.GGUFReader):
+        self.path = path
+        self.tensors = {t.name: t for t in reader.tensors}
+
+    def has(self, name: str) -> bool:
+        return name in self.tensors
+
+    def _get(self, name: str, shape: tuple[int, ...]):
+        t = self.tensors.get(name)
+        if t is None:
+            raise GGUFError(f"{self.path}: missing tensor '{name}'")
+        ne = tuple(int(n) for n in t.shape)  # ggml order: ne0 (fastest) first
+        if ne != shape:
+            raise GGUFError(f"{self.path}: tensor '{name}' has shape {list(ne)} (ggml order), "
+                            f"the hyper-parameters need {list(shape)}")
+        if int(t.tensor_type) not in SUPPORTED_TYPES:
+            raise GGUFError(f"{self.path}: tensor '{name}' has unsupported type {type_name(t.tensor_type)}")
+        return t
+
+    def weight(self, name: str, n_in: int, n_out: int) -> Weight:
+        """Matrix with ggml ne (n_in, n_out) as a uint8 [n_out, row_bytes] view of the map."""
+        t = self._get(name, (n_in, n_out))
+        ggml_type = int(t.tensor_type)
+        block_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ggml_type)][0]
+        if n_in % block_size:
+            raise GGUFError(f"{self.path}: tensor '{name}' rows of {n_in} are not a multiple of "
+                            f"the {type_name(ggml_type)} block size {block_size}")
+        data = t.data.view(np.uint8).reshape(n_out, row_bytes(ggml_type, n_in))
+        return Weight(data=data, ggml_type=ggml_type, n_out=n_out, n_in=n_in, name=name)
+
+    def vector(self, name: str, n: int) -> np.ndarray:
+        """A 1-D tensor (norm weights) as float32 [n]."""
+        t = self._get(name, (n,))
+        return Weight(t.data.view(np.uint8).reshape(1, -1), int(t.tensor_type), 1, n, name).dequantize()[0]
+
+
+def read_llama_gguf(path: str | os.PathLike) -> ModelWeights:
+    """Reads a llama-architecture GGUF model; weights stay views of the memory map."""
+    path = os.fspath(path)
+    reader = open_gguf(path)
+    meta = read_metadata(reader)
+    if meta.get("general.type") == "adapter":
+        raise GGUFError(f"{path}: is a LoRA adapter (general.type = adapter), not a model")
+    table = _TensorTable(path, reader)
+    if not table.has("token_embd.weight"):
+        raise GGUFError(f"{path}: missing tensor 'token_embd.weight'")
+    n_vocab_from_embd = int(table.tensors["token_embd.weight"].shape[-1])
+    hp = read_hparams(path, meta, n_vocab_from_embd)
+    C, F, D = hp.n_embd, hp.n_ff, hp.head_dim
+    token_embd = table.weight("token_embd.weight", C, hp.n_vocab)
+    output = table.weight("output.weight", C, hp.n_vocab) if table.has("output.weight") else token_embd
+    layers = []
+    for i in range(hp.n_layer):
+        p = f"blk.{i}."
+        layers.append(LayerWeights(
+            attn_norm=table.vector(p + "attn_norm.weight", C),
+            wq=table.weight(p + "attn_q.weight", C, hp.n_head * D),
+            wk=table.weight(p + "attn_k.weight", C, hp.n_head_kv * D),
+            wv=table.weight(p + "attn_v.weight", C, hp.n_head_kv * D),
+            wo=table.weight(p + "attn_output.weight", hp.n_head * D, C),
+            ffn_norm=table.vector(p + "ffn_norm.weight", C),
+            w_gate=table.weight(p + "ffn_gate.weight", C, F),
+            w_up=table.weight(p + "ffn_up.weight", C, F),
+            w_down=table.weight(p + "ffn_down.weight", F, C),
+        ))
+    return ModelWeights(path=path, hparams=hp, token_embd=token_embd,
+                        output_norm=table.vector("output_norm.weight", C), output=output,
+                        layers=layers, metadata=meta)

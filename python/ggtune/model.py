@@ -1,0 +1,236 @@
+"""The llama forward pass over GGUF weights, built from ggtune's kernels.
+
+Legend: B sequences, S tokens per sequence, T = B*S tokens, C n_embd, H heads, Hkv kv heads,
+D head dim, F n_ff, V vocab, r LoRA rank.
+
+Every matrix product goes through `linear`, which applies LoRA adapters as
+y = x @ W.T + scale * (x @ A.T) @ B.T, never materialising W + scale * B @ A.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Optional, Sequence
+
+import numpy as np
+
+from . import _core
+from .gguf_io import GGUFError, HParams, ModelWeights, Weight, read_llama_gguf
+
+ROPE_MODE_NORMAL = 0  # llama.cpp's llama architecture: adjacent pairs, on GGUF's permuted Q/K rows
+LOGITS_ROWS_PER_CHUNK = 256  # rows of [rows, V] logits computed at once by cross_entropy
+
+
+@dataclass
+class LoraPair:
+    """One adapter on one weight: W_eff = W + scale * b @ a (never formed)."""
+
+    a: np.ndarray  # f32 [r, n_in]
+    b: np.ndarray  # f32 [n_out, r]
+    scale: float
+
+
+def linear(x: np.ndarray, weight: Weight, lora: Optional[Sequence[LoraPair]] = None,
+           out: Optional[np.ndarray] = None, precision: str = "auto") -> np.ndarray:
+    """out f32 [T, N] = x @ W.T + sum over adapters of scale * (x @ A.T) @ B.T.
+
+    x: f32 [T, K] with K = weight.n_in. W stays in its stored type; the matmul kernel dequantizes
+    tiles on the fly.
+    """
+    if out is None:
+        out = np.empty((x.shape[0], weight.n_out), dtype=np.float32)
+    _core.matmul(x, weight.data, weight.ggml_type, out, precision=precision)
+    for pair in lora or ():
+        xa = np.empty((x.shape[0], pair.a.shape[0]), dtype=np.float32)  # [T, r]
+        _core.gemm(x, pair.a, xa, trans_b=True)
+        _core.gemm(xa, pair.b, out, trans_b=True, alpha=pair.scale, beta=1.0)
+    return out
+
+
+class KVCache:
+    """Keys and values of past tokens, per layer: [B, n_max, Hkv, D] each."""
+
+    def __init__(self, hp: HParams, n_max: int, n_seq: int = 1):
+        shape = (n_seq, n_max, hp.n_head_kv, hp.head_dim)
+        self.k = [np.zeros(shape, dtype=np.float32) for _ in range(hp.n_layer)]
+        self.v = [np.zeros(shape, dtype=np.float32) for _ in range(hp.n_layer)]
+        self.n_max = n_max
+        self.n_past = 0
+
+    def store(self, layer: int, k: np.ndarray, v: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Appends k, v [B, S, Hkv, D] at n_past; returns all keys and values so far [B, n_past+S, Hkv, D]."""
+        end = self.n_past + k.shape[1]
+        if end > self.n_max:
+            raise ValueError(f"KV cache full: {end} tokens, room for {self.n_max}")
+        self.k[layer][:, self.n_past:end] = k
+        self.v[layer][:, self.n_past:end] = v
+        return (np.ascontiguousarray(self.k[layer][:, :end]), np.ascontiguousarray(self.v[layer][:, :end]))
+
+
+class LlamaModel:
+    """A llama GGUF model ready to run: weights (memory-mapped), adapters, tokenizer."""
+
+    def __init__(self, weights: ModelWeights, lora: Optional[dict[str, list[LoraPair]]] = None,
+                 precision: str = "auto"):
+        self.weights = weights
+        self.hparams = weights.hparams
+        self.lora = lora or {}  # {GGUF tensor name: [LoraPair, ...]}
+        self.precision = precision
+        self._tokenizer = None
+
+    # ----- tokens -----
+    @property
+    def tokenizer(self):
+        if self._tokenizer is None:
+            from .tokenizer import Tokenizer
+
+            self._tokenizer = Tokenizer.from_metadata(self.weights.metadata)
+        return self._tokenizer
+
+    def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> list[int]:
+        return self.tokenizer.tokenize(text, add_bos=add_bos, special=special)
+
+    def detokenize(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.detokenize(ids)
+
+    # ----- forward -----
+    def _linear(self, x: np.ndarray, name: str, weight: Weight) -> np.ndarray:
+        return linear(x, weight, self.lora.get(name), precision=self.precision)
+
+    def hidden(self, tokens: np.ndarray, cache: Optional[KVCache] = None) -> np.ndarray:
+        """tokens int [B, S] -> final normed hidden states f32 [B*S, C]; appends to `cache` if given."""
+        hp = self.hparams
+        B, S = tokens.shape
+        T, H, Hkv, D = B * S, hp.n_head, hp.n_head_kv, hp.head_dim
+        n_past = cache.n_past if cache else 0
+        ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(T)
+        if ids.min() < 0 or ids.max() >= hp.n_vocab:
+            raise ValueError(f"tokens: ids must be in [0, {hp.n_vocab}), got {ids.min()}..{ids.max()}")
+        pos = np.tile(np.arange(n_past, n_past + S, dtype=np.int32), B)  # [T]
+        x = np.empty((T, hp.n_embd), dtype=np.float32)  # the residual stream [T, C]
+        _core.get_rows(self.weights.token_embd.data, self.weights.token_embd.ggml_type, ids, x)
+        h = np.empty_like(x)
+        rstd = np.empty(T, dtype=np.float32)
+        att = np.empty((B, S, H, D), dtype=np.float32)
+        lse = np.empty((B, H, S), dtype=np.float32)
+        act = None
+        for i, layer in enumerate(self.weights.layers):
+            p = f"blk.{i}."
+            _core.rms_norm_forward(x, layer.attn_norm, hp.rms_eps, h, rstd)
+            q = self._linear(h, p + "attn_q.weight", layer.wq).reshape(T, H, D)
+            k = self._linear(h, p + "attn_k.weight", layer.wk).reshape(T, Hkv, D)
+            v = self._linear(h, p + "attn_v.weight", layer.wv).reshape(B, S, Hkv, D)
+            self._rope(q, pos)
+            self._rope(k, pos)
+            k = k.reshape(B, S, Hkv, D)
+            if cache is not None:
+                k, v = cache.store(i, k, v)
+            _core.attention_forward(q.reshape(B, S, H, D), k, v, 1.0 / np.sqrt(D), att, lse)
+            x += self._linear(att.reshape(T, H * D), p + "attn_output.weight", layer.wo)
+            _core.rms_norm_forward(x, layer.ffn_norm, hp.rms_eps, h, rstd)
+            gate = self._linear(h, p + "ffn_gate.weight", layer.w_gate)
+            up = self._linear(h, p + "ffn_up.weight", layer.w_up)
+            if act is None:
+                act = np.empty_like(gate)
+            _core.swiglu_forward(gate, up, act)
+            x += self._linear(act, p + "ffn_down.weight", layer.w_down)
+        if cache is not None:
+            cache.n_past += S
+        _core.rms_norm_forward(x, self.weights.output_norm, hp.rms_eps, h, rstd)
+        return h
+
+    def _rope(self, x: np.ndarray, pos: np.ndarray) -> None:
+        """x f32 [T, heads, D], rotated in place."""
+        hp = self.hparams
+        _core.rope_forward(x, pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, ROPE_MODE_NORMAL, x)
+
+    def output_logits(self, h: np.ndarray) -> np.ndarray:
+        """h f32 [T, C] (normed hidden states) -> logits f32 [T, V]."""
+        return self._linear(np.ascontiguousarray(h), "output.weight", self.weights.output)
+
+    def logits(self, tokens) -> np.ndarray:
+        """tokens int [S] -> f32 [S, V], or [B, S] -> f32 [B, S, V]."""
+        batch = self._as_batch(tokens)
+        out = self.output_logits(self.hidden(batch))
+        return out.reshape(batch.shape + (-1,)) if np.ndim(tokens) == 2 else out
+
+    def token_losses(self, tokens) -> np.ndarray:
+        """Next-token cross-entropy (nats) of each prediction: tokens [B, S] (or [S]) -> f32 [B, S-1]."""
+        batch = self._as_batch(tokens)
+        B, S = batch.shape
+        if S < 2:
+            raise ValueError("tokens: need at least 2 tokens per sequence to predict one")
+        h = self.hidden(batch).reshape(B, S, -1)[:, :-1].reshape(B * (S - 1), -1)
+        targets = np.ascontiguousarray(batch[:, 1:].reshape(-1), dtype=np.int32)
+        losses = np.empty(len(targets), dtype=np.float32)
+        for start in range(0, len(targets), LOGITS_ROWS_PER_CHUNK):  # bounds the [rows, V] buffer
+            end = min(start + LOGITS_ROWS_PER_CHUNK, len(targets))
+            _core.cross_entropy_forward(self.output_logits(h[start:end]), targets[start:end], losses[start:end])
+        return losses.reshape(B, S - 1)
+
+    def cross_entropy(self, tokens) -> float:
+        """Mean next-token cross-entropy in nats of tokens [S] or [B, S]."""
+        return float(np.mean(self.token_losses(tokens), dtype=np.float64))
+
+    def new_cache(self, n_max: Optional[int] = None, n_seq: int = 1) -> KVCache:
+        return KVCache(self.hparams, n_max or self.hparams.n_ctx_train, n_seq)
+
+    def _as_batch(self, tokens) -> np.ndarray:
+        batch = np.asarray(tokens)
+        if batch.ndim == 1:
+            batch = batch[None, :]
+        if batch.ndim != 2 or batch.shape[1] == 0 or not np.issubdtype(batch.dtype, np.integer):
+            raise ValueError(f"tokens: expected integer ids [S] or [B, S] with S >= 1, got shape {batch.shape}")
+        if batch.shape[1] > self.hparams.n_ctx_train:
+            raise ValueError(f"tokens: {batch.shape[1]} tokens per sequence exceed the model's "
+                             f"context of {self.hparams.n_ctx_train}")
+        return batch
+
+
+def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeights) -> dict[str, LoraPair]:
+    """A GGUF LoRA adapter checked against the model: {tensor name: LoraPair}.
+
+    scale = user_scale * alpha / r, or user_scale when the adapter has no alpha (gguf-lora-adapter.md).
+    Norm adapters are ignored, as llama.cpp ignores them.
+    """
+    from .adapters import read_gguf_adapter
+
+    path = os.fspath(path)
+    alpha, pairs = read_gguf_adapter(path)
+    targets = weights.weights_by_name()
+    adapted = {}
+    for name, (a, b) in pairs.items():
+        if name.endswith("_norm.weight"):
+            continue
+        if name == "token_embd.weight":
+            raise GGUFError(f"{path}: adapters on token_embd.weight are not supported (llama.cpp rejects "
+                            "them on tied-embedding models); merge the adapter into the model instead")
+        w = targets.get(name)
+        if w is None:
+            raise GGUFError(f"{path}: adapter tensor '{name}' has no matching weight in {weights.path}")
+        r = a.shape[0]
+        if a.shape != (r, w.n_in) or b.shape != (w.n_out, r):
+            raise GGUFError(f"{path}: adapter for '{name}' has A {a.shape} and B {b.shape}, the weight "
+                            f"needs A (r, {w.n_in}) and B ({w.n_out}, r)")
+        scale = user_scale * (alpha / r if alpha is not None else 1.0)
+        adapted[name] = LoraPair(np.ascontiguousarray(a, dtype=np.float32),
+                                 np.ascontiguousarray(b, dtype=np.float32), float(scale))
+    return adapted
+
+
+def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
+               lora: Optional[Sequence[tuple[str, float]]] = None, precision: str = "auto") -> LlamaModel:
+    """Loads a llama GGUF model, memory-mapped (weights stay in their stored type).
+
+    n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
+    at inference as llama.cpp does. precision: the matmul precision, "auto", "f32" or "bf16".
+    """
+    if n_threads is not None:
+        _core.set_num_threads(int(n_threads))
+    weights = read_llama_gguf(path)
+    adapters: dict[str, list[LoraPair]] = {}
+    for adapter_path, scale in lora or ():
+        for name, pair in read_adapter(adapter_path, scale, weights).items():
+            adapters.setdefault(name, []).append(pair)
+    return LlamaModel(weights, adapters, precision)
