@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import adapters, checkpoint as ckpt_io, data as data_io
+from . import _core, adapters, checkpoint as ckpt_io, data as data_io
 from .graph import Graph, Grads
-from .lora import LoraPair, LoraSet, RANK_OPTIONS, init_lora, kind_of
+from .lora import LoraSet, RANK_OPTIONS, init_lora
 from .memory import current_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
@@ -77,7 +77,8 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         log(note)
     seed = opts.seed if opts.seed >= 0 else int(time.time())
     lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
-    graph = Graph(model.weights, lora, precision=opts.precision)
+    profiler = Profiler(enabled=opts.profile)
+    graph = Graph(model.weights, lora, precision=opts.precision, kernels=profiler.wrap(_core))
     grads = Grads.like(lora)
     adam = Adam(lora.parameters(), beta1=opts.adam_beta1, beta2=opts.adam_beta2, decay=opts.adam_decay,
                 decay_min_ndim=opts.adam_decay_min_ndim, gclip=opts.adam_gclip)
@@ -107,7 +108,8 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     for line in plan.lines():
         log(line)
 
-    state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None)
+    state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
+                        profiler)
     result = state.train(log)
     result.memory_plan_bytes = plan.total
     result.peak_rss_bytes = peak_rss()
@@ -118,12 +120,12 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
 # ----------------------------------------------------------------------------- the loop
 class _TrainState:
-    def __init__(self, opts, model, lora, graph, grads, adam, convergence, counters, stream, fresh):
+    def __init__(self, opts, model, lora, graph, grads, adam, convergence, counters, stream, fresh, profiler):
         self.opts, self.model, self.lora, self.graph, self.grads = opts, model, lora, graph, grads
         self.adam, self.convergence, self.counters, self.stream = adam, convergence, counters, stream
         self.fresh = fresh
         self.interrupted = False
-        self.profiler = Profiler(enabled=opts.profile)
+        self.profiler = profiler
 
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
@@ -287,7 +289,7 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
 def _lora_from_checkpoint(ck, alpha: float) -> LoraSet:
     lora = LoraSet(alpha=alpha)
     for name, (a, b) in ck.lora.items():
-        lora.pairs[name] = LoraPair(np.ascontiguousarray(a.T, np.float32), np.ascontiguousarray(b, np.float32))
+        lora.add(name, a.T, b)
     return lora
 
 
@@ -304,7 +306,13 @@ def _load_samples(opts: FinetuneOptions, model, tokenizer):
         opts.train_data, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
         escape=opts.escape, include_sample_start=opts.include_sample_start,
         overlapping_samples=opts.overlapping_samples, chat_template=template,
-        bos_token=tokenizer.token_text(tokenizer.bos_id), eos_token=tokenizer.token_text(tokenizer.eos_id))
+        bos_token=_token_text(tokenizer, tokenizer.bos_id), eos_token=_token_text(tokenizer, tokenizer.eos_id))
+
+
+def _token_text(tokenizer, token_id) -> str:
+    if token_id is None:
+        return ""
+    return tokenizer.token_to_piece(token_id, special=True).decode("utf-8", "replace")
 
 
 def _apply_overrides(model, opts: FinetuneOptions) -> None:

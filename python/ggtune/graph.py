@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .lora import LoraPair, LoraSet, tensor_name
+from .lora import LoraSet, tensor_name
 
 
 def _empty(*shape: int) -> np.ndarray:
@@ -27,14 +27,20 @@ def _empty(*shape: int) -> np.ndarray:
 
 
 @dataclass
+class GradPair:
+    a: np.ndarray  # dL/dA [r, n_in]
+    b: np.ndarray  # dL/dB [n_out, r]
+
+
+@dataclass
 class Grads:
     """Gradient accumulators with the shapes of the LoRA pairs (zeroed with reset())."""
 
-    pairs: dict[str, LoraPair]
+    pairs: dict[str, GradPair]
 
     @classmethod
     def like(cls, lora: LoraSet) -> "Grads":
-        return cls({n: LoraPair(np.zeros_like(p.a), np.zeros_like(p.b)) for n, p in lora.pairs.items()})
+        return cls({n: GradPair(np.zeros_like(p.a), np.zeros_like(p.b)) for n, p in lora.pairs.items()})
 
     def reset(self) -> None:
         for g in self.pairs.values():
@@ -52,9 +58,12 @@ class Grads:
 class Graph:
     """Forward / backward over one batch for a loaded model and a LoRA set."""
 
-    def __init__(self, model, lora: LoraSet, *, precision: str = "auto", head_chunk: int = 256):
-        self.model = model
-        self.hp = model.hparams
+    def __init__(self, weights, lora: LoraSet, *, precision: str = "auto", head_chunk: int = 256,
+                 kernels=_core):
+        self.k = kernels  # ggtune._core, or profile.Profiler.wrap(ggtune._core) to time every call
+        self.model = weights  # gguf_io.ModelWeights
+        self.matrices = weights.weights_by_name()
+        self.hp = weights.hparams
         self.lora = lora
         self.precision = precision
         self.head_chunk = head_chunk
@@ -67,29 +76,29 @@ class Graph:
     def linear_forward(self, x, weight, name, out=None):
         """x [T, n_in] -> (y [T, n_out], z [T, r] or None); z = x·Aᵀ is kept for the backward."""
         y = out if out is not None else _empty(x.shape[0], weight.n_out)
-        _core.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
+        self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
         pair = self.lora.get(name)
         if pair is None:
             return y, None
-        z = _empty(x.shape[0], pair.rank)
-        _core.gemm(x, pair.a, z, trans_b=True)
-        _core.gemm(z, pair.b, y, trans_b=True, alpha=self.lora.scale(name), beta=1.0)
+        z = _empty(x.shape[0], pair.a.shape[0])
+        self.k.gemm(x, pair.a, z, trans_b=True)
+        self.k.gemm(z, pair.b, y, trans_b=True, alpha=self.lora.scale(name), beta=1.0)
         return y, z
 
     def linear_backward(self, dy, x, z, weight, name, grads: Grads, dx, accumulate: bool):
         """dx (= or +=) dy·W + s·(dy·B)·A; dA += s·(dy·B)ᵀ·x; dB += s·dyᵀ·z."""
-        _core.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate,
+        self.k.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate,
                               precision=self.precision)
         pair = self.lora.get(name)
         if pair is None:
             return
         s = self.lora.scale(name)
         g = grads.pairs[name]
-        dz = _empty(dy.shape[0], pair.rank)
-        _core.gemm(dy, pair.b, dz, alpha=s)                       # dz = s·dy·B   [T, r]
-        _core.gemm(dy, z, g.b, trans_a=True, alpha=s, beta=1.0)   # dB += s·dyᵀ·z [n_out, r]
-        _core.gemm(dz, x, g.a, trans_a=True, beta=1.0)            # dA += dzᵀ·x   [r, n_in]
-        _core.gemm(dz, pair.a, dx, beta=1.0)                      # dx += dz·A    [T, n_in]
+        dz = _empty(dy.shape[0], pair.a.shape[0])
+        self.k.gemm(dy, pair.b, dz, alpha=s)                       # dz = s·dy·B   [T, r]
+        self.k.gemm(dy, z, g.b, trans_a=True, alpha=s, beta=1.0)   # dB += s·dyᵀ·z [n_out, r]
+        self.k.gemm(dz, x, g.a, trans_a=True, beta=1.0)            # dA += dzᵀ·x   [r, n_in]
+        self.k.gemm(dz, pair.a, dx, beta=1.0)                      # dx += dz·A    [T, n_in]
 
     # ----------------------------------------------------------------- norms with LoRA
     def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:
@@ -110,7 +119,7 @@ class Graph:
 
     def rms_norm(self, x, weight):
         out, rstd = _empty(*x.shape), _empty(x.shape[0])
-        _core.rms_norm_forward(x, weight, self.hp.rms_eps, out, rstd)
+        self.k.rms_norm_forward(x, weight, self.hp.rms_eps, out, rstd)
         return out, rstd
 
     # ----------------------------------------------------------------- one transformer layer
@@ -121,56 +130,57 @@ class Graph:
         Hq, Hkv, D = hp.n_head, hp.n_head_kv, self.head_dim
         names = {k: tensor_name(k, li) for k in ("attn_norm", "attn_q", "attn_k", "attn_v",
                                                  "attn_output", "ffn_norm", "ffn_gate", "ffn_down", "ffn_up")}
+        w = {kind: self.matrices[name] for kind, name in names.items() if name in self.matrices}
         w_an = self.norm_weight(layer.attn_norm, names["attn_norm"])
         h, rstd1 = self.rms_norm(x, w_an)
-        q, zq = self.linear_forward(h, layer.attn_q, names["attn_q"])
-        k, zk = self.linear_forward(h, layer.attn_k, names["attn_k"])
-        v, zv = self.linear_forward(h, layer.attn_v, names["attn_v"])
+        q, zq = self.linear_forward(h, w["attn_q"], names["attn_q"])
+        k, zk = self.linear_forward(h, w["attn_k"], names["attn_k"])
+        v, zv = self.linear_forward(h, w["attn_v"], names["attn_v"])
         pos = self._positions(batch, S)
         self._rope(q.reshape(T, Hq, D), pos, forward=True)
         self._rope(k.reshape(T, Hkv, D), pos, forward=True)
         att, lse = _empty(T, Hq * D), _empty(batch, Hq, S)
-        _core.attention_forward(q.reshape(batch, S, Hq, D), k.reshape(batch, S, Hkv, D),
+        self.k.attention_forward(q.reshape(batch, S, Hq, D), k.reshape(batch, S, Hkv, D),
                                 v.reshape(batch, S, Hkv, D), self.attn_scale,
                                 att.reshape(batch, S, Hq, D), lse)
-        o, zo = self.linear_forward(att, layer.attn_output, names["attn_output"])
+        o, zo = self.linear_forward(att, w["attn_output"], names["attn_output"])
         x1 = _empty(T, hp.n_embd)
-        _core.add(x, o, x1)
+        self.k.add(x, o, x1)
         w_fn = self.norm_weight(layer.ffn_norm, names["ffn_norm"])
         h2, rstd2 = self.rms_norm(x1, w_fn)
-        gate, zg = self.linear_forward(h2, layer.ffn_gate, names["ffn_gate"])
-        up, zu = self.linear_forward(h2, layer.ffn_up, names["ffn_up"])
+        gate, zg = self.linear_forward(h2, w["ffn_gate"], names["ffn_gate"])
+        up, zu = self.linear_forward(h2, w["ffn_up"], names["ffn_up"])
         act = _empty(T, gate.shape[1])
-        _core.swiglu_forward(gate, up, act)
-        x2, zd = self.linear_forward(act, layer.ffn_down, names["ffn_down"])
-        _core.add(x1, x2, x2)
+        self.k.swiglu_forward(gate, up, act)
+        x2, zd = self.linear_forward(act, w["ffn_down"], names["ffn_down"])
+        self.k.add(x1, x2, x2)
         if not keep:
             return x2, None
-        saved = dict(names=names, x=x, h=h, rstd1=rstd1, w_an=w_an, q=q, k=k, v=v, att=att, lse=lse,
+        saved = dict(names=names, w=w, x=x, h=h, rstd1=rstd1, w_an=w_an, q=q, k=k, v=v, att=att, lse=lse,
                      x1=x1, h2=h2, rstd2=rstd2, w_fn=w_fn, gate=gate, up=up, act=act, pos=pos,
                      zq=zq, zk=zk, zv=zv, zo=zo, zg=zg, zu=zu, zd=zd, batch=batch)
         return x2, saved
 
     def layer_backward(self, li: int, s: dict, dx2: np.ndarray, grads: Grads) -> np.ndarray:
         """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]."""
-        hp, layer, n = self.hp, self.model.layers[li], s["names"]
+        hp, n, w = self.hp, s["names"], s["w"]
         T, batch = dx2.shape[0], s["batch"]
         S, Hq, Hkv, D = T // batch, hp.n_head, hp.n_head_kv, self.head_dim
         # feed-forward block: x2 = x1 + down(swiglu(gate(h2), up(h2)))
         dact = _empty(T, s["act"].shape[1])
-        self.linear_backward(dx2, s["act"], s["zd"], layer.ffn_down, n["ffn_down"], grads, dact, False)
+        self.linear_backward(dx2, s["act"], s["zd"], w["ffn_down"], n["ffn_down"], grads, dact, False)
         dgate, dup = _empty(*dact.shape), _empty(*dact.shape)
-        _core.swiglu_backward(dact, s["gate"], s["up"], dgate, dup)
+        self.k.swiglu_backward(dact, s["gate"], s["up"], dgate, dup)
         dh2 = _empty(T, hp.n_embd)
-        self.linear_backward(dgate, s["h2"], s["zg"], layer.ffn_gate, n["ffn_gate"], grads, dh2, False)
-        self.linear_backward(dup, s["h2"], s["zu"], layer.ffn_up, n["ffn_up"], grads, dh2, True)
+        self.linear_backward(dgate, s["h2"], s["zg"], w["ffn_gate"], n["ffn_gate"], grads, dh2, False)
+        self.linear_backward(dup, s["h2"], s["zu"], w["ffn_up"], n["ffn_up"], grads, dh2, True)
         dx1 = self._norm_backward(dh2, s["x1"], s["w_fn"], s["rstd2"], n["ffn_norm"], grads)
-        _core.add(dx1, dx2, dx1)
+        self.k.add(dx1, dx2, dx1)
         # attention block: x1 = x + wo(attention(rope(wq h), rope(wk h), wv h)), h = norm(x)
         datt = _empty(T, Hq * D)
-        self.linear_backward(dx1, s["att"], s["zo"], layer.attn_output, n["attn_output"], grads, datt, False)
+        self.linear_backward(dx1, s["att"], s["zo"], w["attn_output"], n["attn_output"], grads, datt, False)
         dq, dk, dv = _empty(T, Hq * D), _empty(T, Hkv * D), _empty(T, Hkv * D)
-        _core.attention_backward(datt.reshape(batch, S, Hq, D), s["q"].reshape(batch, S, Hq, D),
+        self.k.attention_backward(datt.reshape(batch, S, Hq, D), s["q"].reshape(batch, S, Hq, D),
                                  s["k"].reshape(batch, S, Hkv, D), s["v"].reshape(batch, S, Hkv, D),
                                  s["att"].reshape(batch, S, Hq, D), s["lse"], self.attn_scale,
                                  dq.reshape(batch, S, Hq, D), dk.reshape(batch, S, Hkv, D),
@@ -178,21 +188,21 @@ class Graph:
         self._rope(dq.reshape(T, Hq, D), s["pos"], forward=False)
         self._rope(dk.reshape(T, Hkv, D), s["pos"], forward=False)
         dh = _empty(T, hp.n_embd)
-        self.linear_backward(dq, s["h"], s["zq"], layer.attn_q, n["attn_q"], grads, dh, False)
-        self.linear_backward(dk, s["h"], s["zk"], layer.attn_k, n["attn_k"], grads, dh, True)
-        self.linear_backward(dv, s["h"], s["zv"], layer.attn_v, n["attn_v"], grads, dh, True)
+        self.linear_backward(dq, s["h"], s["zq"], w["attn_q"], n["attn_q"], grads, dh, False)
+        self.linear_backward(dk, s["h"], s["zk"], w["attn_k"], n["attn_k"], grads, dh, True)
+        self.linear_backward(dv, s["h"], s["zv"], w["attn_v"], n["attn_v"], grads, dh, True)
         dx = self._norm_backward(dh, s["x"], s["w_an"], s["rstd1"], n["attn_norm"], grads)
-        _core.add(dx, dx1, dx)
+        self.k.add(dx, dx1, dx)
         return dx
 
     def _norm_backward(self, dout, x, weight, rstd, name, grads: Grads) -> np.ndarray:
         dx = _empty(*x.shape)
         if name in self.lora.pairs:
             dweight = np.zeros(x.shape[1], np.float32)
-            _core.rms_norm_backward(dout, x, weight, rstd, dx, dweight)
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx, dweight)
             self.norm_weight_backward(dweight, name, grads)
         else:
-            _core.rms_norm_backward(dout, x, weight, rstd, dx)
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx)
         return dx
 
     def _positions(self, batch: int, S: int) -> np.ndarray:
@@ -200,15 +210,15 @@ class Graph:
 
     def _rope(self, x: np.ndarray, pos: np.ndarray, forward: bool) -> None:
         hp = self.hp
-        fn = _core.rope_forward if forward else _core.rope_backward
+        fn = self.k.rope_forward if forward else self.k.rope_backward
         fn(x, pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, 0, x)
 
     # ----------------------------------------------------------------- embeddings and head
     def embed_forward(self, ids: np.ndarray) -> np.ndarray:
         """ids int32 [T] -> x0 [T, C] = E[ids] + s·B[ids]·A (token_embd adapter)."""
-        emb = self.model.tok_embd
+        emb = self.model.token_embd
         x = _empty(ids.shape[0], self.hp.n_embd)
-        _core.get_rows(emb.data, emb.ggml_type, ids, x)
+        self.k.get_rows(emb.data, emb.ggml_type, ids, x)
         pair = self.lora.get("token_embd.weight")
         if pair is not None:
             x += self.lora.scale("token_embd.weight") * (pair.b[ids] @ pair.a)
@@ -220,7 +230,7 @@ class Graph:
             return
         s, g = self.lora.scale("token_embd.weight"), grads.pairs["token_embd.weight"]
         g.a += s * (pair.b[ids].T @ dx)
-        _core.embedding_backward(np.ascontiguousarray(s * (dx @ pair.a.T), np.float32), ids, g.b)
+        self.k.embedding_backward(np.ascontiguousarray(s * (dx @ pair.a.T), np.float32), ids, g.b)
 
     def head_name(self) -> str:
         return "token_embd.weight" if self.model.tied_embeddings else "output.weight"
@@ -243,10 +253,10 @@ class Graph:
             hc, tc = h[r0:r1], targets[r0:r1]
             logits, z = self.linear_forward(hc, weight, name)
             loss = _empty(r1 - r0)
-            _core.cross_entropy_forward(logits, tc, loss)
+            self.k.cross_entropy_forward(logits, tc, loss)
             loss_sum += float(loss.sum(dtype=np.float64))
             if grads is not None:
-                _core.cross_entropy_backward(logits, tc, loss_scale, logits)
+                self.k.cross_entropy_backward(logits, tc, loss_scale, logits)
                 self.linear_backward(logits, hc, z, weight, name, grads, dh[r0:r1], False)
         if grads is None:
             return loss_sum, None

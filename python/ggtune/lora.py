@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .model import LoraPair  # a (r, n_in), b (n_out, r), scale
+
 # The tensor kinds of the original finetune (spec section A), with their per-kind flag names.
 LAYER_KINDS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
                "ffn_norm", "ffn_gate", "ffn_down", "ffn_up")
@@ -43,18 +45,6 @@ def kind_of(name: str) -> str:
 
 
 @dataclass
-class LoraPair:
-    """One adapted tensor: A (r, n_in), B (n_out, r), float32, updated in place by the optimizer."""
-
-    a: np.ndarray
-    b: np.ndarray
-
-    @property
-    def rank(self) -> int:
-        return self.a.shape[0]
-
-
-@dataclass
 class LoraSet:
     """All adapters of a model, keyed by base tensor name, with one alpha for all (alpha/r per pair)."""
 
@@ -62,7 +52,19 @@ class LoraSet:
     pairs: dict[str, LoraPair] = field(default_factory=dict)
 
     def scale(self, name: str) -> float:
-        return self.alpha / self.pairs[name].rank
+        return self.pairs[name].scale
+
+    def add(self, name: str, a: np.ndarray, b: np.ndarray) -> None:
+        """Adopts (a, b) as float32 C-contiguous arrays with scale alpha / r."""
+        a, b = (np.ascontiguousarray(t, np.float32) for t in (a, b))
+        self.pairs[name] = LoraPair(a, b, self.alpha / a.shape[0])
+
+    def ranks_by_kind(self) -> dict[str, int]:
+        """Every kind of ALL_KINDS -> its rank (0 where nothing is adapted)."""
+        ranks = dict.fromkeys(ALL_KINDS, 0)
+        for name, pair in self.pairs.items():
+            ranks[kind_of(name)] = pair.a.shape[0]
+        return ranks
 
     def get(self, name: str) -> LoraPair | None:
         return self.pairs.get(name)
@@ -79,36 +81,30 @@ class LoraSet:
         return sum(p.size for p in self.parameters().values())
 
 
-def target_shapes(model, ranks: dict[str, int]) -> dict[str, tuple[int, int, int]]:
-    """name -> (rank, n_out, n_in) for every tensor whose kind has rank > 0, in checkpoint order
-    (token_embd, output_norm, output, then per layer in LAYER_KINDS order)."""
-    hp = model.hparams
+def target_shapes(weights, ranks: dict[str, int]) -> dict[str, tuple[int, int, int]]:
+    """name -> (rank, n_out, n_in) for every tensor of `weights` (gguf_io.ModelWeights) whose kind
+    has rank > 0, in checkpoint order (token_embd, output_norm, output, then per layer)."""
+    hp, matrices = weights.hparams, weights.weights_by_name()
+    names = [tensor_name(kind, None) for kind in MODEL_KINDS]
+    names += [tensor_name(kind, layer) for layer in range(hp.n_layer) for kind in LAYER_KINDS]
     shapes: dict[str, tuple[int, int, int]] = {}
-
-    def add(kind: str, layer: int | None, n_out: int, n_in: int) -> None:
-        if ranks.get(kind, 0) > 0:
-            shapes[tensor_name(kind, layer)] = (ranks[kind], n_out, n_in)
-
-    add("token_embd", None, hp.n_vocab, hp.n_embd)
-    add("output_norm", None, 1, hp.n_embd)
-    if not model.tied_embeddings:
-        add("output", None, hp.n_vocab, hp.n_embd)
-    for layer_index, layer in enumerate(model.layers):
-        for kind in LAYER_KINDS:
-            if kind in NORM_KINDS:
-                add(kind, layer_index, 1, hp.n_embd)
-            else:
-                w = getattr(layer, kind)
-                add(kind, layer_index, w.n_out, w.n_in)
+    for name in names:
+        rank = ranks.get(kind_of(name), 0)
+        if rank <= 0:
+            continue
+        if kind_of(name) in NORM_KINDS:
+            shapes[name] = (rank, 1, hp.n_embd)
+        elif name in matrices:  # output.weight is absent on tied-embedding models
+            shapes[name] = (rank, matrices[name].n_out, matrices[name].n_in)
     return shapes
 
 
-def init_lora(model, ranks: dict[str, int], alpha: float, seed: int) -> LoraSet:
-    """Fresh adapters: A ~ N(0, 1/n_in) clamped to ±2σ-like bounds (seeded), B = 0."""
+def init_lora(weights, ranks: dict[str, int], alpha: float, seed: int) -> LoraSet:
+    """Fresh adapters: A ~ N(0, 1/n_in) clamped at two standard deviations (seeded), B = 0."""
     rng = np.random.default_rng(seed)
     lora = LoraSet(alpha=float(alpha))
-    for name, (rank, n_out, n_in) in target_shapes(model, ranks).items():
+    for name, (rank, n_out, n_in) in target_shapes(weights, ranks).items():
         std = 1.0 / np.sqrt(n_in)
-        a = np.clip(rng.normal(0.0, std, size=(rank, n_in)), -2 * std, 2 * std).astype(np.float32)
-        lora.pairs[name] = LoraPair(a=a, b=np.zeros((n_out, rank), np.float32))
+        a = np.clip(rng.normal(0.0, std, size=(rank, n_in)), -2 * std, 2 * std)
+        lora.add(name, a, np.zeros((n_out, rank)))
     return lora
