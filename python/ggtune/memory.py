@@ -7,6 +7,7 @@ layer's intermediates at a time; the loss head holds one [chunk, V] logits block
 
 from __future__ import annotations
 
+import os
 import resource
 from dataclasses import dataclass
 
@@ -63,9 +64,9 @@ def layer_backward_temporaries(hp, tokens: int) -> int:
     return per_token * tokens * F32
 
 
-def plan_memory(model, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
+def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
                 head_chunk: int, runtime_bytes: int) -> MemoryPlan:
-    hp = model.hparams
+    hp = weights.hparams
     tokens = n_ctx * n_batch
     per_layer = layer_intermediates(hp, tokens)
     residual = tokens * hp.n_embd * F32
@@ -76,7 +77,7 @@ def plan_memory(model, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpoi
     else:
         activations, checkpoints = hp.n_layer * per_layer, 0
         work = layer_backward_temporaries(hp, tokens) + head
-    return MemoryPlan(runtime=runtime_bytes, weights=model.weights_nbytes,
+    return MemoryPlan(runtime=runtime_bytes, weights=os.path.getsize(weights.path),
                       lora=4 * n_lora_params * F32, activations=activations,
                       checkpoints=checkpoints, work=work)
 

@@ -12,7 +12,8 @@ from collections import defaultdict
 
 import gguf
 
-WEIGHT_TYPED = {"matmul", "matmul_backward", "get_rows"}
+# kernel -> position of its ggml weight-type argument
+WEIGHT_TYPE_ARG = {"matmul": 2, "matmul_backward": 2, "get_rows": 1}
 
 
 class Profiler:
@@ -64,8 +65,8 @@ class _TimedModule:
 
         def timed(*args, **kwargs):
             label = name
-            if name in WEIGHT_TYPED and len(args) > 2:
-                label = f"{name}[{_type_name(args[2])}]"
+            if name in WEIGHT_TYPE_ARG and len(args) > WEIGHT_TYPE_ARG[name]:
+                label = f"{name}[{_type_name(args[WEIGHT_TYPE_ARG[name]])}]"
             start = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
