@@ -213,3 +213,63 @@ def test_get_rows_rejects_bad_ids():
     with pytest.raises(ValueError, match="data: expected rows of"):
         _core.get_rows(data, int(T.Q4_0), np.array([0, 1], dtype=np.int32),
                        np.zeros((2, 96), dtype=np.float32))
+
+
+# ---- float32 -> F16 / BF16 rounding helpers ----
+
+def float_edge_cases():
+    """Every float16 value, the midpoints between neighbours (ties), their float32 neighbours,
+    the overflow threshold, float32 subnormals, infinities and NaNs."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = np.sort(halves[np.isfinite(halves)].astype(np.float64))
+    mids = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)
+    near = np.concatenate([np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))])
+    special = np.array([65504, 65519.996, 65520, 1e30, 1e-45, 1e-40, 0.0, -0.0, np.inf, -np.inf],
+                       dtype=np.float32)
+    return np.concatenate([finite.astype(np.float32), mids, near, special, -special])
+
+
+def random_float_bits(n):
+    return np.random.default_rng(3).integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+
+
+def test_float_to_f16_rounds_like_numpy():
+    x = np.concatenate([float_edge_cases(), random_float_bits(200_000)])
+    out = np.zeros(x.size, dtype=np.uint16)
+    _core.float_to_half(x, int(T.F16), out)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = out.view(np.float16)
+    nan = np.isnan(x)
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(out[~nan], want[~nan].view(np.uint16))
+
+
+def test_float_to_bf16_matches_gguf():
+    x = np.concatenate([float_edge_cases(), random_float_bits(200_000)])
+    out = np.zeros(x.size, dtype=np.uint16)
+    _core.float_to_half(x, int(T.BF16), out)
+    np.testing.assert_array_equal(out, quants.quantize(x, T.BF16).view(np.uint16))
+
+
+def test_float_to_half_rejects_bad_input():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="ggml_type: expected F16"):
+        _core.float_to_half(x, int(T.Q8_0), np.zeros(4, np.uint16))
+    with pytest.raises(ValueError, match="x: expected dtype float32"):
+        _core.float_to_half(x.astype(np.float64), int(T.F16), np.zeros(4, np.uint16))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        _core.float_to_half(x, int(T.F16), np.zeros(3, np.uint16))
+
+
+def test_dequantize_unaligned_rows(isa):
+    """Rows at an odd address (a view into a larger buffer) decode the same."""
+    rng = np.random.default_rng(11)
+    for qtype in DEQUANT_TYPES:
+        cols = 256
+        data = random_rows(rng, qtype, 3, cols)
+        buffer = np.zeros(data.size + 1, dtype=np.uint8)
+        shifted = buffer[1:].reshape(data.shape)
+        shifted[...] = data
+        assert shifted.ctypes.data % 2 == 1
+        assert_bits_equal(run_dequantize(shifted, qtype, cols), quants.dequantize(data, qtype).reshape(3, cols))

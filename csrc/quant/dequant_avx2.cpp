@@ -49,27 +49,27 @@ __m256 keep_signalling_nans(__m256 y, __m256i h) {
   return _mm256_castsi256_ps(_mm256_andnot_si256(quiet_bit, _mm256_castps_si256(y)));
 }
 
-void f16_row(const half_bits* x, float* y, int64_t n) {
+void f16_row(const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m128i h = load16(x + i);
     _mm256_storeu_ps(y + i, keep_signalling_nans(_mm256_cvtph_ps(h), _mm256_cvtepu16_epi32(h)));
   }
-  for (; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+  for (; i < n; ++i) y[i] = fp16_to_fp32(load_u16(x, i));
 }
 
 void bf16_row(const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(load16(x + i)), 16));
-  for (; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+  for (; i < n; ++i) y[i] = bf16_to_fp32(load_u16(x, i));
 }
 
 }  // namespace
 
 bool dequantize_row_avx2(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::F16: f16_row(static_cast<const half_bits*>(src), dst, n); return true;
+    case GgmlType::F16: f16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     case GgmlType::BF16: bf16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     default: return dequantize_blocks<Avx2>(type, src, dst, n);
   }

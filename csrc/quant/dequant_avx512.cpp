@@ -35,11 +35,11 @@ __m512 f16x16_to_f32(__m256i h) {
   return _mm512_castsi512_ps(_mm512_mask_andnot_epi32(y, signalling, _mm512_set1_epi32(0x00400000), y));
 }
 
-void f16_row(const half_bits* x, float* y, int64_t n) {
+void f16_row(const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 16 <= n; i += 16)
     _mm512_storeu_ps(y + i, f16x16_to_f32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i))));
-  for (; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+  for (; i < n; ++i) y[i] = fp16_to_fp32(load_u16(x, i));
 }
 
 void bf16_row(const uint16_t* x, float* y, int64_t n) {
@@ -48,14 +48,14 @@ void bf16_row(const uint16_t* x, float* y, int64_t n) {
     const __m512i b = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(x + i)));
     _mm512_storeu_si512(y + i, _mm512_slli_epi32(b, 16));
   }
-  for (; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+  for (; i < n; ++i) y[i] = bf16_to_fp32(load_u16(x, i));
 }
 
 }  // namespace
 
 bool dequantize_row_avx512(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::F16: f16_row(static_cast<const half_bits*>(src), dst, n); return true;
+    case GgmlType::F16: f16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     case GgmlType::BF16: bf16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     default: return dequantize_blocks<Avx512>(type, src, dst, n);
   }
