@@ -41,7 +41,7 @@ def random_finite_halves(rng, shape):
 
 
 def random_rows(rng, qtype, rows, cols):
-    """Random bytes [rows, row_bytes] whose float16 scales are finite; float types hold finite values."""
+    """Random bytes [rows, row_bytes] with finite float16 scales; float types hold finite values."""
     if qtype == T.F32:
         return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
     if qtype in (T.F16, T.BF16):
@@ -223,14 +223,16 @@ def float_edge_cases():
     halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
     finite = np.sort(halves[np.isfinite(halves)].astype(np.float64))
     mids = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)
-    near = np.concatenate([np.nextafter(mids, np.float32(np.inf)), np.nextafter(mids, np.float32(-np.inf))])
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    near = np.concatenate([np.nextafter(mids, up), np.nextafter(mids, down)])
     special = np.array([65504, 65519.996, 65520, 1e30, 1e-45, 1e-40, 0.0, -0.0, np.inf, -np.inf],
                        dtype=np.float32)
     return np.concatenate([finite.astype(np.float32), mids, near, special, -special])
 
 
 def random_float_bits(n):
-    return np.random.default_rng(3).integers(0, 1 << 32, size=n, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    bits = np.random.default_rng(3).integers(0, 1 << 32, size=n, dtype=np.uint64)
+    return bits.astype(np.uint32).view(np.float32)
 
 
 def test_float_to_f16_rounds_like_numpy():
@@ -272,4 +274,5 @@ def test_dequantize_unaligned_rows(isa):
         shifted = buffer[1:].reshape(data.shape)
         shifted[...] = data
         assert shifted.ctypes.data % 2 == 1
-        assert_bits_equal(run_dequantize(shifted, qtype, cols), quants.dequantize(data, qtype).reshape(3, cols))
+        want = quants.dequantize(data, qtype).reshape(3, cols)
+        assert_bits_equal(run_dequantize(shifted, qtype, cols), want)

@@ -5,6 +5,7 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
 
 #include "bind/arrays.h"
@@ -38,7 +39,9 @@ int64_t check_row_layout(const py::array& data, const py::array& out, const Type
 }
 
 // Rows per thread chunk: at least ~16K elements, so small tensors stay on one thread.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(cols, 1));
+}
 
 // out[r] = dequantize(data[r]) for every row r.
 void dequantize(const py::array& data, int ggml_type, py::array& out) {
@@ -50,7 +53,8 @@ void dequantize(const py::array& data, int ggml_type, py::array& out) {
   const GgmlType type = static_cast<GgmlType>(ggml_type);
   py::gil_scoped_release release;
   parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) dequantize_row(type, src + r * stride, dst + r * cols, cols);
+    for (int64_t r = begin; r < end; ++r)
+      dequantize_row(type, src + r * stride, dst + r * cols, cols);
   });
 }
 
