@@ -276,3 +276,19 @@ def test_dequantize_unaligned_rows(isa):
         assert shifted.ctypes.data % 2 == 1
         want = quants.dequantize(data, qtype).reshape(3, cols)
         assert_bits_equal(run_dequantize(shifted, qtype, cols), want)
+
+
+@pytest.mark.parametrize("qtype", DEQUANT_TYPES, ids=lambda t: t.name)
+def test_dequantize_any_bytes(isa, qtype):
+    """Fully random bytes: scales may be infinite or NaN (signalling ones included). Every
+    non-NaN weight keeps its bits and NaNs stay NaN; which payload a NaN carries when two NaNs
+    meet (Q4_1's d * q + m) depends on operand order inside numpy and the compiler, as in ggml."""
+    data = np.random.default_rng(200 + int(qtype)).integers(0, 256, size=(33, 768), dtype=np.uint8)
+    cols = 768 // QUANT_SIZES[qtype][1] * QUANT_SIZES[qtype][0]
+    data = np.ascontiguousarray(data[:, : cols // QUANT_SIZES[qtype][0] * QUANT_SIZES[qtype][1]])
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = quants.dequantize(data, qtype).reshape(33, cols)
+    got = run_dequantize(data, qtype, cols)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    assert_bits_equal(got[~nan], want[~nan])
