@@ -23,6 +23,9 @@ constexpr int K_SCALE_SIZE = 12;  // packed 6-bit scales and mins of Q4_K / Q5_K
 
 using half_bits = uint16_t;  // IEEE binary16, stored as its bits
 
+// Byte-aligned: a row may start at any address (a numpy view, a GGUF tensor at any offset).
+#pragma pack(push, 1)
+
 // x = d * (q - 8)
 struct BlockQ4_0 {
   half_bits d;
@@ -94,6 +97,7 @@ struct BlockQ6_K {
   int8_t scales[QK_K / 16];
   half_bits d;
 };
+#pragma pack(pop)
 
 // Q4_K / Q5_K sub-block k in 0..7: 6-bit scale and min. k < 4: low 6 bits of bytes k and
 // k + 4; k >= 4: a nibble of byte k + 4 below the top 2 bits of bytes k - 4 and k.
@@ -168,6 +172,13 @@ inline half_bits fp32_to_fp16(float f) {
   const uint32_t odd = (ax >> 13) & 1u;
   ax += 0xc8000fffu + odd;  // rebias exponent 127 -> 15, round half to even
   return half_bits(sign | (ax >> 13));
+}
+
+// The i-th 16-bit value of a possibly unaligned array.
+inline uint16_t load_u16(const void* p, int64_t i) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const uint8_t*>(p) + 2 * i, sizeof v);
+  return v;
 }
 
 inline float bf16_to_fp32(uint16_t b) { return bits_float(uint32_t(b) << 16); }

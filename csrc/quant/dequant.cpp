@@ -18,14 +18,14 @@
 namespace ggtune {
 namespace {
 
-void f32_row(const float* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
+void f32_row(const void* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
 
-void f16_row(const half_bits* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+void f16_row(const void* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(load_u16(x, i));
 }
 
-void bf16_row(const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+void bf16_row(const void* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_fp32(load_u16(x, i));
 }
 
 // Q4_0 / Q4_1: element i in the low nibble of qs[i], element i + 16 in the high nibble.
@@ -173,9 +173,9 @@ void blocks_row(void (*block_fn)(const Block&, float*), const void* src, float* 
 
 void dequantize_row_scalar(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::F32: return f32_row(static_cast<const float*>(src), dst, n);
-    case GgmlType::F16: return f16_row(static_cast<const half_bits*>(src), dst, n);
-    case GgmlType::BF16: return bf16_row(static_cast<const uint16_t*>(src), dst, n);
+    case GgmlType::F32: return f32_row(src, dst, n);
+    case GgmlType::F16: return f16_row(src, dst, n);
+    case GgmlType::BF16: return bf16_row(src, dst, n);
     case GgmlType::Q4_0: return blocks_row<BlockQ4_0, QK4_0>(q4_0_block, src, dst, n);
     case GgmlType::Q4_1: return blocks_row<BlockQ4_1, QK4_1>(q4_1_block, src, dst, n);
     case GgmlType::Q5_0: return blocks_row<BlockQ5_0, QK5_0>(q5_0_block, src, dst, n);

@@ -32,9 +32,9 @@ struct Avx2 {
   }
   // Byte l takes byte l / 8 of `bits`, then keeps only its bit l % 8.
   static __m128i bit_bytes(uint16_t bits) {
-    const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(short(bits)),
-                                            _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1));
-    const __m128i select = _mm_setr_epi8(1, 2, 4, 8, 16, 32, 64, -128, 1, 2, 4, 8, 16, 32, 64, -128);
+    const __m128i byte_index = _mm_setr_epi8(0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1);
+    const __m128i spread = _mm_shuffle_epi8(_mm_set1_epi16(short(bits)), byte_index);
+    const __m128i select = _mm_set1_epi64x(0x8040201008040201);  // bit l % 8 of byte l
     return _mm_cmpeq_epi8(_mm_and_si128(spread, select), select);
   }
 };
@@ -43,33 +43,36 @@ struct Avx2 {
 // h: 8 halves widened to 32 bits; clears the quiet bit the conversion set.
 __m256 keep_signalling_nans(__m256 y, __m256i h) {
   const __m256i magnitude = _mm256_and_si256(h, _mm256_set1_epi32(0x7fff));
-  const __m256i signalling = _mm256_and_si256(_mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7c00)),
-                                              _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7e00), magnitude));
+  const __m256i above_inf = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7c00));
+  const __m256i below_quiet = _mm256_cmpgt_epi32(_mm256_set1_epi32(0x7e00), magnitude);
+  const __m256i signalling = _mm256_and_si256(above_inf, below_quiet);
   const __m256i quiet_bit = _mm256_and_si256(signalling, _mm256_set1_epi32(0x00400000));
   return _mm256_castsi256_ps(_mm256_andnot_si256(quiet_bit, _mm256_castps_si256(y)));
 }
 
-void f16_row(const half_bits* x, float* y, int64_t n) {
+void f16_row(const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
     const __m128i h = load16(x + i);
     _mm256_storeu_ps(y + i, keep_signalling_nans(_mm256_cvtph_ps(h), _mm256_cvtepu16_epi32(h)));
   }
-  for (; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
+  for (; i < n; ++i) y[i] = fp16_to_fp32(load_u16(x, i));
 }
 
 void bf16_row(const uint16_t* x, float* y, int64_t n) {
   int64_t i = 0;
-  for (; i + 8 <= n; i += 8)
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm256_slli_epi32(_mm256_cvtepu16_epi32(load16(x + i)), 16));
-  for (; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+  for (; i + 8 <= n; i += 8) {
+    const __m256i b = _mm256_cvtepu16_epi32(load16(x + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(y + i), _mm256_slli_epi32(b, 16));
+  }
+  for (; i < n; ++i) y[i] = bf16_to_fp32(load_u16(x, i));
 }
 
 }  // namespace
 
 bool dequantize_row_avx2(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::F16: f16_row(static_cast<const half_bits*>(src), dst, n); return true;
+    case GgmlType::F16: f16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     case GgmlType::BF16: bf16_row(static_cast<const uint16_t*>(src), dst, n); return true;
     default: return dequantize_blocks<Avx2>(type, src, dst, n);
   }
