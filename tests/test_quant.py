@@ -41,7 +41,7 @@ def random_finite_halves(rng, shape):
 
 
 def random_rows(rng, qtype, rows, cols):
-    """Random bytes [rows, row_bytes] whose float16 scales are finite; float types hold finite values."""
+    """Random bytes [rows, row_bytes] with finite float16 scales; float types hold finite values."""
     if qtype == T.F32:
         return rng.standard_normal((rows, cols), dtype=np.float32).view(np.uint8)
     if qtype in (T.F16, T.BF16):
@@ -213,3 +213,82 @@ def test_get_rows_rejects_bad_ids():
     with pytest.raises(ValueError, match="data: expected rows of"):
         _core.get_rows(data, int(T.Q4_0), np.array([0, 1], dtype=np.int32),
                        np.zeros((2, 96), dtype=np.float32))
+
+
+# ---- float32 -> F16 / BF16 rounding helpers ----
+
+def float_edge_cases():
+    """Every float16 value, the midpoints between neighbours (ties), their float32 neighbours,
+    the overflow threshold, float32 subnormals, infinities and NaNs."""
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    finite = np.sort(halves[np.isfinite(halves)].astype(np.float64))
+    mids = ((finite[1:] + finite[:-1]) / 2).astype(np.float32)
+    up, down = np.float32(np.inf), np.float32(-np.inf)
+    near = np.concatenate([np.nextafter(mids, up), np.nextafter(mids, down)])
+    special = np.array([65504, 65519.996, 65520, 1e30, 1e-45, 1e-40, 0.0, -0.0, np.inf, -np.inf],
+                       dtype=np.float32)
+    return np.concatenate([finite.astype(np.float32), mids, near, special, -special])
+
+
+def random_float_bits(n):
+    bits = np.random.default_rng(3).integers(0, 1 << 32, size=n, dtype=np.uint64)
+    return bits.astype(np.uint32).view(np.float32)
+
+
+def test_float_to_f16_rounds_like_numpy():
+    x = np.concatenate([float_edge_cases(), random_float_bits(200_000)])
+    out = np.zeros(x.size, dtype=np.uint16)
+    _core.float_to_half(x, int(T.F16), out)
+    with np.errstate(over="ignore"):
+        want = x.astype(np.float16)
+    got = out.view(np.float16)
+    nan = np.isnan(x)
+    assert np.isnan(got[nan]).all()
+    np.testing.assert_array_equal(out[~nan], want[~nan].view(np.uint16))
+
+
+def test_float_to_bf16_matches_gguf():
+    x = np.concatenate([float_edge_cases(), random_float_bits(200_000)])
+    out = np.zeros(x.size, dtype=np.uint16)
+    _core.float_to_half(x, int(T.BF16), out)
+    np.testing.assert_array_equal(out, quants.quantize(x, T.BF16).view(np.uint16))
+
+
+def test_float_to_half_rejects_bad_input():
+    x = np.zeros(4, np.float32)
+    with pytest.raises(ValueError, match="ggml_type: expected F16"):
+        _core.float_to_half(x, int(T.Q8_0), np.zeros(4, np.uint16))
+    with pytest.raises(ValueError, match="x: expected dtype float32"):
+        _core.float_to_half(x.astype(np.float64), int(T.F16), np.zeros(4, np.uint16))
+    with pytest.raises(ValueError, match="out: expected shape"):
+        _core.float_to_half(x, int(T.F16), np.zeros(3, np.uint16))
+
+
+def test_dequantize_unaligned_rows(isa):
+    """Rows at an odd address (a view into a larger buffer) decode the same."""
+    rng = np.random.default_rng(11)
+    for qtype in DEQUANT_TYPES:
+        cols = 256
+        data = random_rows(rng, qtype, 3, cols)
+        buffer = np.zeros(data.size + 1, dtype=np.uint8)
+        shifted = buffer[1:].reshape(data.shape)
+        shifted[...] = data
+        assert shifted.ctypes.data % 2 == 1
+        want = quants.dequantize(data, qtype).reshape(3, cols)
+        assert_bits_equal(run_dequantize(shifted, qtype, cols), want)
+
+
+@pytest.mark.parametrize("qtype", DEQUANT_TYPES, ids=lambda t: t.name)
+def test_dequantize_any_bytes(isa, qtype):
+    """Fully random bytes: scales may be infinite or NaN (signalling ones included). Every
+    non-NaN weight keeps its bits and NaNs stay NaN; which payload a NaN carries when two NaNs
+    meet (Q4_1's d * q + m) depends on operand order inside numpy and the compiler, as in ggml."""
+    data = np.random.default_rng(200 + int(qtype)).integers(0, 256, size=(33, 768), dtype=np.uint8)
+    cols = 768 // QUANT_SIZES[qtype][1] * QUANT_SIZES[qtype][0]
+    data = np.ascontiguousarray(data[:, : cols // QUANT_SIZES[qtype][0] * QUANT_SIZES[qtype][1]])
+    with np.errstate(invalid="ignore", over="ignore"):
+        want = quants.dequantize(data, qtype).reshape(33, cols)
+    got = run_dequantize(data, qtype, cols)
+    nan = np.isnan(want)
+    np.testing.assert_array_equal(np.isnan(got), nan)
+    assert_bits_equal(got[~nan], want[~nan])

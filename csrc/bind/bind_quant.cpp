@@ -5,10 +5,12 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
 
 #include "bind/arrays.h"
 #include "parallel.h"
+#include "quant/blocks.h"
 #include "quant/dequant.h"
 #include "quant/types.h"
 
@@ -37,7 +39,9 @@ int64_t check_row_layout(const py::array& data, const py::array& out, const Type
 }
 
 // Rows per thread chunk: at least ~16K elements, so small tensors stay on one thread.
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(cols, 1)); }
+int64_t row_grain(int64_t cols) {
+  return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(cols, 1));
+}
 
 // out[r] = dequantize(data[r]) for every row r.
 void dequantize(const py::array& data, int ggml_type, py::array& out) {
@@ -49,7 +53,8 @@ void dequantize(const py::array& data, int ggml_type, py::array& out) {
   const GgmlType type = static_cast<GgmlType>(ggml_type);
   py::gil_scoped_release release;
   parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) dequantize_row(type, src + r * stride, dst + r * cols, cols);
+    for (int64_t r = begin; r < end; ++r)
+      dequantize_row(type, src + r * stride, dst + r * cols, cols);
   });
 }
 
@@ -74,6 +79,24 @@ void get_rows(const py::array& data, int ggml_type, const py::array& ids, py::ar
   });
 }
 
+// out = the F16 or BF16 bits of x, rounded to nearest even (the helpers kernels use to pack
+// 16-bit operands).
+void float_to_half(const py::array& x, int ggml_type, py::array& out) {
+  const TypeTraits& t = traits_of(ggml_type);
+  const auto type = static_cast<GgmlType>(ggml_type);
+  if (type != GgmlType::F16 && type != GgmlType::BF16)
+    fail("ggml_type", std::string("expected F16 (1) or BF16 (30), got ") + t.name);
+  const float* src = cdata_of<float>(x, "x", {kAny});                     // [n]
+  uint16_t* dst = data_of<uint16_t>(out, "out", {dim(x, 0)}, true);       // [n]
+  const int64_t n = dim(x, 0);
+  py::gil_scoped_release release;
+  if (type == GgmlType::F16) {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_bf16(src[i]);
+  }
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
@@ -92,6 +115,9 @@ void bind_quant(py::module_& m) {
         py::arg("out"),
         "out float32 [T, C] = dequantized rows ids int32 [T] of data uint8 [R, row_bytes] "
         "(embedding lookup).");
+  m.def("float_to_half", &float_to_half, py::arg("x"), py::arg("ggml_type"), py::arg("out"),
+        "out uint16 [n] = bits of float32 x [n] as F16 or BF16 (ggml_type 1 or 30), rounded "
+        "to nearest even.");
 }
 
 }  // namespace ggtune::bind

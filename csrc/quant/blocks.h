@@ -23,6 +23,9 @@ constexpr int K_SCALE_SIZE = 12;  // packed 6-bit scales and mins of Q4_K / Q5_K
 
 using half_bits = uint16_t;  // IEEE binary16, stored as its bits
 
+// Byte-aligned: a row may start at any address (a numpy view, a GGUF tensor at any offset).
+#pragma pack(push, 1)
+
 // x = d * (q - 8)
 struct BlockQ4_0 {
   half_bits d;
@@ -94,6 +97,7 @@ struct BlockQ6_K {
   int8_t scales[QK_K / 16];
   half_bits d;
 };
+#pragma pack(pop)
 
 // Q4_K / Q5_K sub-block k in 0..7: 6-bit scale and min. k < 4: low 6 bits of bytes k and
 // k + 4; k >= 4: a nibble of byte k + 4 below the top 2 bits of bytes k - 4 and k.
@@ -105,6 +109,14 @@ inline void k_scale_min(const uint8_t* scales, int k, int* sc, int* mn) {
     *sc = (scales[k + 4] & 0x0f) | ((scales[k - 4] >> 6) << 4);
     *mn = (scales[k + 4] >> 4) | ((scales[k] >> 6) << 4);
   }
+}
+
+// Q3_K sub-scale k (6 bits, offset 32): low 4 bits in scales[k % 8] (nibble k / 8),
+// high 2 bits in scales[8 + k % 4] (bits 2 (k / 4)).
+inline int q3_k_scale(const uint8_t* scales, int k) {
+  const int lo = (scales[k % 8] >> (4 * (k / 8))) & 0x0f;
+  const int hi = (scales[8 + k % 4] >> (2 * (k / 4))) & 0x03;
+  return (lo | hi << 4) - 32;
 }
 
 static_assert(sizeof(BlockQ4_0) == 18, "Q4_0 block size");
@@ -131,15 +143,18 @@ inline float bits_float(uint32_t u) {
   return f;
 }
 
-// Exact (every binary16 value, NaN payloads included, has one binary32 image).
+// Exact (every binary16 value, NaN payloads included, has one binary32 image). Written as
+// selects rather than early returns so that compilers vectorize loops over it.
 inline float fp16_to_fp32(half_bits h) {
   const uint32_t sign = uint32_t(h & 0x8000u) << 16;
-  const uint32_t exponent = (h >> 10) & 0x1fu;
-  const uint32_t mantissa = h & 0x3ffu;
-  if (exponent == 0x1f) return bits_float(sign | 0x7f800000u | (mantissa << 13));  // inf, NaN
-  if (exponent != 0) return bits_float(sign | ((exponent + 112) << 23) | (mantissa << 13));
-  // zero or subnormal: mantissa * 2^-24 is exact in binary32
-  return bits_float(sign | float_bits(float(mantissa) * 0x1p-24f));
+  const uint32_t magnitude = uint32_t(h & 0x7fffu) << 13;  // exponent and mantissa in place
+  const uint32_t exponent = magnitude & 0x0f800000u;
+  // zero and subnormals: mantissa * 2^-24 is exact in binary32
+  const uint32_t tiny = float_bits(float(magnitude >> 13) * 0x1p-24f);
+  const uint32_t bits = exponent == 0x0f800000u ? magnitude + (224u << 23)  // inf, NaN: 31 -> 255
+                        : exponent != 0         ? magnitude + (112u << 23)  // normal: 15 -> 127
+                                                : tiny;
+  return bits_float(sign | bits);
 }
 
 // Round to nearest, ties to even; overflow gives inf; NaN stays NaN (quiet).
@@ -157,6 +172,13 @@ inline half_bits fp32_to_fp16(float f) {
   const uint32_t odd = (ax >> 13) & 1u;
   ax += 0xc8000fffu + odd;  // rebias exponent 127 -> 15, round half to even
   return half_bits(sign | (ax >> 13));
+}
+
+// The i-th 16-bit value of a possibly unaligned array.
+inline uint16_t load_u16(const void* p, int64_t i) {
+  uint16_t v;
+  std::memcpy(&v, static_cast<const uint8_t*>(p) + 2 * i, sizeof v);
+  return v;
 }
 
 inline float bf16_to_fp32(uint16_t b) { return bits_float(uint32_t(b) << 16); }

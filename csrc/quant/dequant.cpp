@@ -1,31 +1,31 @@
 // Scalar reference dequantization and the tier dispatch.
 //
-// Each formula is written in the order gguf.quants evaluates it in float32 numpy arithmetic
-// (products of float32 values, rounded one operation at a time), which makes the results
-// bit-identical to it. Element order inside a block follows ggml's packing, described on
-// each function.
+// Each formula is written in the order gguf.quants evaluates it in float32 numpy arithmetic,
+// which makes the results bit-identical to it. Every product is exact: a float16 scale has 11
+// significant bits, sub-scales at most 8 and quants at most 8, never more than 24 together,
+// and no product leaves float32's normal range. So at most the final add of `d * q + m` rounds,
+// and a compiler fusing it into an FMA (or a SIMD variant using one) cannot change a bit.
+// Element order inside a block follows ggml's packing, described on each function.
 #include "quant/dequant.h"
 
+#include <cstring>
 #include <stdexcept>
 #include <string>
 
 #include "dispatch.h"
 #include "quant/blocks.h"
-#include "quant/no_fma.h"
 
 namespace ggtune {
 namespace {
 
-void f32_row(const float* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = x[i];
+void f32_row(const void* x, float* y, int64_t n) { std::memcpy(y, x, n * sizeof(float)); }
+
+void f16_row(const void* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(load_u16(x, i));
 }
 
-void f16_row(const half_bits* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = fp16_to_fp32(x[i]);
-}
-
-void bf16_row(const uint16_t* x, float* y, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_fp32(x[i]);
+void bf16_row(const void* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = bf16_to_fp32(load_u16(x, i));
 }
 
 // Q4_0 / Q4_1: element i in the low nibble of qs[i], element i + 16 in the high nibble.
@@ -85,32 +85,34 @@ void q8_1_block(const BlockQ8_1& b, float* y) {
 // Q2_K: element j = 128 h + 32 s + l holds bits 2s..2s+1 of qs[32 h + l]; sub-block j / 16.
 void q2_k_block(const BlockQ2_K& b, float* y) {
   const float d = fp16_to_fp32(b.d), dmin = fp16_to_fp32(b.dmin);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const uint8_t sc = b.scales[j / 16];
-    const float dl = d * float(sc & 0x0f), ml = dmin * float(sc >> 4);
-    const int q = (b.qs[32 * h + l] >> (2 * s)) & 3;
-    y[j] = dl * float(q) - ml;
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const uint8_t sc = b.scales[8 * h + 2 * s + half];
+        const float dl = d * float(sc & 0x0f), ml = dmin * float(sc >> 4);
+        const uint8_t* q = b.qs + 32 * h + 16 * half;
+        for (int l = 0; l < 16; ++l) y[l] = dl * float((q[l] >> (2 * s)) & 3) - ml;
+      }
+    }
   }
-}
-
-// Q3_K sub-scale k (6 bits, offset 32): low 4 bits in scales[k % 8] (nibble k / 8),
-// high 2 bits in scales[8 + k % 4] (bits 2 (k / 4)).
-int q3_k_scale(const uint8_t* scales, int k) {
-  const int lo = (scales[k % 8] >> (4 * (k / 8))) & 0x0f;
-  const int hi = (scales[8 + k % 4] >> (2 * (k / 4))) & 0x03;
-  return (lo | hi << 4) - 32;
 }
 
 // Q3_K: 2 low bits as Q2_K; bit j / 32 of hmask[j % 32] clear subtracts 4.
 void q3_k_block(const BlockQ3_K& b, float* y) {
   const float d = fp16_to_fp32(b.d);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const float dl = d * float(q3_k_scale(b.scales, j / 16));
-    const int low = (b.qs[32 * h + l] >> (2 * s)) & 3;
-    const int high_clear = ((b.hmask[l] >> (j / 32)) & 1) ^ 1;
-    y[j] = dl * float(low - 4 * high_clear);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const float dl = d * float(q3_k_scale(b.scales, 8 * h + 2 * s + half));
+        const uint8_t* q = b.qs + 32 * h + 16 * half;
+        const uint8_t* mask = b.hmask + 16 * half;
+        const int bit = 4 * h + s;
+        for (int l = 0; l < 16; ++l) {
+          const int high_clear = ((mask[l] >> bit) & 1) ^ 1;
+          y[l] = dl * float(((q[l] >> (2 * s)) & 3) - 4 * high_clear);
+        }
+      }
+    }
   }
 }
 
@@ -146,12 +148,18 @@ void q5_k_block(const BlockQ5_K& b, float* y) {
 // (high nibble when s >= 2), 2 high bits at 2s of qh[32 h + l]; sub-block j / 16.
 void q6_k_block(const BlockQ6_K& b, float* y) {
   const float d = fp16_to_fp32(b.d);
-  for (int j = 0; j < QK_K; ++j) {
-    const int h = j / 128, s = (j % 128) / 32, l = j % 32;
-    const int low = (b.ql[64 * h + 32 * (s % 2) + l] >> (4 * (s / 2))) & 0x0f;
-    const int high = (b.qh[32 * h + l] >> (2 * s)) & 3;
-    const float dl = d * float(b.scales[j / 16]);
-    y[j] = dl * float((low | high << 4) - 32);
+  for (int h = 0; h < 2; ++h) {
+    for (int s = 0; s < 4; ++s) {
+      for (int half = 0; half < 2; ++half, y += 16) {
+        const float dl = d * float(b.scales[8 * h + 2 * s + half]);
+        const uint8_t* ql = b.ql + 64 * h + 32 * (s % 2) + 16 * half;
+        const uint8_t* qh = b.qh + 32 * h + 16 * half;
+        for (int l = 0; l < 16; ++l) {
+          const int low = (ql[l] >> (4 * (s / 2))) & 0x0f, high = (qh[l] >> (2 * s)) & 3;
+          y[l] = dl * float((low | high << 4) - 32);
+        }
+      }
+    }
   }
 }
 
@@ -165,9 +173,9 @@ void blocks_row(void (*block_fn)(const Block&, float*), const void* src, float* 
 
 void dequantize_row_scalar(GgmlType type, const void* src, float* dst, int64_t n) {
   switch (type) {
-    case GgmlType::F32: return f32_row(static_cast<const float*>(src), dst, n);
-    case GgmlType::F16: return f16_row(static_cast<const half_bits*>(src), dst, n);
-    case GgmlType::BF16: return bf16_row(static_cast<const uint16_t*>(src), dst, n);
+    case GgmlType::F32: return f32_row(src, dst, n);
+    case GgmlType::F16: return f16_row(src, dst, n);
+    case GgmlType::BF16: return bf16_row(src, dst, n);
     case GgmlType::Q4_0: return blocks_row<BlockQ4_0, QK4_0>(q4_0_block, src, dst, n);
     case GgmlType::Q4_1: return blocks_row<BlockQ4_1, QK4_1>(q4_1_block, src, dst, n);
     case GgmlType::Q5_0: return blocks_row<BlockQ5_0, QK5_0>(q5_0_block, src, dst, n);
@@ -185,7 +193,19 @@ void dequantize_row_scalar(GgmlType type, const void* src, float* dst, int64_t n
 }
 
 void dequantize_row(GgmlType type, const void* src, float* dst, int64_t n) {
-  dequantize_row_scalar(type, src, dst, n);  // SIMD tiers: next commit
+#if defined(__x86_64__) || defined(_M_X64)
+  switch (active_isa()) {
+    case Isa::avx512:
+      if (dequantize_row_avx512(type, src, dst, n)) return;
+      break;
+    case Isa::avx2:
+      if (dequantize_row_avx2(type, src, dst, n)) return;
+      break;
+    case Isa::scalar:
+      break;
+  }
+#endif
+  dequantize_row_scalar(type, src, dst, n);
 }
 
 }  // namespace ggtune
