@@ -99,8 +99,8 @@ void bind_matmul(py::module_& m) {
         "precision"_a = "auto",
         "out[T, N] (= or +=) x[T, K] @ W.T, W the GGUF bytes (uint8 [N, row_bytes]) of ggml "
         "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
-        "bfloat16, float32 accumulation) or 'auto' (f32 for F32 weights, else bf16 on the "
-        "avx512 tier and f32 below it).");
+        "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere) or "
+        "'auto' (f32: see auto_matmul_precision in csrc/ops/matmul.h for the measurements).");
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
         "accumulate"_a = false, "precision"_a = "auto",
         "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision.");

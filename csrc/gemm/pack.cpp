@@ -1,5 +1,7 @@
 #include "gemm/pack.h"
 
+#include <algorithm>
+
 #include "dispatch.h"
 
 namespace ggtune::gemm {
@@ -23,15 +25,24 @@ namespace {
 template <class Convert, class Elem>
 void pack_with(const PanelLayout& layout, FloatView tile, int64_t tk, int64_t tn, int64_t k_off,
                int64_t j_off, Elem* panel, Convert convert) {
-  // Walk the tile along its contiguous axis so reads stream.
-  if (tile.rs == 1) {
-    for (int64_t j = 0; j < tn; ++j)
+  const int64_t g = layout.group(), w = layout.width;
+  // One run of j's within a strip at a time; k is walked innermost when the tile is
+  // contiguous along k, so reads stream either way.
+  for (int64_t j = 0; j < tn;) {
+    const int64_t jj = (j_off + j) % w, run = std::min(w - jj, tn - j);
+    Elem* strip = panel + (j_off + j) / w * layout.strip_elems() + jj * g;
+    auto put = [&](int64_t k, int64_t r) {
+      const int64_t kk = k_off + k;
+      strip[(kk / g) * g * w + r * g + kk % g] = convert(tile.at(k, j + r));
+    };
+    if (tile.rs == 1) {
+      for (int64_t r = 0; r < run; ++r)
+        for (int64_t k = 0; k < tk; ++k) put(k, r);
+    } else {
       for (int64_t k = 0; k < tk; ++k)
-        panel[layout.offset(k_off + k, j_off + j)] = convert(tile.at(k, j));
-  } else {
-    for (int64_t k = 0; k < tk; ++k)
-      for (int64_t j = 0; j < tn; ++j)
-        panel[layout.offset(k_off + k, j_off + j)] = convert(tile.at(k, j));
+        for (int64_t r = 0; r < run; ++r) put(k, r);
+    }
+    j += run;
   }
 }
 

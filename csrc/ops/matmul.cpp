@@ -6,7 +6,6 @@
 #include <cstring>
 #include <stdexcept>
 
-#include "dispatch.h"
 #include "quant/dequant.h"
 
 namespace ggtune {
@@ -92,10 +91,7 @@ class WeightRows final : public gemm::BOperand {
 
 }  // namespace
 
-gemm::Precision auto_matmul_precision(GgmlType type) {
-  if (type == GgmlType::F32) return gemm::Precision::f32;
-  return active_isa() == Isa::avx512 ? gemm::Precision::bf16 : gemm::Precision::f32;
-}
+gemm::Precision auto_matmul_precision(GgmlType) { return gemm::Precision::f32; }
 
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
                     int64_t N, float* out, bool accumulate, gemm::Precision precision) {

@@ -1,0 +1,211 @@
+"""Matmul with a frozen GGUF weight (both directions) and plain float32 GEMM, on every tier.
+
+Reference: float64 `x @ dequantize(W).T`. Tolerances are bounds on the rounding error in
+units of S = |x| @ |W|.T (elementwise absolute values, float64), so they hold for any data:
+  f32 : K float32 roundings of the running sum, each at most 2^-24 relative:
+        |err| <= (K + 2) * 2^-24 * S
+  bf16: both operands rounded to bfloat16: 8 significant bits, so round-to-nearest errs by
+        at most u = 2^-8 relative (2^-9 is not a bound: it is exceeded on random data),
+        products exact in float32, then float32 accumulation:
+        |err| <= (2 * 2^-8 + 2^-16 + (K + 2) * 2^-24) * S
+"""
+
+import numpy as np
+import pytest
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
+from gguf import quants
+
+from ggtune import _core
+
+TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
+         Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
+# gguf.quants can quantize these; the K-quants are built from random blocks instead.
+QUANTIZABLE = {Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0}
+# Byte offsets of the float16 scales in each K-quant block (ggml-common.h).
+K_QUANT_HALVES = {Q.Q2_K: [80, 82], Q.Q3_K: [108], Q.Q4_K: [0, 2], Q.Q5_K: [0, 2], Q.Q6_K: [208]}
+
+TOKENS = [1, 31, 32, 33, 100]
+
+
+def tolerance(S, K, precision):
+    accumulation = (K + 2) * 2.0 ** -24
+    if precision == "f32":
+        return accumulation * S
+    return (2 * 2.0 ** -8 + 2.0 ** -16 + accumulation) * S
+
+
+def weight_bytes(rng, qtype, n, k):
+    """W as GGUF bytes uint8 [n, row_bytes] and its float64 dequantization [n, k]."""
+    block, size = GGML_QUANT_SIZES[qtype]
+    if qtype in QUANTIZABLE:
+        values = rng.standard_normal((n, k)).astype(np.float32)
+        data = values.view(np.uint8) if qtype == Q.F32 else quants.quantize(values, qtype)
+    else:
+        data = rng.integers(0, 256, size=(n, k // block, size), dtype=np.uint8)
+        for offset in K_QUANT_HALVES[qtype]:
+            scales = rng.uniform(0.01, 0.1, size=(n, k // block)).astype(np.float16)
+            data[:, :, offset:offset + 2] = scales.view(np.uint8).reshape(n, k // block, 2)
+        data = data.reshape(n, -1)
+    data = np.ascontiguousarray(data.view(np.uint8).reshape(n, -1))
+    return data, quants.dequantize(data, qtype).astype(np.float64).reshape(n, k)
+
+
+def shapes(qtype):
+    """(K, N) pairs: K over one and several K blocks of every tier, N off the strip widths."""
+    block = GGML_QUANT_SIZES[qtype][0]
+    if block == 256:
+        return [(256, 33), (768, 70)]
+    return [(96, 1), (96, 70), (576, 33)]
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_matmul_both_directions_match_float64(isa, qtype, precision):
+    rng = np.random.default_rng(int(qtype) * 7 + len(precision))
+    for K, N in shapes(qtype):
+        w, wd = weight_bytes(rng, qtype, N, K)
+        for T in TOKENS:
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            out = np.full((T, N), np.nan, np.float32)
+            _core.matmul(x, w, int(qtype), out, precision=precision)
+            ref = x.astype(np.float64) @ wd.T
+            tol = tolerance(np.abs(x.astype(np.float64)) @ np.abs(wd).T, K, precision)
+            assert np.all(np.abs(out - ref) <= tol), (isa, T, K, N, np.abs(out - ref).max())
+
+            dy = rng.standard_normal((T, N)).astype(np.float32)
+            dx = np.full((T, K), np.nan, np.float32)
+            _core.matmul_backward(dy, w, int(qtype), dx, precision=precision)
+            ref = dy.astype(np.float64) @ wd
+            tol = tolerance(np.abs(dy.astype(np.float64)) @ np.abs(wd), N, precision)
+            assert np.all(np.abs(dx - ref) <= tol), (isa, T, K, N, np.abs(dx - ref).max())
+
+
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_1, Q.Q6_K], ids=lambda t: t.name)
+def test_accumulate_adds_to_the_output(isa, qtype):
+    rng = np.random.default_rng(3)
+    K, N, T = GGML_QUANT_SIZES[qtype][0] * 3, 40, 33
+    w, wd = weight_bytes(rng, qtype, N, K)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    dy = rng.standard_normal((T, N)).astype(np.float32)
+    out0 = rng.standard_normal((T, N)).astype(np.float32)
+    dx0 = rng.standard_normal((T, K)).astype(np.float32)
+    out, dx = out0.copy(), dx0.copy()
+    _core.matmul(x, w, int(qtype), out, accumulate=True, precision="f32")
+    _core.matmul_backward(dy, w, int(qtype), dx, accumulate=True, precision="f32")
+    S = np.abs(x.astype(np.float64)) @ np.abs(wd).T + np.abs(out0)
+    assert np.all(np.abs(out - (out0 + x.astype(np.float64) @ wd.T)) <= tolerance(S, K, "f32"))
+    S = np.abs(dy.astype(np.float64)) @ np.abs(wd) + np.abs(dx0)
+    assert np.all(np.abs(dx - (dx0 + dy.astype(np.float64) @ wd)) <= tolerance(S, N, "f32"))
+
+
+def test_auto_precision_is_exact_f32_for_f32_weights():
+    rng = np.random.default_rng(4)
+    w = rng.standard_normal((50, 64)).astype(np.float32)
+    x = rng.standard_normal((20, 64)).astype(np.float32)
+    auto, f32 = np.empty((20, 50), np.float32), np.empty((20, 50), np.float32)
+    _core.matmul(x, w.view(np.uint8), int(Q.F32), auto)
+    _core.matmul(x, w.view(np.uint8), int(Q.F32), f32, precision="f32")
+    np.testing.assert_array_equal(auto, f32)
+
+
+@pytest.mark.parametrize("precision", ["f32", "bf16"])
+def test_results_do_not_depend_on_thread_count(precision):
+    rng = np.random.default_rng(5)
+    w, _ = weight_bytes(rng, Q.Q8_0, 300, 576)
+    x = rng.standard_normal((100, 576)).astype(np.float32)
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            _core.set_num_threads(threads)
+            out = np.empty((100, 300), np.float32)
+            _core.matmul(x, w, int(Q.Q8_0), out, precision=precision)
+            outs.append(out)
+    finally:
+        _core.set_num_threads(0)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
+GEMM_SHAPES = [(1, 1, 1), (31, 33, 32), (33, 70, 100), (100, 31, 300),
+               (1024, 4, 576), (4, 576, 1024), (1024, 576, 4)]  # (M, N, K): LoRA ranks too
+
+
+@pytest.mark.parametrize("trans_b", [False, True])
+@pytest.mark.parametrize("trans_a", [False, True])
+def test_gemm_all_transpositions(isa, trans_a, trans_b):
+    rng = np.random.default_rng(6)
+    for M, N, K in GEMM_SHAPES:
+        a = rng.standard_normal((K, M) if trans_a else (M, K)).astype(np.float32)
+        b = rng.standard_normal((N, K) if trans_b else (K, N)).astype(np.float32)
+        opa = (a.T if trans_a else a).astype(np.float64)
+        opb = (b.T if trans_b else b).astype(np.float64)
+        out0 = rng.standard_normal((M, N)).astype(np.float32)
+        for alpha, beta in [(1.0, 0.0), (0.5, 2.0)]:
+            out = out0.copy() if beta else np.full((M, N), np.nan, np.float32)
+            _core.gemm(a, b, out, trans_a=trans_a, trans_b=trans_b, alpha=alpha, beta=beta)
+            ref = alpha * opa @ opb + beta * out0.astype(np.float64)
+            S = abs(alpha) * np.abs(opa) @ np.abs(opb) + abs(beta) * np.abs(out0)
+            assert np.all(np.abs(out - ref) <= tolerance(S, K, "f32") + 1e-30), (M, N, K, alpha)
+
+
+def test_gemm_with_empty_reduction_scales_the_output():
+    out = np.ones((3, 4), np.float32)
+    _core.gemm(np.zeros((3, 0), np.float32), np.zeros((0, 4), np.float32), out, beta=0.5)
+    np.testing.assert_array_equal(out, np.full((3, 4), 0.5, np.float32))
+
+
+# ---- bad input: a ValueError that names the argument ----
+
+def _valid():
+    w = np.zeros((8, 34 * 2), np.uint8)  # Q8_0 (34-byte blocks of 32), K = 64
+    return dict(x=np.zeros((3, 64), np.float32), w=w, w_type=int(Q.Q8_0),
+                out=np.zeros((3, 8), np.float32))
+
+
+@pytest.mark.parametrize("arg, bad, match", [
+    ("x", np.zeros((3, 64), np.float64), "x: expected dtype float32"),
+    ("x", np.zeros((64, 3), np.float32).T, "x: expected a C-contiguous"),
+    ("x", np.zeros((3, 48), np.float32), "x: expected K .* block size 32"),
+    ("w", np.zeros((8, 70), np.uint8), "w: expected rows of 68 bytes"),
+    ("w", np.zeros((8, 68), np.int8), "w: expected dtype uint8"),
+    ("w_type", 99, "w_type: unsupported GGML type 99"),
+    ("out", np.zeros((3, 9), np.float32), r"out: expected shape \(3, 8\)"),
+    ("out", np.zeros((3, 8), np.float16), "out: expected dtype float32"),
+])
+def test_matmul_rejects_bad_input(arg, bad, match):
+    args = _valid()
+    args[arg] = bad
+    with pytest.raises(ValueError, match=match):
+        _core.matmul(args["x"], args["w"], args["w_type"], args["out"])
+
+
+def test_matmul_rejects_bad_precision():
+    args = _valid()
+    with pytest.raises(ValueError, match="precision: expected 'auto', 'f32' or 'bf16'"):
+        _core.matmul(args["x"], args["w"], args["w_type"], args["out"], precision="fp8")
+
+
+def test_matmul_backward_rejects_bad_input():
+    args = _valid()
+    w, wt = args["w"], args["w_type"]
+    dx = np.zeros((3, 64), np.float32)
+    with pytest.raises(ValueError, match=r"dy: expected shape \(3, 8\)"):
+        _core.matmul_backward(np.zeros((3, 7), np.float32), w, wt, dx)
+    with pytest.raises(ValueError, match="dx: expected K .* block size 32"):
+        _core.matmul_backward(np.zeros((3, 8), np.float32), w, wt, np.zeros((3, 40), np.float32))
+    with pytest.raises(ValueError, match="dx: expected a writable array"):
+        ro = dx.copy()
+        ro.flags.writeable = False
+        _core.matmul_backward(np.zeros((3, 8), np.float32), w, wt, ro)
+
+
+def test_gemm_rejects_bad_input():
+    a, b, out = np.zeros((3, 5), np.float32), np.zeros((5, 4), np.float32), np.zeros((3, 4), np.float32)
+    with pytest.raises(ValueError, match="b: expected 5"):
+        _core.gemm(a, np.zeros((6, 4), np.float32), out)
+    with pytest.raises(ValueError, match=r"out: expected shape \(3, 4\)"):
+        _core.gemm(a, b, np.zeros((4, 3), np.float32))
+    with pytest.raises(ValueError, match="a: expected a C-contiguous"):
+        _core.gemm(np.zeros((5, 3), np.float32).T, b, out)
+    with pytest.raises(ValueError, match="a: expected 2 dimensions"):
+        _core.gemm(np.zeros(15, np.float32), b, out)
