@@ -92,3 +92,12 @@ def test_attention_backward_matches_float64_on_tiled_shapes(isa, shape, threads)
     for mine, ref, rerun in zip(grads, attention_backward_ref(dout, q, k, v, scale), again):
         np.testing.assert_allclose(mine, ref, rtol=1e-3, atol=2e-5)
         np.testing.assert_array_equal(mine, rerun)  # deterministic
+
+
+@pytest.mark.parametrize("S,Skv", [(0, 0), (0, 5)])
+def test_attention_with_no_queries_is_a_no_op(S, Skv):
+    q = np.zeros((1, S, 2, 4), np.float32)
+    kv = np.ones((1, Skv, 1, 4), np.float32)
+    out, lse = run_forward(q, kv, kv, 1.0)
+    dq, dk, dv = run_backward(q, q, kv, kv, out, lse, 1.0)
+    assert not dk.any() and not dv.any()  # keys no query sees get zero gradient

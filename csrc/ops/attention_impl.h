@@ -1,6 +1,7 @@
 // Blocked causal GQA attention as templates over a vector type (see simd_vec.h); included
 // once per tier. All products are tiles of at most kQueryBlock x kKeyBlock x D through
-// gemm_block, so the scores of a head never exist whole.
+// gemm_block, so the scores of a head never exist whole; the operand whose transpose a
+// product needs (K in the forward, Q and dO in the backward) is transposed once per call.
 #pragma once
 
 #include <algorithm>
@@ -68,7 +69,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
     const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * s.Skv;          // [D, Skv]
-    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;
+    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
     for (int64_t r = 0; r < nr; ++r) {
       std::memset(out_tile + r * ldq, 0, sizeof(float) * D);
@@ -138,8 +139,9 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
-  const int64_t n_chunks = std::min<int64_t>(
-      n_kblocks, std::max<int64_t>(1, ceil_div(2 * num_threads(), s.B * s.Hkv)));
+  // Enough tasks for every thread (twice over, for balance) even at batch 1 with few KV heads.
+  const int64_t wanted_chunks = ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv));
+  const int64_t n_chunks = std::max<int64_t>(1, std::min(n_kblocks, wanted_chunks));
   const int64_t dq_size = s.B * s.S * s.Hq * D;
 
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
