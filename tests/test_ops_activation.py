@@ -14,7 +14,7 @@ def test_swiglu_forward_matches_float64(isa, T, F):
     out = np.empty_like(gate)
     _core.swiglu_forward(gate, up, out)
     ref = swiglu_ref(gate.astype(np.float64), up.astype(np.float64))
-    np.testing.assert_allclose(out, ref, rtol=3e-6, atol=1e-7)
+    np.testing.assert_allclose(out, ref, rtol=1e-6, atol=1e-7)
 
 
 def test_swiglu_forward_spans_threads_and_tails(isa):
@@ -23,7 +23,7 @@ def test_swiglu_forward_spans_threads_and_tails(isa):
     out = np.empty_like(gate)
     _core.swiglu_forward(gate, up, out)
     np.testing.assert_allclose(out, swiglu_ref(gate.astype(np.float64), up.astype(np.float64)),
-                               rtol=3e-6, atol=1e-7)
+                               rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("F", SIZES)

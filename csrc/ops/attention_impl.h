@@ -1,6 +1,7 @@
 // Blocked causal GQA attention as templates over a vector type (see simd_vec.h); included
 // once per tier. All products are tiles of at most kQueryBlock x kKeyBlock x D through
-// gemm_block, so the scores of a head never exist whole.
+// gemm_block, so the scores of a head never exist whole; the operand whose transpose a
+// product needs (K in the forward, Q and dO in the backward) is transposed once per call.
 #pragma once
 
 #include <algorithm>
@@ -26,11 +27,18 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// dst[c * ld_dst + r] = src[r * ld_src + c] for r < rows, c < cols.
-inline void transpose(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst,
-                      int64_t ld_dst) {
-  for (int64_t r = 0; r < rows; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * ld_dst + r] = src[r * ld_src + c];
+// dst[b,h,d,l] = src[b,l,h,d]: every head as a [D, L] matrix, so tiles of its transpose are
+// row-major operands of gemm_block. Done once per call (memory of the size of src).
+inline void transpose_heads(const float* src /*[B,L,H,D]*/, int64_t B, int64_t L, int64_t H,
+                            int64_t D, float* dst /*[B,H,D,L]*/) {
+  parallel_for_each(B * H, [&](int64_t bh) {
+    const int64_t b = bh / H, h = bh % H;
+    float* head = dst + bh * D * L;
+    for (int64_t l = 0; l < L; ++l) {
+      const float* row = src + ((b * L + l) * H + h) * D;
+      for (int64_t d = 0; d < D; ++d) head[d * L + l] = row[d];
+    }
+  });
 }
 
 template <class V>
@@ -51,6 +59,8 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
+  Scratch k_t(s.B * s.Hkv * D * s.Skv);
+  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k_t.p);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -58,9 +68,9 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* k_head = k + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
-    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;
-    Scratch kt(D * kKeyBlock), scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
+    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * s.Skv;          // [D, Skv]
+    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
+    Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
     for (int64_t r = 0; r < nr; ++r) {
       std::memset(out_tile + r * ldq, 0, sizeof(float) * D);
       m.p[r] = -std::numeric_limits<float>::infinity();
@@ -69,8 +79,8 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
     for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      transpose(k_head + j0 * ldk, ldk, nc, D, kt.p, kKeyBlock);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, kt.p, kKeyBlock, scores.p, kKeyBlock, scale, false);
+      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, s.Skv, scores.p, kKeyBlock, scale,
+                    false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
         const int64_t n_valid = std::clamp<int64_t>(i0 + r + off + 1 - j0, 0, nc);
@@ -88,8 +98,8 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
         l.p[r] = l.p[r] * alpha + p_sum;
         m.p[r] = m_new;
       }
-      gemm_block<V>(nr, D, nc, scores.p, kKeyBlock, v_head + j0 * ldk, ldk, out_tile, ldq, 1.0f,
-                    true);
+      gemm_block<V>(nr, D, nc, scores.p, kKeyBlock, 1, v_head + j0 * ldk, ldk, out_tile, ldq,
+                    1.0f, true);
     }
     float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
     for (int64_t r = 0; r < nr; ++r) {
@@ -129,12 +139,16 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
-  const int64_t n_chunks = std::min<int64_t>(
-      n_kblocks, std::max<int64_t>(1, ceil_div(2 * num_threads(), s.B * s.Hkv)));
+  // Enough tasks for every thread (twice over, for balance) even at batch 1 with few KV heads.
+  const int64_t wanted_chunks = ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv));
+  const int64_t n_chunks = std::max<int64_t>(1, std::min(n_kblocks, wanted_chunks));
   const int64_t dq_size = s.B * s.S * s.Hq * D;
 
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
+  Scratch q_t(dq_size), dout_t(dq_size);  // [B,Hq,D,S]
   attention_delta<V>(dout, out, delta.p, s);
+  transpose_heads(q, s.B, s.S, s.Hq, D, q_t.p);
+  transpose_heads(dout, s.B, s.S, s.Hq, D, dout_t.p);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
 
@@ -142,8 +156,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
     const int64_t chunk = task % n_chunks, b = task / n_chunks / s.Hkv,
                   hk = task / n_chunks % s.Hkv;
     float* dq_acc = chunk == 0 ? dq : dq_parts.p + (chunk - 1) * dq_size;
-    Scratch qt(D * kQueryBlock), dot(D * kQueryBlock), pt(kKeyBlock * kQueryBlock),
-        dst(kKeyBlock * kQueryBlock), ds(kQueryBlock * kKeyBlock), dk_acc(kKeyBlock * D),
+    Scratch pt(kKeyBlock * kQueryBlock), dst(kKeyBlock * kQueryBlock), dk_acc(kKeyBlock * D),
         dv_acc(kKeyBlock * D);
     for (int64_t kb = chunk; kb < n_kblocks; kb += n_chunks) {
       const int64_t j0 = kb * kKeyBlock, nc = std::min(kKeyBlock, s.Skv - j0);
@@ -159,13 +172,12 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
           const int64_t q_row = (b * s.S + i0) * s.Hq + h;
           const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
           const float* do_tile = dout + q_row * D;
+          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * s.S + i0;  // [D, nr], ld S
+          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * s.S + i0;
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
-          transpose(q_tile, ldq, nr, D, qt.p, kQueryBlock);
-          transpose(do_tile, ldq, nr, D, dot.p, kQueryBlock);
-          gemm_block<V>(nc, nr, D, k_tile, ldk, qt.p, kQueryBlock, pt.p, kQueryBlock, scale, false);
-          gemm_block<V>(nc, nr, D, v_tile, ldk, dot.p, kQueryBlock, dst.p, kQueryBlock, 1.0f,
-                        false);
+          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, s.S, pt.p, kQueryBlock, scale, false);
+          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, s.S, dst.p, kQueryBlock, 1.0f, false);
           for (int64_t c = 0; c < nc; ++c) {
             float* prow = pt.p + c * kQueryBlock;
             float* dsrow = dst.p + c * kQueryBlock;
@@ -180,11 +192,11 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
               U::store(dsrow + r, U::mul(p, U::sub(U::load(dsrow + r), U::load(delta_tile + r))));
             });
           }
-          gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, do_tile, ldq, dv_acc.p, D, 1.0f, true);
-          gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, q_tile, ldq, dk_acc.p, D, scale, true);
-          transpose(dst.p, kQueryBlock, nc, nr, ds.p, kKeyBlock);
-          gemm_block<V>(nr, D, nc, ds.p, kKeyBlock, k_tile, ldk, dq_acc + q_row * D, ldq, scale,
-                        true);
+          gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, 1, do_tile, ldq, dv_acc.p, D, 1.0f, true);
+          gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, 1, q_tile, ldq, dk_acc.p, D, scale, true);
+          // dS = (dS^T)^T, read through swapped strides
+          gemm_block<V>(nr, D, nc, dst.p, 1, kQueryBlock, k_tile, ldk, dq_acc + q_row * D, ldq,
+                        scale, true);
         }
       }
       for (int64_t c = 0; c < nc; ++c) {

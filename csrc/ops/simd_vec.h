@@ -169,41 +169,57 @@ inline float reduce_max(const float* x, int64_t n) {
   return m > tail ? m : tail;
 }
 
-// Small dense product on row-major blocks, the building block of blocked attention:
-//   c[m][n] = (accumulate ? c[m][n] : 0) + alpha * sum_k a[m*lda + k] * b[k*ldb + n]
-// Four rows of c share each load of b; the inner loop over k keeps them in registers.
-template <class U, int R>
-inline void gemm_rows(const float* a, int64_t lda, const float* b, int64_t ldb, int64_t K,
+// Small dense product, the building block of blocked attention:
+//   c[m][n] = (accumulate ? c[m][n] : 0) + alpha * sum_k a[m*a_rs + k*a_ks] * b[k*ldb + n]
+// a is read through two strides, so a transposed operand costs nothing; b and c are row-major.
+// A register tile of R rows x NV vectors of c: each k loads NV vectors of b and R scalars
+// of a for R*NV independent FMAs (enough chains in flight to hide the FMA latency).
+template <class U, int R, int NV>
+inline void gemm_tile(const float* a, int64_t a_rs, int64_t a_ks, const float* b, int64_t ldb, int64_t K,
                       float* c, int64_t ldc, int64_t n, float alpha, bool accumulate) {
-  typename U::T acc[R];
-  for (int r = 0; r < R; ++r) acc[r] = U::zero();
+  typename U::T acc[R][NV];
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) acc[r][j] = U::zero();
   for (int64_t k = 0; k < K; ++k) {
-    const typename U::T bk = U::load(b + k * ldb + n);
-    for (int r = 0; r < R; ++r) acc[r] = U::fmadd(U::set1(a[r * lda + k]), bk, acc[r]);
+    typename U::T bk[NV];
+    for (int j = 0; j < NV; ++j) bk[j] = U::load(b + k * ldb + n + j * U::W);
+    for (int r = 0; r < R; ++r) {
+      const typename U::T ark = U::set1(a[r * a_rs + k * a_ks]);
+      for (int j = 0; j < NV; ++j) acc[r][j] = U::fmadd(ark, bk[j], acc[r][j]);
+    }
   }
-  for (int r = 0; r < R; ++r) {
-    float* out = c + r * ldc + n;
-    const typename U::T scaled = U::mul(acc[r], U::set1(alpha));
-    U::store(out, accumulate ? U::add(U::load(out), scaled) : scaled);
-  }
+  for (int r = 0; r < R; ++r)
+    for (int j = 0; j < NV; ++j) {
+      float* out = c + r * ldc + n + j * U::W;
+      const typename U::T scaled = U::mul(acc[r][j], U::set1(alpha));
+      U::store(out, accumulate ? U::add(U::load(out), scaled) : scaled);
+    }
+}
+
+// The rows [m, m + R) of gemm_block: two-vector tiles, then one-vector tiles, then the scalar tail.
+template <class V, int R>
+inline void gemm_row_group(int64_t N, int64_t K, const float* a, int64_t a_rs, int64_t a_ks,
+                           const float* b,
+                           int64_t ldb, float* c, int64_t ldc, float alpha, bool accumulate) {
+  int64_t n = 0;
+  if constexpr (V::W > 1)
+    for (; n + 2 * V::W <= N; n += 2 * V::W)
+      gemm_tile<V, R, 2>(a, a_rs, a_ks, b, ldb, K, c, ldc, n, alpha, accumulate);
+  for_chunks<V>(N - n, [&](auto u, int64_t j) {
+    gemm_tile<decltype(u), R, 1>(a, a_rs, a_ks, b, ldb, K, c, ldc, n + j, alpha, accumulate);
+  });
 }
 
 template <class V>
-inline void gemm_block(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda,
-                       const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
+inline void gemm_block(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
+                       int64_t a_ks, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
                        bool accumulate) {
   constexpr int kRows = 4;
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows)
-    for_chunks<V>(N, [&](auto u, int64_t n) {
-      gemm_rows<decltype(u), kRows>(a + m * lda, lda, b, ldb, K, c + m * ldc, ldc, n, alpha,
-                                    accumulate);
-    });
+    gemm_row_group<V, kRows>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha, accumulate);
   for (; m < M; ++m)
-    for_chunks<V>(N, [&](auto u, int64_t n) {
-      gemm_rows<decltype(u), 1>(a + m * lda, lda, b, ldb, K, c + m * ldc, ldc, n, alpha,
-                                accumulate);
-    });
+    gemm_row_group<V, 1>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha, accumulate);
 }
 
 }  // namespace
