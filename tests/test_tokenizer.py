@@ -3,6 +3,9 @@
 * Golden fixtures (scripts/make_tokenizer_fixtures.py): llama.cpp, through llama-cpp-python,
   tokenized and detokenized a varied corpus and the whole GPL-3 with SmolLM2's vocabulary
   (byte-level BPE, pre-tokenizer "smollm"); every case must be reproduced exactly.
+* Golden fixtures for the other paths: a small SentencePiece vocabulary the script defines (its
+  metadata travels in the fixture), and SmolLM2's vocabulary under the llama3, gpt-2 and default
+  pre-tokenizers, both tokenized by llama.cpp from vocabulary-only GGUFs.
 * A small SentencePiece vocabulary written here, with hand-checked cases.
 * Small BPE vocabularies for merge order, ignore_merges and the named pre-tokenizers.
 * Clear errors for broken metadata.
@@ -25,6 +28,8 @@ from ggtune.tokenizer import PRE_TOKENIZERS, Tokenizer, pre_tokenize
 FIXTURES = Path(__file__).parent / "fixtures" / "tokenizer"
 CASES = FIXTURES / "smollm2_cases.json"
 GPL3_IDS = FIXTURES / "smollm2_gpl3.json"
+SPM_CASES = FIXTURES / "spm_cases.json"
+OTHER_PRE = FIXTURES / "smollm2_other_pre.json"
 GPL3_TEXT = Path("/usr/share/common-licenses/GPL-3")
 
 
@@ -120,6 +125,29 @@ def test_smollm2_tokenizes_70kb_quickly(smollm2_meta):
     ids = tokenizer.tokenize(text)
     assert len(ids) > 10_000
     assert time.perf_counter() - start < 20.0
+
+
+def test_sentencepiece_vocabulary_matches_llama_cpp():
+    fixture = load_fixture(SPM_CASES)
+    tokenizer = Tokenizer.from_metadata(fixture["metadata"])
+    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.eot_id) == (fixture["bos_id"], fixture["eos_id"], fixture["eot_id"])
+    assert (tokenizer.add_bos, tokenizer.add_eos) == (fixture["add_bos"], fixture["add_eos"])
+    assert sorted(tokenizer.eog_ids) == fixture["eog_ids"]
+    assert [t for t in range(tokenizer.n_vocab) if tokenizer.is_control(t)] == fixture["control_ids"]
+    for case in fixture["tokenize"]:
+        label = (case["text"][:40], case["add_bos"], case["special"])
+        assert tokenizer.tokenize(case["text"], add_bos=case["add_bos"], special=case["special"]) == case["ids"], label
+        for special, key in ((False, "detokenized"), (True, "detokenized_special")):
+            assert tokenizer.detokenize_bytes(case["ids"], special=special) == expected_bytes(case, key), label
+
+
+@pytest.mark.parametrize("pre", ["llama3", "gpt-2", "default"])
+def test_other_pre_tokenizers_match_llama_cpp(smollm2_meta, pre):
+    fixture = load_fixture(OTHER_PRE)
+    meta = {k: v for k, v in smollm2_meta.items() if k != "tokenizer.ggml.add_bos_token"}
+    tokenizer = Tokenizer.from_metadata({**meta, "tokenizer.ggml.pre": pre})
+    for text, want in zip(fixture["texts"], fixture["ids"][pre], strict=True):
+        assert tokenizer.tokenize(text, add_bos=fixture["add_bos"], special=fixture["special"]) == want, text[:40]
 
 
 def test_from_gguf_equals_from_metadata(smollm2_path, smollm2):
