@@ -130,7 +130,7 @@ def test_smollm2_tokenizes_70kb_quickly(smollm2_meta):
 def test_sentencepiece_vocabulary_matches_llama_cpp():
     fixture = load_fixture(SPM_CASES)
     tokenizer = Tokenizer.from_metadata(fixture["metadata"])
-    assert (tokenizer.bos_id, tokenizer.eos_id, tokenizer.eot_id) == (fixture["bos_id"], fixture["eos_id"], fixture["eot_id"])
+    assert [tokenizer.bos_id, tokenizer.eos_id, tokenizer.eot_id] == [fixture[k] for k in ("bos_id", "eos_id", "eot_id")]
     assert (tokenizer.add_bos, tokenizer.add_eos) == (fixture["add_bos"], fixture["add_eos"])
     assert sorted(tokenizer.eog_ids) == fixture["eog_ids"]
     assert [t for t in range(tokenizer.n_vocab) if tokenizer.is_control(t)] == fixture["control_ids"]
