@@ -6,10 +6,16 @@ detokenizes the ids again; it also tokenizes the whole GPL-3 text.
 
     python scripts/make_tokenizer_fixtures.py [--model PATH] [--out tests/fixtures/tokenizer]
 
+It also writes two vocabulary-only GGUFs for llama.cpp to load: a small SentencePiece ("llama")
+vocabulary defined here, and SmolLM2's BPE vocabulary under the llama3, gpt-2 and default
+pre-tokenizers.
+
 Outputs (JSON; detokenized bytes as text, or as hex under a "_hex" key when not UTF-8):
-    smollm2_cases.json   tokenize cases, detokenize cases, token pieces
-    smollm2_gpl3.json    ids of /usr/share/common-licenses/GPL-3 (zlib-compressed little-endian
-                         uint32, base64) with the text's sha256
+    smollm2_cases.json      tokenize cases, detokenize cases, token pieces
+    smollm2_gpl3.json       ids of /usr/share/common-licenses/GPL-3 (zlib-compressed little-endian
+                            uint32, base64) with the text's sha256
+    spm_cases.json          the SentencePiece vocabulary's metadata and its tokenize cases
+    smollm2_other_pre.json  ids of the corpus under the other pre-tokenizers
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ import ctypes
 import hashlib
 import json
 import os
+import tempfile
 import zlib
 from pathlib import Path
 
+import gguf
 import llama_cpp
 import numpy as np
 
@@ -123,26 +131,37 @@ def dump_one_item_per_line(document: dict) -> str:
     return "{\n" + ",\n".join(lines) + "\n}\n"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=os.path.expanduser("~/.cache/ggtune/SmolLM2-135M-Instruct.Q4_1.gguf"))
-    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/tokenizer"))
-    args = parser.parse_args()
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    llm, vocab = load_vocab(args.model)
-
-    tokenize_cases = []
-    for text in CORPUS:
-        for add_special in (False, True):
+def tokenize_cases(llm, vocab, texts: list[str], add_specials=(False, True)) -> list[dict]:
+    """Every text with each ``add_specials`` value, with and without parse_special, and the ids
+    detokenized."""
+    cases = []
+    for text in texts:
+        for add_special in add_specials:
             for special in (False, True):
                 ids = llm.tokenize(text.encode("utf-8"), add_bos=add_special, special=special)
-                tokenize_cases.append({
+                cases.append({
                     "text": text, "add_bos": add_special, "special": special, "ids": ids,
                     **as_text_or_hex("detokenized", detokenize(vocab, ids, False)),
                     **as_text_or_hex("detokenized_special", detokenize(vocab, ids, True)),
                 })  # fmt: skip
+    return cases
 
+
+def vocab_facts(vocab) -> dict:
+    n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
+    return {
+        "bos_id": llama_cpp.llama_vocab_bos(vocab),
+        "eos_id": llama_cpp.llama_vocab_eos(vocab),
+        "eot_id": llama_cpp.llama_vocab_eot(vocab),
+        "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
+        "add_eos": bool(llama_cpp.llama_vocab_get_add_eos(vocab)),
+        "eog_ids": [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
+        "control_ids": [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_control(vocab, t)],
+    }
+
+
+def smollm2_cases(model_path: str) -> dict:
+    llm, vocab = load_vocab(model_path)
     # id lists that cut a character's bytes apart, or hold control tokens in the middle
     emoji = llm.tokenize("😀🤖".encode(), add_bos=False, special=False)
     id_lists = [emoji[:-1], emoji[1:], [1, 19556, 2, 0, 905, 4], [0], []]
@@ -151,45 +170,135 @@ def main() -> None:
         for ids in id_lists
         for special in (False, True)
     ]
-
     n_vocab = llama_cpp.llama_vocab_n_tokens(vocab)
     rng = np.random.default_rng(0)
     sample = sorted({*range(40), *range(n_vocab - 20, n_vocab), *rng.integers(0, n_vocab, 200).tolist()})
-    # [id, piece without special, piece with special]
-    pieces = [[t, token_to_piece(vocab, t, False).hex(), token_to_piece(vocab, t, True).hex()] for t in sample]
-
-    cases = {
-        "model": Path(args.model).name,
+    return {
+        "model": Path(model_path).name,
         "llama_cpp_python": llama_cpp.__version__,
-        "bos_id": llama_cpp.llama_vocab_bos(vocab),
-        "eos_id": llama_cpp.llama_vocab_eos(vocab),
-        "eot_id": llama_cpp.llama_vocab_eot(vocab),
-        "add_bos": bool(llama_cpp.llama_vocab_get_add_bos(vocab)),
-        "add_eos": bool(llama_cpp.llama_vocab_get_add_eos(vocab)),
-        "eog_ids": [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_eog(vocab, t)],
-        "control_ids": [t for t in range(n_vocab) if llama_cpp.llama_vocab_is_control(vocab, t)],
-        "tokenize": tokenize_cases,
+        **vocab_facts(vocab),
+        "tokenize": tokenize_cases(llm, vocab, CORPUS),
         "detokenize": detokenize_cases,
-        "pieces": pieces,
+        # [id, piece without special, piece with special]
+        "pieces": [[t, token_to_piece(vocab, t, False).hex(), token_to_piece(vocab, t, True).hex()] for t in sample],
     }
-    (out / "smollm2_cases.json").write_text(dump_one_item_per_line(cases), encoding="utf-8")
 
+
+def gpl3_ids(model_path: str) -> dict:
+    llm, _ = load_vocab(model_path)
     text = GPL3.read_text(encoding="utf-8")
     ids = llm.tokenize(text.encode("utf-8"), add_bos=False, special=False)
-    packed = base64.b64encode(zlib.compress(np.asarray(ids, dtype="<u4").tobytes(), 9)).decode("ascii")
-    gpl3 = {
-        "model": Path(args.model).name,
+    return {
+        "model": Path(model_path).name,
         "llama_cpp_python": llama_cpp.__version__,
         "text": str(GPL3),
         "text_sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(),
         "add_bos": False,
         "special": False,
         "n_tokens": len(ids),
-        "ids_zlib_u4le_base64": packed,
+        "ids_zlib_u4le_base64": base64.b64encode(zlib.compress(np.asarray(ids, "<u4").tobytes(), 9)).decode("ascii"),
     }
-    (out / "smollm2_gpl3.json").write_text(json.dumps(gpl3, indent=1) + "\n", encoding="utf-8")
-    print(f"wrote {len(tokenize_cases)} tokenize, {len(detokenize_cases)} detokenize, {len(pieces)} piece cases "
-          f"and {len(ids)} GPL-3 ids to {out}")
+
+
+def write_vocab_only_gguf(path: Path, meta: dict) -> None:
+    """A GGUF that llama.cpp opens with vocab_only: a tiny llama header and the tokenizer keys."""
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(128)
+    writer.add_embedding_length(64)
+    writer.add_block_count(1)
+    writer.add_feed_forward_length(128)
+    writer.add_head_count(4)
+    writer.add_layer_norm_rms_eps(1e-5)
+    setters = {
+        "tokenizer.ggml.model": writer.add_tokenizer_model,
+        "tokenizer.ggml.pre": writer.add_tokenizer_pre,
+        "tokenizer.ggml.tokens": writer.add_token_list,
+        "tokenizer.ggml.scores": writer.add_token_scores,
+        "tokenizer.ggml.token_type": writer.add_token_types,
+        "tokenizer.ggml.merges": writer.add_token_merges,
+        "tokenizer.ggml.bos_token_id": writer.add_bos_token_id,
+        "tokenizer.ggml.eos_token_id": writer.add_eos_token_id,
+    }
+    for key, value in meta.items():
+        setters[key](value)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+
+
+def sentencepiece_vocabulary() -> dict:
+    """A small "llama" (SentencePiece) vocabulary: <unk> <s> </s>, the 256 byte tokens, every
+    substring (up to 6 characters) of a few words with seeded random scores, a user-defined
+    "<tool>" and a control-looking "<|im_end|>" typed normal."""
+    words = ["▁hello", "▁world", "▁the", "▁quick", "▁brown", "▁fox", "▁tokenizer", "ing", "▁▁▁▁", "▁1234"]
+    pieces = sorted({w[i:j] for w in words for i in range(len(w)) for j in range(i + 1, min(len(w), i + 6) + 1)})
+    pieces += [c for c in "abcdefghijklmnopqrstuvwxyz.,!?'" if c not in pieces]
+    scores = np.round(np.random.default_rng(0).uniform(-12.0, -1.0, len(pieces)), 3).tolist()
+    tokens = ["<unk>", "<s>", "</s>", *(f"<0x{b:02X}>" for b in range(256)), *pieces, "<tool>", "<|im_end|>"]
+    return {
+        "tokenizer.ggml.model": "llama",
+        "tokenizer.ggml.tokens": tokens,
+        "tokenizer.ggml.scores": [0.0] * 259 + scores + [0.0, 0.0],
+        "tokenizer.ggml.token_type": [2, 3, 3] + [6] * 256 + [1] * len(pieces) + [4, 1],
+    }
+
+
+SPM_EXTRA_TEXTS = [
+    "hello world the quick brown fox",
+    "<s>hello</s> <tool>tokenizing<|im_end|>",
+    "    four  spaces   then one",
+    "Hello, World! It's the tokenizer's 1234th run.",
+]
+
+
+def sentencepiece_cases(workdir: Path) -> dict:
+    meta = sentencepiece_vocabulary()
+    path = workdir / "spm-vocab.gguf"
+    write_vocab_only_gguf(path, meta)
+    llm, vocab = load_vocab(str(path))
+    return {
+        "llama_cpp_python": llama_cpp.__version__,
+        "metadata": meta,
+        **vocab_facts(vocab),
+        "tokenize": tokenize_cases(llm, vocab, SPM_EXTRA_TEXTS) + tokenize_cases(llm, vocab, CORPUS, (True,)),
+    }
+
+
+def other_pre_tokenizer_ids(model_path: str, workdir: Path) -> dict:
+    """SmolLM2's vocabulary and merges under other pre-tokenizers (tokenizer.ggml.pre replaced,
+    add_bos_token removed so that each pre-tokenizer's own default applies)."""
+    reader = gguf.GGUFReader(model_path)
+    keys = ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type", "tokenizer.ggml.merges",
+            "tokenizer.ggml.bos_token_id", "tokenizer.ggml.eos_token_id")  # fmt: skip
+    meta = {k: reader.fields[k].contents() for k in keys}
+    texts = [t for t in CORPUS if "<" not in t]  # special-token handling is covered above
+    ids = {}
+    for pre in ("llama3", "gpt-2", "default"):
+        path = workdir / f"smollm2-{pre}.gguf"
+        write_vocab_only_gguf(path, {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.pre": pre, **meta})
+        llm, _ = load_vocab(str(path))
+        ids[pre] = [llm.tokenize(t.encode("utf-8"), add_bos=True, special=False) for t in texts]
+    return {"llama_cpp_python": llama_cpp.__version__, "add_bos": True, "special": False, "texts": texts, "ids": ids}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=os.path.expanduser("~/.cache/ggtune/SmolLM2-135M-Instruct.Q4_1.gguf"))
+    parser.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "tests/fixtures/tokenizer"))
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    (out / "smollm2_cases.json").write_text(dump_one_item_per_line(smollm2_cases(args.model)), encoding="utf-8")
+    (out / "smollm2_gpl3.json").write_text(json.dumps(gpl3_ids(args.model), indent=1) + "\n", encoding="utf-8")
+    with tempfile.TemporaryDirectory() as workdir:
+        spm = sentencepiece_cases(Path(workdir))
+        others = other_pre_tokenizer_ids(args.model, Path(workdir))
+    (out / "spm_cases.json").write_text(dump_one_item_per_line(spm), encoding="utf-8")
+    (out / "smollm2_other_pre.json").write_text(json.dumps(others, ensure_ascii=False) + "\n", encoding="utf-8")
+    for name in ("smollm2_cases.json", "smollm2_gpl3.json", "spm_cases.json", "smollm2_other_pre.json"):
+        print(f"wrote {out / name} ({(out / name).stat().st_size} bytes)")
 
 
 if __name__ == "__main__":

@@ -320,7 +320,7 @@ class _BytePairEncoder:
         self._token_to_id = token_to_id
         self._ranks: dict[tuple[str, str], int] = {}
         for rank, merge in enumerate(merges):
-            cut = merge.find(" ", 1)  # a merge is "left right"; the left side may start with " "
+            cut = merge.find(" ", 1)  # "left right", cut at the first space after the first character
             pair = (merge[:cut], merge[cut + 1 :]) if cut >= 0 else ("", "")
             self._ranks.setdefault(pair, rank)  # the first rank of a repeated pair counts
         self._patterns = _compiled(pre.regexes)
@@ -400,39 +400,49 @@ class Tokenizer:
 
     def __init__(self, meta: Mapping[str, Any]):
         """Builds from GGUF metadata: a mapping of GGUF keys to Python values (see from_metadata)."""
-        self.model = _scalar(meta, "tokenizer.ggml.model", "str")
-        if self.model not in SUPPORTED_MODELS:
-            raise ValueError(f"tokenizer metadata: unknown tokenizer model 'tokenizer.ggml.model' = "
-                             f"'{self.model}'; supported: {', '.join(SUPPORTED_MODELS)}")
+        self._read_vocabulary(meta)
+        self._read_model(meta)
+        self._read_special_tokens(meta)
+        self._pieces: list[bytes | None] = [None] * self.n_vocab  # token_to_piece(special=True), lazily
+
+    def _read_vocabulary(self, meta: Mapping[str, Any]) -> None:
+        """Token texts, scores and attributes."""
         tokens = _array(meta, "tokenizer.ggml.tokens", "str", min_len=1, required=True)
-        n = len(tokens)
+        n = self.n_vocab = len(tokens)
         # llama.cpp renames empty tokens so that every text is distinct and non-empty
-        tokens = [text or f"[EMPTY_{i}]" for i, text in enumerate(tokens)]
-        self.tokens: tuple[str, ...] = tuple(tokens)
-        self.n_vocab = n
-        self._token_to_id = self._index_tokens(tokens)
+        self.tokens: tuple[str, ...] = tuple(text or f"[EMPTY_{i}]" for i, text in enumerate(tokens))
+        self._token_to_id = self._index_tokens(self.tokens)
         scores = _array(meta, "tokenizer.ggml.scores", "number", min_len=n)
         self._scores = [float(s) for s in scores[:n]] if scores is not None else [0.0] * n
         types = _array(meta, "tokenizer.ggml.token_type", "int", min_len=n)
         self._attrs = [_ATTR_OF_TYPE.get(t, 0) for t in types[:n]] if types is not None else [_NORMAL] * n
 
-        is_spm = self.model == "llama"
-        if is_spm:
+    def _read_model(self, meta: Mapping[str, Any]) -> None:
+        """The merge algorithm and the flags that depend on it (llama.cpp's defaults per model
+        and pre-tokenizer, then the metadata's add_space_prefix)."""
+        self.model = _scalar(meta, "tokenizer.ggml.model", "str")
+        if self.model == "llama":
             self.pre = None
-            defaults = {"bos": 1, "eos": 2, "unk": 0}
-            self.add_space_prefix, add_bos, self.clean_spaces = True, True, False
+            self._default_ids = {"bos": 1, "eos": 2, "unk": 0}
+            self.add_space_prefix, self._default_add_bos, self.clean_spaces = True, True, False
             self._encoder = _SentencePieceEncoder(self._token_to_id, self._scores, self._byte_token)
-        else:
+        elif self.model == "gpt2":
             self.pre, pre = _pre_tokenizer(meta)
-            defaults = {"bos": 11, "eos": 11}
-            self.add_space_prefix, add_bos, self.clean_spaces = False, pre.add_bos, pre.clean_spaces
+            self._default_ids = {"bos": 11, "eos": 11}
+            self.add_space_prefix, self._default_add_bos, self.clean_spaces = False, pre.add_bos, pre.clean_spaces
             merges = _array(meta, "tokenizer.ggml.merges", "str", required=True)
             self._encoder = _BytePairEncoder(self._token_to_id, merges, pre)
+        else:
+            raise ValueError(f"tokenizer metadata: unknown tokenizer model 'tokenizer.ggml.model' = "
+                             f"'{self.model}'; supported: {', '.join(SUPPORTED_MODELS)}")
         self.add_space_prefix = _scalar(meta, "tokenizer.ggml.add_space_prefix", "bool", self.add_space_prefix)
 
-        ids = self._special_ids(meta, defaults)
+    def _read_special_tokens(self, meta: Mapping[str, Any]) -> None:
+        """Special ids, add_bos / add_eos, EOT / EOM / end-of-generation tokens, and the tokens
+        searched in the text (llama.cpp's cache_special_tokens: longest, in bytes, first)."""
+        ids = self._special_ids(meta, self._default_ids)
         self.bos_id, self.eos_id, self.unk_id, self.pad_id = ids["bos"], ids["eos"], ids["unk"], ids["pad"]
-        self.add_bos = _scalar(meta, "tokenizer.ggml.add_bos_token", "bool", add_bos)
+        self.add_bos = _scalar(meta, "tokenizer.ggml.add_bos_token", "bool", self._default_add_bos)
         self.add_eos = _scalar(meta, "tokenizer.ggml.add_eos_token", "bool", False)
         for flag, token, name in ((self.add_bos, self.bos_id, "bos"), (self.add_eos, self.eos_id, "eos")):
             if flag and token is None:
@@ -441,11 +451,8 @@ class Tokenizer:
         self._detect_named_tokens(ids)
         self.eot_id, self.eom_id = ids["eot"], ids["eom"]
         self.eog_ids = self._end_of_generation_ids(ids)
-
-        # llama.cpp's cache_special_tokens: matched in the text longest (in bytes) first
         special = [i for i, a in enumerate(self._attrs) if a & (_CONTROL | _USER_DEFINED | _UNKNOWN)]
-        self._special_tokens = sorted(special, key=lambda i: (-len(tokens[i].encode("utf-8")), i))
-        self._pieces: list[bytes | None] = [None] * n
+        self._special_tokens = sorted(special, key=lambda i: (-len(self.tokens[i].encode("utf-8")), i))
 
     @classmethod
     def from_metadata(cls, meta: Mapping[str, Any]) -> Tokenizer:
@@ -461,7 +468,7 @@ class Tokenizer:
 
         try:
             reader = GGUFReader(path)
-        except (ValueError, EOFError) as e:
+        except (ValueError, EOFError, IndexError) as e:  # what GGUFReader raises for a bad or truncated file
             raise ValueError(f"{path}: not a readable GGUF file ({e})") from e
         meta = {name: field.contents() for name, field in reader.fields.items() if name.startswith("tokenizer.")}
         try:
@@ -576,7 +583,7 @@ class Tokenizer:
     # -- helpers ----------------------------------------------------------------------------
 
     @staticmethod
-    def _index_tokens(tokens: list[str]) -> dict[str, int]:
+    def _index_tokens(tokens: Sequence[str]) -> dict[str, int]:
         token_to_id: dict[str, int] = {}
         for i, text in enumerate(tokens):
             first = token_to_id.setdefault(text, i)
