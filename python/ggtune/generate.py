@@ -80,10 +80,10 @@ def chat_prompt(model: LlamaModel, user_text: str) -> str:
 class TextStream:
     """Writes generated tokens' text as soon as it is valid UTF-8 (a character may span tokens)."""
 
-    def __init__(self, model: LlamaModel, out=sys.stdout):
+    def __init__(self, model: LlamaModel, out=None):
         self.tokenizer = model.tokenizer
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
-        self.out = out
+        self.out = out or sys.stdout
 
     def __call__(self, token: int) -> None:
         self.out.write(self.decoder.decode(self.tokenizer.token_to_piece(token)))
