@@ -1,0 +1,71 @@
+"""Prompt-processing speed: ggtune's forward pass beside llama.cpp's (llama-cpp-python), same run.
+
+    PYTHONPATH=python python benchmarks/bench_forward.py [--model M] [--tokens 512] [--threads N] [--repeats 3]
+
+Both process the same tokens in one batch of n_tokens (llama.cpp: n_batch = n_ubatch = n_tokens, logits
+of the last token only, as in prompt processing) with the same thread count. Runs alternate between
+the two and the best of `repeats` is reported, so load from other processes hurts both alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import numpy as np
+
+
+def seconds(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default=None, help="GGUF model (default: the cached SmolLM2 Q4_1)")
+    parser.add_argument("--tokens", type=int, default=512)
+    parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--precision", default="auto", help="ggtune matmul precision: auto, f32 or bf16")
+    args = parser.parse_args(argv)
+
+    import llama_cpp
+
+    import ggtune
+    from ggtune import _core
+    from ggtune.fetch import smollm2_path
+
+    path = args.model or str(smollm2_path())
+    tokens = np.random.default_rng(0).integers(100, 40000, args.tokens).astype(np.int32)
+
+    model = ggtune.load_model(path, n_threads=args.threads, precision=args.precision)
+
+    def ggtune_prompt():
+        h = model.hidden(tokens[None, :])
+        model.output_logits(h[-1:])
+
+    llm = llama_cpp.Llama(path, n_ctx=args.tokens + 16, n_batch=args.tokens, n_ubatch=args.tokens,
+                          n_threads=args.threads, n_threads_batch=args.threads, verbose=False)
+
+    def llama_prompt():
+        llm.reset()
+        llm.eval(tokens.tolist())
+
+    ggtune_prompt()  # warm up: page in the map, first-touch buffers
+    llama_prompt()
+    t_ggtune, t_llama = [], []
+    for _ in range(args.repeats):
+        t_ggtune.append(seconds(ggtune_prompt))
+        t_llama.append(seconds(llama_prompt))
+    tps_g, tps_l = args.tokens / min(t_ggtune), args.tokens / min(t_llama)
+    print(f"model {os.path.basename(path)}, {args.tokens} tokens, {args.threads} threads, "
+          f"ggtune tier {_core.active_isa()}, precision {args.precision}")
+    print(f"ggtune    {tps_g:8.1f} tokens/s  (best of {args.repeats}: {min(t_ggtune):.3f} s)")
+    print(f"llama.cpp {tps_l:8.1f} tokens/s  (best of {args.repeats}: {min(t_llama):.3f} s)")
+    print(f"ratio ggtune / llama.cpp = {tps_g / tps_l:.2f}")
+
+
+if __name__ == "__main__":
+    main()
