@@ -105,8 +105,7 @@ class Adam:
     def step(self, grads: dict[str, np.ndarray], lr: float) -> StepInfo:
         """One update of every parameter from ``grads`` (same names and shapes; not modified)."""
         self._check_grads(grads)
-        grad_norm = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
-                                  for g in grads.values()))
+        grad_norm = math.sqrt(sum(_sum_of_squares(g) for g in grads.values()))
         clip = self.gclip / grad_norm if 0.0 < self.gclip < grad_norm else 1.0
         self.iteration += 1
         t = self.iteration
@@ -148,6 +147,11 @@ class Adam:
             if g.shape != self.params[name].shape:
                 raise ValueError(f"Adam.step grads[{name!r}]: shape {g.shape}, expected "
                                  f"{self.params[name].shape}")
+
+
+def _sum_of_squares(g: np.ndarray) -> float:
+    g64 = g.reshape(-1).astype(np.float64)  # the norm is taken in double, as ggml does
+    return float(np.dot(g64, g64))
 
 
 def _offsets(params: dict[str, np.ndarray]) -> list[int]:
