@@ -231,3 +231,16 @@ def _write_ggla_tensor(f, name: str, data: np.ndarray) -> None:
     f.write(encoded)
     f.write(b"\0" * (-f.tell() % GGLA_ALIGNMENT))
     f.write(data.astype("<f4").tobytes())
+
+
+def export_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray, np.ndarray]], *, fmt: str,
+                   alpha: float, lora_r: int, tied_embeddings: bool, architecture: str = "llama") -> None:
+    """Writes trained tensors in checkpoint orientation {base: (A_ck (n_in, r), B_ck (n_out, r))}
+    as a ``fmt`` adapter ("gguf": the modern orientation, :func:`checkpoint_to_modern`; "ggla": as they are)."""
+    if fmt == "gguf":
+        write_gguf_adapter(path, checkpoint_to_modern(lora), alpha=alpha, architecture=architecture,
+                           tied_embeddings=tied_embeddings)
+    elif fmt == "ggla":
+        write_ggla_adapter(path, lora, alpha=alpha, lora_r=lora_r)
+    else:
+        raise AdapterError(f"adapter format: expected one of {FORMATS}, got {fmt!r}")
