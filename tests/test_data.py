@@ -240,6 +240,9 @@ def test_chat_errors_name_file_and_line(tmp_path, template):
 
     good = conversation(("user", "a"), ("assistant", "b"))
     assert load(good, good).count == 2
+    separators = json.dumps({"messages": [{"role": "user", "content": "x\u2028y\r"},
+                                          {"role": "assistant", "content": "z"}]}, ensure_ascii=False)
+    assert load("\ufeff" + good, separators).count == 2  # BOM skipped, U+2028 is not a line break
     with pytest.raises(DataError, match=r"c.jsonl:2: not valid JSON"):
         load(good, "{oops")
     with pytest.raises(DataError, match=r"c.jsonl:1: the conversation has no assistant message"):
