@@ -9,7 +9,8 @@ from ggtune.checkpoint import (RANK_KINDS, Checkpoint, CheckpointError, ModelHpa
                                output_names, parameter_names, save_checkpoint)
 from ggtune.data import ShuffleState, seed_rng_state
 
-HP = ModelHparams(n_ctx=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2, rms_norm_eps=float(np.float32(1e-5)),  # f32 in GGUF
+HP = ModelHparams(n_ctx=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2,
+                  rms_norm_eps=float(np.float32(1e-5)),  # stored as f32: round-trips exactly
                   rope_freq_base=10000.0, rope_freq_scale=1.0)
 N_VOCAB = 11
 
