@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 
 from ggtune.checkpoint import (RANK_KINDS, Checkpoint, CheckpointError, ModelHparams, OptimizerCheckpoint,
-                               TrainCounters, check_resume_compatible, load_checkpoint, lora_base_names,
+                               TrainCounters, check_resume_compatible, load_checkpoint, load_checkpoint_if_present,
+                               lora_base_names,
                                output_names, parameter_names, save_checkpoint)
 from ggtune.data import ShuffleState, seed_rng_state
 
@@ -120,6 +121,17 @@ def test_truncated_and_corrupt_files_name_the_file(tmp_path):
             load_checkpoint(bad)
     with pytest.raises(CheckpointError, match="nothere.gguf: no such checkpoint file"):
         load_checkpoint(tmp_path / "nothere.gguf")
+
+
+def test_checkpoint_in_semantics(tmp_path):
+    assert load_checkpoint_if_present("") is None
+    assert load_checkpoint_if_present(None) is None
+    assert load_checkpoint_if_present(tmp_path / "checkpoint.gguf") is None  # fresh start
+    save_checkpoint(tmp_path / "checkpoint.gguf", make_checkpoint(ALL_RANKS))
+    assert load_checkpoint_if_present(tmp_path / "checkpoint.gguf").counters.iteration_count == 7
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\xff" * 20)
+    with pytest.raises(CheckpointError, match="broken.gguf"):
+        load_checkpoint_if_present(tmp_path / "broken.gguf")
 
 
 def test_wrong_kind_of_gguf(tmp_path, smollm2_path):
