@@ -24,6 +24,8 @@ def schedule_factor(iteration: int, *, warmup: int, cos_decay_steps: int, cos_de
     ``(1-m)·½(1+cos(π·min(s,D)/D)) + m``. Without restarts the original feeds the raw iteration s
     (not s - warmup); with restarts it feeds s - warmup and each finished cycle multiplies D by
     ``cos_decay_restart`` (truncated to an integer, as the original's int64 arithmetic does)."""
+    if cos_decay_steps <= 0:
+        raise ValueError(f"cos_decay_steps: expected a positive number of steps, got {cos_decay_steps}")
     if iteration < warmup:
         return iteration / warmup
     if not enable_restart:
@@ -31,13 +33,13 @@ def schedule_factor(iteration: int, *, warmup: int, cos_decay_steps: int, cos_de
     step, steps = iteration - warmup, cos_decay_steps
     while step > steps:
         step -= steps
-        steps = int(cos_decay_restart * steps)
+        steps = max(1, int(cos_decay_restart * steps))  # a multiplier < 1 must not reach 0 steps
     return _cosine_decay(step, steps, cos_decay_min)
 
 
 def _cosine_decay(step: int, decay_steps: int, minimum: float) -> float:
     step = min(step, decay_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * step / decay_steps)) if decay_steps > 0 else 0.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * step / decay_steps))
     return (1.0 - minimum) * cosine + minimum
 
 
