@@ -4,8 +4,8 @@ import gguf
 import numpy as np
 import pytest
 
-from ggtune.adapters import (AdapterError, adapter_capabilities, checkpoint_to_modern, formats_that_carry,
-                             read_gguf_adapter, write_ggla_adapter, write_gguf_adapter)
+from ggtune.adapters import (AdapterError, adapter_capabilities, checkpoint_to_modern, export_adapter,
+                             formats_that_carry, read_gguf_adapter, write_ggla_adapter, write_gguf_adapter)
 
 N_EMBD, N_FF, N_VOCAB, N_KV = 8, 12, 11, 4
 
@@ -95,6 +95,19 @@ def test_token_embd_file_tensors_match_llama_cpp_lookup(tmp_path):
     delta_llama = np.stack([file_a[t].astype(np.float64) @ file_b.T.astype(np.float64) for t in tokens])
     delta_ckpt = (b_ck.astype(np.float64) @ a_ck.astype(np.float64).T)[tokens]
     np.testing.assert_allclose(delta_llama, delta_ckpt, atol=1e-12)
+
+
+def test_export_dispatches_on_format(tmp_path):
+    lora_ck = checkpoint_lora(np.random.default_rng(5), {"blk.0.attn_q.weight": 4})
+    export_adapter(tmp_path / "x.gguf", lora_ck, fmt="gguf", alpha=8, lora_r=4, tied_embeddings=True)
+    alpha, back = read_gguf_adapter(tmp_path / "x.gguf")
+    a_ck, b_ck = lora_ck["blk.0.attn_q.weight"]
+    assert alpha == 8.0
+    np.testing.assert_array_equal(back["blk.0.attn_q.weight"][0], a_ck.T)
+    export_adapter(tmp_path / "x.ggla", lora_ck, fmt="ggla", alpha=8, lora_r=4, tied_embeddings=True)
+    assert struct.unpack("<4I", (tmp_path / "x.ggla").read_bytes()[:16]) == (0x67676C61, 1, 4, 8)
+    with pytest.raises(AdapterError, match="format"):
+        export_adapter(tmp_path / "x.bin", lora_ck, fmt="bin", alpha=8, lora_r=4, tied_embeddings=True)
 
 
 def test_gguf_refuses_what_it_cannot_carry(tmp_path):

@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from ggtune.checkpoint import (RANK_KINDS, Checkpoint, CheckpointError, ModelHparams, OptimizerCheckpoint,
-                               TrainCounters, check_resume_compatible, load_checkpoint, lora_base_names,
+                               TrainCounters, check_resume_compatible, load_checkpoint, load_checkpoint_if_present,
+                               lora_base_names,
                                output_names, parameter_names, save_checkpoint)
 from ggtune.data import ShuffleState, seed_rng_state
 
-HP = ModelHparams(n_ctx=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2, rms_norm_eps=float(np.float32(1e-5)),  # f32 in GGUF
+HP = ModelHparams(n_ctx=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2,
+                  rms_norm_eps=float(np.float32(1e-5)),  # stored as f32: round-trips exactly
                   rope_freq_base=10000.0, rope_freq_scale=1.0)
 N_VOCAB = 11
 
@@ -121,6 +123,17 @@ def test_truncated_and_corrupt_files_name_the_file(tmp_path):
         load_checkpoint(tmp_path / "nothere.gguf")
 
 
+def test_checkpoint_in_semantics(tmp_path):
+    assert load_checkpoint_if_present("") is None
+    assert load_checkpoint_if_present(None) is None
+    assert load_checkpoint_if_present(tmp_path / "checkpoint.gguf") is None  # fresh start
+    save_checkpoint(tmp_path / "checkpoint.gguf", make_checkpoint(ALL_RANKS))
+    assert load_checkpoint_if_present(tmp_path / "checkpoint.gguf").counters.iteration_count == 7
+    (tmp_path / "broken.gguf").write_bytes(b"GGUF" + b"\xff" * 20)
+    with pytest.raises(CheckpointError, match="broken.gguf"):
+        load_checkpoint_if_present(tmp_path / "broken.gguf")
+
+
 def test_wrong_kind_of_gguf(tmp_path, smollm2_path):
     with pytest.raises(CheckpointError, match="training.type.* is missing"):
         load_checkpoint(smollm2_path)
@@ -153,3 +166,53 @@ def test_output_names():
     assert output_names("lora-@.bin", 2, pattern_it="@", fn_latest="last") == ["lora-2.bin", "lora-last.bin"]
     assert output_names("fixed.gguf", 9) == ["fixed.gguf"]
     assert output_names("", 9) == []
+
+
+def test_resume_through_a_checkpoint_is_exact(tmp_path):
+    """data + optim + checkpoint together: 2N toy steps in one go equal N steps, save, load, N steps."""
+    from ggtune.data import BatchOptions, BatchStream, Samples
+    from ggtune.optim import Adam, AdamState, learning_rate_schedule
+
+    rng = np.random.default_rng(9)
+    tokens = rng.integers(3, 50, 400).astype(np.int32)
+    samples = Samples(source="toy.txt", tokens=tokens, begins=np.arange(0, 390, 13, dtype=np.int64),
+                      sizes=np.full(30, 10, np.int64))
+    ranks = {k: 0 for k in RANK_KINDS} | {"attn_q": 2}
+    start = make_checkpoint(ranks, seed=1)
+
+    def run(ckpt, steps):
+        lora = {b: (a.copy(), bb.copy()) for b, (a, bb) in ckpt.lora.items()}
+        params = {f"{b}.{h}": t for b, pair in lora.items() for h, t in zip(("lora_a", "lora_b"), pair)}
+        opt = Adam(params, decay=0.1)
+        opt.load_state(AdamState(ckpt.optimizer.iteration, ckpt.optimizer.m, ckpt.optimizer.v))
+        stream = BatchStream(samples, BatchOptions(n_ctx=8, n_batch=4, fill_with_next_samples=True,
+                                                   sample_random_offsets=True), bos_id=1, eos_id=2, seed=5,
+                             state=ckpt.shuffle)
+        counters = TrainCounters(**vars(ckpt.counters))
+        for _ in range(steps):
+            batch = stream.next_batch()
+            signal = np.float32(batch.targets.mean() / 50.0)
+            grads = {n: p * np.float32(0.5) - signal for n, p in params.items()}
+            lr = learning_rate_schedule(opt.iteration, warmup=2, cos_decay_steps=5, cos_decay_restart=1.1,
+                                        cos_decay_min=0.1, enable_restart=False, alpha=1e-2, min_alpha=0.0)
+            opt.step(grads, lr)
+            counters.iteration_count += 1
+            counters.sample_count += batch.used_samples
+            counters.epoch_count += batch.epoch_completed
+        state = opt.export_state()
+        return Checkpoint(hparams=HP, ranks=ranks, lora=lora, counters=counters, shuffle=stream.state,
+                          optimizer=OptimizerCheckpoint(iteration=state.iteration, m=state.m, v=state.v))
+
+    start.shuffle = ShuffleState(rng_state="", samples_hash=0, sample_count=0, next_sample=0)  # fresh
+    start.optimizer.m[:] = 0
+    start.optimizer.v[:] = 0
+    start.optimizer.iteration = 0
+    start.counters = TrainCounters()
+    straight = run(start, 12)
+    save_checkpoint(tmp_path / "half.gguf", run(start, 6))
+    resumed = run(load_checkpoint(tmp_path / "half.gguf"), 6)
+    assert straight.counters == resumed.counters and straight.counters.epoch_count >= 1
+    assert straight.shuffle == resumed.shuffle
+    for base in straight.lora:
+        for x, y in zip(straight.lora[base], resumed.lora[base]):
+            np.testing.assert_array_equal(x, y)

@@ -240,6 +240,9 @@ def test_chat_errors_name_file_and_line(tmp_path, template):
 
     good = conversation(("user", "a"), ("assistant", "b"))
     assert load(good, good).count == 2
+    separators = json.dumps({"messages": [{"role": "user", "content": "x\u2028y\r"},
+                                          {"role": "assistant", "content": "z"}]}, ensure_ascii=False)
+    assert load("\ufeff" + good, separators).count == 2  # BOM skipped, U+2028 is not a line break
     with pytest.raises(DataError, match=r"c.jsonl:2: not valid JSON"):
         load(good, "{oops")
     with pytest.raises(DataError, match=r"c.jsonl:1: the conversation has no assistant message"):
@@ -252,3 +255,32 @@ def test_chat_errors_name_file_and_line(tmp_path, template):
         load("   ", "")
     with pytest.raises(DataError, match="chat template"):
         load_training_data(tmp_path / "c.jsonl", TOK, n_ctx=64, train_format="chat")
+
+
+class LlamaCppTokenizer:
+    """The real SmolLM2 vocabulary through llama-cpp-python, behind data.py's tokenizer interface."""
+
+    def __init__(self, model):
+        self.model = model
+        self.bos_id, self.eos_id = model.token_bos(), model.token_eos()
+
+    def tokenize(self, text, add_bos=False, special=False):
+        return self.model.tokenize(text.encode(), add_bos=add_bos, special=special)
+
+
+def test_chat_masks_with_the_real_vocabulary(template, smollm2_path):
+    llama_cpp = pytest.importorskip("llama_cpp")
+    model = llama_cpp.Llama(model_path=smollm2_path, vocab_only=True, verbose=False)
+    tok = LlamaCppTokenizer(model)
+    line = conversation(("user", "Name a colour."), ("assistant", "Blue, like the sky."))
+    s = chat_samples([line], tok, template, n_ctx=128)
+    trained = s.tokens[s.trainable].tolist()
+    assert trained[-1] == tok.eos_id  # <|im_end|> closes the answer
+    assert model.detokenize(trained[:-1]).decode() == "Blue, like the sky."
+    # before the answer: the whole prompt up to the assistant header, none of it trained
+    first = int(np.argmax(s.trainable))
+    assert not s.trainable[:first].any() and s.trainable[first:first + len(trained)].all()
+    prompt = model.detokenize(s.tokens[:first].tolist(), special=True).decode()
+    assert prompt.endswith("<|im_start|>assistant\n") and "Name a colour." in prompt
+    # after it only the template's trailing newline, untrained
+    assert model.detokenize(s.tokens[first + len(trained):].tolist()).decode() == "\n"

@@ -77,6 +77,15 @@ def test_schedule_landmarks():
     assert learning_rate_schedule(34, enable_restart=True, **kw) == pytest.approx(0.1)
 
 
+def test_schedule_bad_settings():
+    kw = dict(warmup=0, cos_decay_restart=1.1, cos_decay_min=0.1, alpha=1e-3, min_alpha=0.0)
+    with pytest.raises(ValueError, match="cos_decay_steps"):
+        learning_rate_schedule(5, cos_decay_steps=0, enable_restart=False, **kw)
+    # a shrinking restart multiplier ends in 1-step cycles instead of looping forever
+    assert learning_rate_schedule(10**4, cos_decay_steps=10, enable_restart=True,
+                                  **(kw | {"cos_decay_restart": 0.5})) == pytest.approx(1e-4)
+
+
 # ---- Adam ---------------------------------------------------------------------------------------
 
 def make_params(rng):

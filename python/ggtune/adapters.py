@@ -103,8 +103,8 @@ def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
         if kind not in carried:
             other = [f for f in formats_that_carry(kind, tied_embeddings) if f != "gguf"]
             hint = f"; write --lora-format {other[0]} instead" if other else ""
-            raise AdapterError(f"{os.fspath(path)}: the GGUF LoRA adapter cannot carry {base} "
-                               f"(llama.cpp {'ignores norm adapters' if kind in NORM_KINDS else 'cannot apply it to this model'}){hint}")
+            why = "llama.cpp ignores norm adapters" if kind in NORM_KINDS else "llama.cpp cannot apply it to this model"
+            raise AdapterError(f"{os.fspath(path)}: the GGUF LoRA adapter cannot carry {base} ({why}){hint}")
         _check_pair(base, a, b)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(tmp, architecture)
@@ -134,7 +134,8 @@ def read_gguf_adapter(path: str | os.PathLike) -> tuple[float | None, dict[str, 
     except FileNotFoundError:
         raise AdapterError(f"{name}: no such adapter file") from None
     except Exception as e:  # damaged files surface as ValueError, IndexError, mmap errors...
-        raise AdapterError(f"{name}: not a readable GGUF file, truncated or corrupt ({type(e).__name__}: {e})") from None
+        raise AdapterError(f"{name}: not a readable GGUF file, truncated or corrupt "
+                           f"({type(e).__name__}: {e})") from None
     fields = reader.fields
     for key, want in (("general.type", "adapter"), ("adapter.type", "lora")):
         got = _string_field(fields, key)
@@ -231,3 +232,16 @@ def _write_ggla_tensor(f, name: str, data: np.ndarray) -> None:
     f.write(encoded)
     f.write(b"\0" * (-f.tell() % GGLA_ALIGNMENT))
     f.write(data.astype("<f4").tobytes())
+
+
+def export_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray, np.ndarray]], *, fmt: str,
+                   alpha: float, lora_r: int, tied_embeddings: bool, architecture: str = "llama") -> None:
+    """Writes trained tensors in checkpoint orientation {base: (A_ck (n_in, r), B_ck (n_out, r))}
+    as a ``fmt`` adapter ("gguf": the modern orientation, :func:`checkpoint_to_modern`; "ggla": as they are)."""
+    if fmt == "gguf":
+        write_gguf_adapter(path, checkpoint_to_modern(lora), alpha=alpha, architecture=architecture,
+                           tied_embeddings=tied_embeddings)
+    elif fmt == "ggla":
+        write_ggla_adapter(path, lora, alpha=alpha, lora_r=lora_r)
+    else:
+        raise AdapterError(f"adapter format: expected one of {FORMATS}, got {fmt!r}")

@@ -206,6 +206,14 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{name}: {e}") from None
 
 
+def load_checkpoint_if_present(path: str | os.PathLike | None) -> Checkpoint | None:
+    """``--checkpoint-in``: None (start fresh) for '' / None or a file that does not exist, as the
+    original did; a file that exists but cannot be read is an error, never silently replaced."""
+    if not path or not os.path.exists(path):
+        return None
+    return load_checkpoint(path)
+
+
 def _read_gguf(name: str):
     import gguf
 

@@ -75,7 +75,7 @@ def read_text(path: str | os.PathLike) -> str:
     if not raw:
         raise DataError(f"{name}: training data is empty")
     try:
-        return raw.decode("utf-8")
+        return raw.decode("utf-8-sig")  # a leading byte-order mark is not data
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
         raise DataError(f"{name}: training data is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at "
@@ -272,7 +272,8 @@ def load_training_data(path: str | os.PathLike, tokenizer: Tokenizer, *, n_ctx: 
     if train_format == "chat":
         if chat_template is None:
             raise DataError(f"{name}: --train-format chat needs the model's chat template, and there is none")
-        return chat_samples(text.splitlines(), tokenizer, chat_template, source=name, n_ctx=n_ctx,
+        # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 inside JSON strings
+        return chat_samples(text.split("\n"), tokenizer, chat_template, source=name, n_ctx=n_ctx,
                             bos_token=bos_token, eos_token=eos_token)
     raise DataError(f"train_format: expected 'text' or 'chat', got {train_format!r}")
 

@@ -24,6 +24,8 @@ def schedule_factor(iteration: int, *, warmup: int, cos_decay_steps: int, cos_de
     ``(1-m)·½(1+cos(π·min(s,D)/D)) + m``. Without restarts the original feeds the raw iteration s
     (not s - warmup); with restarts it feeds s - warmup and each finished cycle multiplies D by
     ``cos_decay_restart`` (truncated to an integer, as the original's int64 arithmetic does)."""
+    if cos_decay_steps <= 0:
+        raise ValueError(f"cos_decay_steps: expected a positive number of steps, got {cos_decay_steps}")
     if iteration < warmup:
         return iteration / warmup
     if not enable_restart:
@@ -31,13 +33,13 @@ def schedule_factor(iteration: int, *, warmup: int, cos_decay_steps: int, cos_de
     step, steps = iteration - warmup, cos_decay_steps
     while step > steps:
         step -= steps
-        steps = int(cos_decay_restart * steps)
+        steps = max(1, int(cos_decay_restart * steps))  # a multiplier < 1 must not reach 0 steps
     return _cosine_decay(step, steps, cos_decay_min)
 
 
 def _cosine_decay(step: int, decay_steps: int, minimum: float) -> float:
     step = min(step, decay_steps)
-    cosine = 0.5 * (1.0 + math.cos(math.pi * step / decay_steps)) if decay_steps > 0 else 0.0
+    cosine = 0.5 * (1.0 + math.cos(math.pi * step / decay_steps))
     return (1.0 - minimum) * cosine + minimum
 
 
@@ -105,8 +107,7 @@ class Adam:
     def step(self, grads: dict[str, np.ndarray], lr: float) -> StepInfo:
         """One update of every parameter from ``grads`` (same names and shapes; not modified)."""
         self._check_grads(grads)
-        grad_norm = math.sqrt(sum(float(np.dot(g.ravel().astype(np.float64), g.ravel().astype(np.float64)))
-                                  for g in grads.values()))
+        grad_norm = math.sqrt(sum(_sum_of_squares(g) for g in grads.values()))
         clip = self.gclip / grad_norm if 0.0 < self.gclip < grad_norm else 1.0
         self.iteration += 1
         t = self.iteration
@@ -148,6 +149,11 @@ class Adam:
             if g.shape != self.params[name].shape:
                 raise ValueError(f"Adam.step grads[{name!r}]: shape {g.shape}, expected "
                                  f"{self.params[name].shape}")
+
+
+def _sum_of_squares(g: np.ndarray) -> float:
+    g64 = g.reshape(-1).astype(np.float64)  # the norm is taken in double, as ggml does
+    return float(np.dot(g64, g64))
 
 
 def _offsets(params: dict[str, np.ndarray]) -> list[int]:
