@@ -257,3 +257,56 @@ def test_cli_reports_bad_input_without_traceback(tmp_path):
         args.func(args)
     assert "convert-checkpoint" in str(info.value.code) and "magic" in str(info.value.code)
     assert not (tmp_path / "o").exists()
+
+
+# ---- the converted checkpoint is a model -------------------------------------------------------
+
+def reference_logits(f, tokens):
+    """float64 LLaMA forward of the ggcp weights as train-text-from-scratch ran them: RMS norm with
+    eps 1e-5, rope over the first n_rot dims of each head rotating adjacent pairs (ggml mode 0,
+    base 10000), causal softmax attention, SwiGLU; a weight with ggml ne (n_in, n_out) is the
+    numpy (n_out, n_in) matrix."""
+    s, w = f.spec, {k: v.astype(np.float64) for k, v in f.model.items()}
+    n_tok, head_dim = len(tokens), s.n_embd // s.n_head
+
+    def rms_norm(x, gain):
+        return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + 1e-5) * gain
+
+    def rope(x):  # x: (T, H, D)
+        theta = np.arange(n_tok)[:, None] * 10000.0 ** (-np.arange(0, s.n_rot, 2) / s.n_rot)
+        cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+        out = x.copy()
+        even, odd = x[..., 0:s.n_rot:2], x[..., 1:s.n_rot:2]
+        out[..., 0:s.n_rot:2] = even * cos - odd * sin
+        out[..., 1:s.n_rot:2] = even * sin + odd * cos
+        return out
+
+    x = w["token_embd.weight"][tokens]
+    causal = np.triu(np.full((n_tok, n_tok), -np.inf), 1)
+    for i in range(s.n_layer):
+        p = f"blk.{i}."
+        h = rms_norm(x, w[p + "attn_norm.weight"])
+        q, k, v = (
+            (h @ w[p + f"attn_{n}.weight"].T).reshape(n_tok, s.n_head, head_dim) for n in "qkv")
+        q, k = rope(q), rope(k)
+        scores = np.einsum("thd,shd->hts", q, k) / np.sqrt(head_dim) + causal
+        probs = np.exp(scores - scores.max(-1, keepdims=True))
+        probs /= probs.sum(-1, keepdims=True)
+        attn = np.einsum("hts,shd->thd", probs, v).reshape(n_tok, s.n_embd)
+        x = x + attn @ w[p + "attn_output.weight"].T
+        h = rms_norm(x, w[p + "ffn_norm.weight"])
+        gate, up = h @ w[p + "ffn_gate.weight"].T, h @ w[p + "ffn_up.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "ffn_down.weight"].T
+    return rms_norm(x, w["output_norm.weight"]) @ w["output.weight"].T
+
+
+def test_converted_checkpoint_runs_as_a_model(tmp_path):
+    model_module = pytest.importorskip("ggtune.model", reason="the model loader lands separately")
+    spec = GgcpSpec(n_vocab=19, n_embd=16, n_head=2, n_rot=6, n_layer=2, n_mult=8, seed=3)
+    f = build_ggcp(spec)
+    out = tmp_path / "scratch.gguf"
+    convert_checkpoint(write_input(tmp_path, f.data), out)
+    tokens = np.array([3, 1, 18, 0, 7, 7, 2], dtype=np.int32)
+    logits = model_module.load_model(out).logits(tokens)
+    want = reference_logits(f, tokens)
+    np.testing.assert_allclose(logits, want, rtol=1e-4, atol=1e-4 * np.abs(want).max())
