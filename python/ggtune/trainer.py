@@ -336,3 +336,28 @@ def _logger(verbose: bool):
         if verbose:
             print(message, file=sys.stderr, flush=True)
     return log
+
+
+# ----------------------------------------------------------------------------- command line
+def add_cli(subparsers) -> None:
+    from .options import add_arguments
+
+    parser = subparsers.add_parser(
+        "finetune", help="train LoRA adapters on a GGUF model",
+        description="LoRA finetuning with the options of llama.cpp's original finetune "
+                    "(underscores and dashes are both accepted in flag names).")
+    add_arguments(parser)
+    parser.set_defaults(func=_cli_finetune)
+
+
+def _cli_finetune(args) -> int:
+    from dataclasses import fields
+
+    opts = FinetuneOptions(**{f.name: getattr(args, f.name) for f in fields(FinetuneOptions)})
+    if opts.n_gpu_layers:
+        print("ggtune finetune: warning: --gpu-layers has no effect, ggtune trains on the CPU", file=sys.stderr)
+    try:
+        result = run(opts)
+    except (ValueError, OSError) as error:  # every input problem is a ValueError subclass naming its source
+        raise SystemExit(f"ggtune finetune: {error}") from None
+    return 130 if result.interrupted else 0
