@@ -15,9 +15,23 @@ void fail(const char* name, const std::string& what) {
   throw py::value_error(std::string(name) + ": " + what);
 }
 
+namespace {
+
+// Same element type in native byte order. A dtype read from a file map may be spelled '<f4'
+// rather than the native 'float32' object, so identity is not the test.
+bool same_dtype(const py::dtype& got, const py::dtype& want) {
+  if (got.num() != want.num()) return false;
+  const char order = got.byteorder();
+  const uint16_t probe = 1;
+  const char little = *reinterpret_cast<const char*>(&probe) == 1 ? '<' : '>';
+  return order == '=' || order == '|' || order == little;
+}
+
+}  // namespace
+
 void check_array(const py::array& a, const char* name, const py::dtype& dtype,
                  std::initializer_list<int64_t> dims, bool writable) {
-  if (!a.dtype().is(dtype))
+  if (!same_dtype(a.dtype(), dtype))
     fail(name, "expected dtype " + std::string(py::str(dtype)) + ", got " +
                    std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))
