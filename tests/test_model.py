@@ -199,6 +199,15 @@ def test_smollm2_cross_entropy_matches_llama_cpp(smollm2_path):
 
 
 @pytest.mark.slow
+def test_smollm2_q4_1_exact_math_matches_reference(smollm2_path):
+    """Precision "f32" on the quantized model is the float64 model up to float32 rounding."""
+    model = ggtune.load_model(smollm2_path, precision="f32")
+    tokens = model.tokenize(open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read())[:48]
+    expected = ReferenceLlama(smollm2_path).logits(tokens)
+    assert np.abs(model.logits(tokens) - expected).max() <= 1e-3
+
+
+@pytest.mark.slow
 def test_smollm2_f32_logits_match_llama_cpp(smollm2_f32, golden):
     model = ggtune.load_model(smollm2_f32, precision="f32")
     got = model.logits(golden["tokens"])[:, golden["columns"]]

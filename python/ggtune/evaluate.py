@@ -8,7 +8,6 @@ chunk), full chunks in batches. The result is the mean cross-entropy over every 
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
