@@ -16,8 +16,12 @@ import time
 from typing import Optional, Sequence
 
 SUBCOMMAND_MODULES = [
+    "ggtune.demo",      # demo
+    "ggtune.trainer",   # finetune
     "ggtune.evaluate",  # perplexity
     "ggtune.generate",  # generate
+    "ggtune.convert",   # convert-checkpoint
+    "ggtune.peft",      # export-peft
 ]
 
 
@@ -47,28 +51,6 @@ def load_model_from_args(args):
     return load_model(args.model, n_threads=args.threads, lora=list(zip(args.lora, scales)))
 
 
-class ProgressBar:
-    """A one-line progress bar on stderr: update(done, total) redraws it, close() ends the line."""
-
-    WIDTH = 30
-
-    def __init__(self, label: str, unit: str = "", stream=None):
-        self.label, self.unit = label, unit
-        self.stream = stream or sys.stderr
-        self.start = time.perf_counter()
-
-    def update(self, done: int, total: int) -> None:
-        filled = int(self.WIDTH * done / max(total, 1))
-        rate = done / max(time.perf_counter() - self.start, 1e-9)
-        self.stream.write(f"\r{self.label} [{'#' * filled}{'.' * (self.WIDTH - filled)}] "
-                          f"{done}/{total} {self.unit} ({rate:.0f} {self.unit}/s)")
-        self.stream.flush()
-
-    def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ggtune", description="LoRA finetuning of llama GGUF models on the CPU")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -82,7 +64,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .chat import ChatTemplateError
     from .gguf_io import GGUFError
 
-    args = build_parser().parse_args(argv)
+    from .options import normalize_flags
+
+    args = build_parser().parse_args(normalize_flags(list(sys.argv[1:] if argv is None else argv)))
     try:
         return args.func(args)
     except CliError as e:

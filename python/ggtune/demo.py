@@ -8,7 +8,6 @@ cross-entropy and perplexity of the last 20% before and after, then where the ad
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from importlib import resources
 
@@ -72,9 +71,5 @@ def add_cli(subparsers) -> None:
 
 
 def _cli_demo(args) -> int:
-    try:
-        run_demo(iterations=args.iterations, lora_out=args.lora_out, text_path=args.text, model_path=args.model)
-    except (ValueError, OSError, RuntimeError) as error:
-        print(f"ggtune demo: {error}", file=sys.stderr)
-        return 2
+    run_demo(iterations=args.iterations, lora_out=args.lora_out, text_path=args.text, model_path=args.model)
     return 0

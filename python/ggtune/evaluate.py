@@ -72,14 +72,15 @@ def add_cli(subparsers) -> None:
 
 
 def run(args) -> int:
-    from .cli import ProgressBar, load_model_from_args, require_file
+    from .cli import load_model_from_args, require_file
+    from .progress import Progress
 
     require_file(args.text, "--text")
     model = load_model_from_args(args)
     ctx = min(args.ctx, model.hparams.n_ctx_train)
     with open(args.text, encoding="utf-8") as f:
         tokens = model.tokenize(f.read())
-    bar = ProgressBar("perplexity", unit="tokens")
+    bar = Progress(0, "perplexity (tokens)")
     result = perplexity(model, tokens, ctx, progress=bar.update)
     bar.close()
     print(f"tokens {len(tokens)}, ctx {ctx}, predictions {result.n_predictions}")

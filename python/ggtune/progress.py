@@ -14,7 +14,8 @@ def format_seconds(seconds: float) -> str:
 
 
 class Progress:
-    """`update(done, **fields)` redraws `label [#####.....] done/total  k=v ...  ETA mm:ss`."""
+    """`update(done, total=None, **fields)` redraws `label [#####.....] done/total  k=v ...  ETA mm:ss`;
+    a total given to update() replaces the one given at construction."""
 
     def __init__(self, total: int, label: str, *, enabled: bool = True, stream=None, width: int = 24):
         self.total, self.label, self.enabled, self.width = max(total, 1), label, enabled, width
@@ -23,7 +24,9 @@ class Progress:
         self.start = time.perf_counter()
         self._last_line = ""
 
-    def update(self, done: int, **fields) -> None:
+    def update(self, done: int, total: int | None = None, **fields) -> None:
+        if total is not None:
+            self.total = max(total, 1)
         if not self.enabled:
             return
         elapsed = time.perf_counter() - self.start

@@ -356,8 +356,5 @@ def _cli_finetune(args) -> int:
     opts = FinetuneOptions(**{f.name: getattr(args, f.name) for f in fields(FinetuneOptions)})
     if opts.n_gpu_layers:
         print("ggtune finetune: warning: --gpu-layers has no effect, ggtune trains on the CPU", file=sys.stderr)
-    try:
-        result = run(opts)
-    except (ValueError, OSError) as error:  # every input problem is a ValueError subclass naming its source
-        raise SystemExit(f"ggtune finetune: {error}") from None
+    result = run(opts)  # input problems raise ValueError subclasses, which cli.main prints as one line
     return 130 if result.interrupted else 0
