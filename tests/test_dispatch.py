@@ -1,3 +1,5 @@
+import os
+
 import pytest
 
 from ggtune import _core
@@ -20,8 +22,9 @@ def test_unknown_or_unsupported_tier_is_a_clear_error():
 
 
 def test_thread_count_is_settable_and_defaults_to_cores():
+    _core.set_num_threads(0)
     default = _core.num_threads()
-    assert default >= 1
+    assert default == len(os.sched_getaffinity(0))
     _core.set_num_threads(1)
     assert _core.num_threads() == 1
     _core.set_num_threads(0)

@@ -80,7 +80,7 @@ def run(args) -> int:
     ctx = min(args.ctx, model.hparams.n_ctx_train)
     with open(args.text, encoding="utf-8") as f:
         tokens = model.tokenize(f.read())
-    bar = Progress(0, "perplexity (tokens)")
+    bar = Progress(0, "perplexity")
     result = perplexity(model, tokens, ctx, progress=bar.update)
     bar.close()
     print(f"tokens {len(tokens)}, ctx {ctx}, predictions {result.n_predictions}")

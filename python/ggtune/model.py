@@ -226,8 +226,7 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
     at inference as llama.cpp does. precision: the matmul precision, "auto", "f32" or "bf16".
     """
-    if n_threads is not None:
-        _core.set_num_threads(int(n_threads))
+    _core.set_num_threads(int(n_threads or 0))  # 0: every core
     weights = read_llama_gguf(path)
     adapters: dict[str, list[LoraPair]] = {}
     for adapter_path, scale in lora or ():
