@@ -15,7 +15,7 @@
 namespace ggtune::ops {
 namespace {
 
-constexpr int64_t kQueryBlock = 32;  // Br: query rows per tile
+constexpr int64_t kQueryBlock = 64;  // Br: query rows per tile
 constexpr int64_t kKeyBlock = 64;    // Bc: keys per tile
 
 // A heap buffer local to one task (plain new[]: no library template compiled per tier).
