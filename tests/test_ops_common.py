@@ -103,18 +103,18 @@ def cross_entropy_ref(logits, targets):
 # ---- bad input: a clear exception naming the argument, never a crash ----
 
 def test_wrong_dtype_shape_and_layout_name_the_argument():
-    x = np.ones((4, 8), np.float32)
+    x, rstd = np.ones((4, 8), np.float32), np.ones(4, np.float32)
     with pytest.raises(ValueError, match="weight"):
-        _core.rms_norm_forward(x, np.ones(7, np.float32), 1e-5, np.empty_like(x), np.empty(4, np.float32))
+        _core.rms_norm_forward(x, np.ones(7, np.float32), 1e-5, np.empty_like(x), rstd)
     with pytest.raises(ValueError, match="x: expected dtype"):
         _core.rms_norm_forward(x.astype(np.float64), np.ones(8, np.float32), 1e-5, np.empty_like(x),
-                               np.empty(4, np.float32))
+                               rstd)
     with pytest.raises(ValueError, match="out: expected a C-contiguous"):
         _core.swiglu_forward(x, x, np.empty((8, 4), np.float32).T)
     with pytest.raises(ValueError, match="rstd"):
-        _core.rms_norm_forward(x, np.ones(8, np.float32), 1e-5, np.empty_like(x), np.empty(5, np.float32))
+        _core.rms_norm_forward(x, np.ones(8, np.float32), 1e-5, np.empty_like(x), rstd[:3])
     with pytest.raises(ValueError, match="dweight"):
-        _core.rms_norm_backward(x, x, np.ones(8, np.float32), np.ones(4, np.float32), np.empty_like(x),
+        _core.rms_norm_backward(x, x, np.ones(8, np.float32), rstd, np.empty_like(x),
                                 np.zeros(9, np.float32))
     with pytest.raises(ValueError, match="out: expected a writable"):
         ro = np.empty_like(x)
@@ -160,7 +160,8 @@ def test_ids_and_targets_out_of_range_are_index_errors():
     with pytest.raises(IndexError, match="targets: entry 0 is 4"):
         _core.cross_entropy_forward(logits, np.array([4, 0, 0], np.int32), np.empty(3, np.float32))
     with pytest.raises(IndexError, match="targets"):
-        _core.cross_entropy_backward(logits, np.array([0, 9, 0], np.int32), 1.0, np.empty_like(logits))
+        _core.cross_entropy_backward(logits, np.array([0, 9, 0], np.int32), 1.0,
+                                     np.empty_like(logits))
 
 
 def test_rope_parameters_are_checked():

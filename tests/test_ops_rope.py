@@ -18,7 +18,8 @@ def test_rope_forward_matches_float64(isa, mode, D, n_dims, T):
     pos = rng.integers(0, 4096, T).astype(np.int32)
     out = np.empty_like(x)
     _core.rope_forward(x, pos, n_dims, 10000.0, 0.5, mode, out)
-    np.testing.assert_allclose(out, rope_ref(x, pos, n_dims, 10000.0, 0.5, mode), rtol=1e-5, atol=2e-6)
+    ref = rope_ref(x, pos, n_dims, 10000.0, 0.5, mode)
+    np.testing.assert_allclose(out, ref, rtol=1e-5, atol=2e-6)
     np.testing.assert_array_equal(out[..., n_dims:], x[..., n_dims:])  # passes through exactly
 
     inplace = x.copy()

@@ -72,7 +72,8 @@ void rms_norm_backward(const py::array& dout, const py::array& x, const py::arra
   ops::norm_kernels().rms_norm_backward(pg, px, pw, pr, pdx, pdw, T, C);
 }
 
-ops::RopeParams rope_params(int64_t n_dims, float freq_base, float freq_scale, int mode, int64_t D) {
+ops::RopeParams rope_params(int64_t n_dims, float freq_base, float freq_scale, int mode,
+                            int64_t D) {
   if (n_dims <= 0 || n_dims % 2 != 0 || n_dims > D)
     fail("n_dims", "expected an even number in [2, head dim " + std::to_string(D) + "], got " +
                        std::to_string(n_dims));

@@ -15,7 +15,8 @@ struct ActivationKernels {
   void (*swiglu_backward)(const float* dout /*[T,F]*/, const float* gate, const float* up,
                           float* dgate /*[T,F]*/, float* dup /*[T,F]*/, int64_t n);
   void (*add)(const float* a /*[n]*/, const float* b /*[n]*/, float* out /*[n]*/, int64_t n);
-  void (*scale_add)(float* out /*[n]*/, const float* x /*[n]*/, float alpha, int64_t n);  // out += alpha*x
+  // out += alpha * x
+  void (*scale_add)(float* out /*[n]*/, const float* x /*[n]*/, float alpha, int64_t n);
 };
 
 const ActivationKernels& activation_kernels();  // the active tier's kernels

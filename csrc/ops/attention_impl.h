@@ -15,7 +15,7 @@
 namespace ggtune::ops {
 namespace {
 
-constexpr int64_t kQueryBlock = 32;  // Br: query rows per tile
+constexpr int64_t kQueryBlock = 64;  // Br: query rows per tile
 constexpr int64_t kKeyBlock = 64;    // Bc: keys per tile
 
 // A heap buffer local to one task (plain new[]: no library template compiled per tier).
@@ -139,9 +139,11 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
-  // Enough tasks for every thread (twice over, for balance) even at batch 1 with few KV heads.
+  // Enough tasks for every thread (twice over, for balance) even at batch 1 with few KV heads;
+  // each chunk beyond the first costs a dq-sized buffer, hence the cap.
+  constexpr int64_t kMaxChunks = 8;
   const int64_t wanted_chunks = ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv));
-  const int64_t n_chunks = std::max<int64_t>(1, std::min(n_kblocks, wanted_chunks));
+  const int64_t n_chunks = std::clamp<int64_t>(std::min(n_kblocks, wanted_chunks), 1, kMaxChunks);
   const int64_t dq_size = s.B * s.S * s.Hq * D;
 
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);

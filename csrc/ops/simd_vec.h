@@ -118,7 +118,9 @@ struct Avx512 {
   static T fnmadd(T a, T b, T c) { return _mm512_fnmadd_ps(a, b, c); }
   static T max(T a, T b) { return _mm512_max_ps(a, b); }
   static T min(T a, T b) { return _mm512_min_ps(a, b); }
-  static T round(T a) { return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); }
+  static T round(T a) {
+    return _mm512_roundscale_ps(a, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  }
   static T pow2(T n) {
     const __m512i e = _mm512_add_epi32(_mm512_cvtps_epi32(n), _mm512_set1_epi32(127));
     return _mm512_castsi512_ps(_mm512_slli_epi32(e, 23));
@@ -175,7 +177,8 @@ inline float reduce_max(const float* x, int64_t n) {
 // A register tile of R rows x NV vectors of c: each k loads NV vectors of b and R scalars
 // of a for R*NV independent FMAs (enough chains in flight to hide the FMA latency).
 template <class U, int R, int NV>
-inline void gemm_tile(const float* a, int64_t a_rs, int64_t a_ks, const float* b, int64_t ldb, int64_t K,
+inline void gemm_tile(const float* a, int64_t a_rs, int64_t a_ks, const float* b, int64_t ldb,
+                      int64_t K,
                       float* c, int64_t ldc, int64_t n, float alpha, bool accumulate) {
   typename U::T acc[R][NV];
   for (int r = 0; r < R; ++r)
@@ -212,14 +215,21 @@ inline void gemm_row_group(int64_t N, int64_t K, const float* a, int64_t a_rs, i
 
 template <class V>
 inline void gemm_block(int64_t M, int64_t N, int64_t K, const float* a, int64_t a_rs,
-                       int64_t a_ks, const float* b, int64_t ldb, float* c, int64_t ldc, float alpha,
-                       bool accumulate) {
-  constexpr int kRows = 4;
+                       int64_t a_ks, const float* b, int64_t ldb, float* c, int64_t ldc,
+                       float alpha, bool accumulate) {
+  // Rows per register tile: 8 x 2 accumulators fit AVX-512's 32 registers, 4 x 2 AVX2's 16.
+  constexpr int kRows = V::W >= 16 ? 8 : 4;
   int64_t m = 0;
   for (; m + kRows <= M; m += kRows)
-    gemm_row_group<V, kRows>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha, accumulate);
+    gemm_row_group<V, kRows>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha,
+                             accumulate);
+  if constexpr (kRows > 4)
+    for (; m + 4 <= M; m += 4)
+      gemm_row_group<V, 4>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha,
+                             accumulate);
   for (; m < M; ++m)
-    gemm_row_group<V, 1>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha, accumulate);
+    gemm_row_group<V, 1>(N, K, a + m * a_rs, a_rs, a_ks, b, ldb, c + m * ldc, ldc, alpha,
+                             accumulate);
 }
 
 }  // namespace
