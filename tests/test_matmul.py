@@ -98,6 +98,35 @@ def test_accumulate_adds_to_the_output(isa, qtype):
     assert np.all(np.abs(dx - (dx0 + dy.astype(np.float64) @ wd)) <= tolerance(S, N, "f32"))
 
 
+@pytest.mark.parametrize("qtype", [Q.F32, Q.Q4_0, Q.Q4_K], ids=lambda t: t.name)
+def test_backward_matches_central_differences_of_forward(isa, qtype):
+    """dx = dy @ W is the gradient of L(x) = sum(dy * matmul(x, W)). L is linear in x, so a
+    central difference with a large step has no truncation error: what is left is the float32
+    rounding of the two forward passes, at most 2 * f32 bound / (2 * eps) per coordinate."""
+    rng = np.random.default_rng(8)
+    block = GGML_QUANT_SIZES[qtype][0]
+    K, N, T, eps = (block * 2 if block > 1 else 70), 33, 3, 0.5
+    w, wd = weight_bytes(rng, qtype, N, K)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    dy = rng.standard_normal((T, N)).astype(np.float32)
+
+    def loss(xv):
+        out = np.empty((T, N), np.float32)
+        _core.matmul(xv, w, int(qtype), out, precision="f32")
+        return float(np.sum(dy.astype(np.float64) * out))
+
+    dx = np.empty((T, K), np.float32)
+    _core.matmul_backward(dy, w, int(qtype), dx, precision="f32")
+    S = float(np.sum(np.abs(dy.astype(np.float64)) @ np.abs(wd) * (np.abs(x) + eps)))
+    tol = 2 * (K + 2) * 2.0 ** -24 * S / (2 * eps)
+    for t, k in [(0, 0), (1, K // 2), (2, K - 1), (2, 5)]:
+        plus, minus = x.copy(), x.copy()
+        plus[t, k] += eps
+        minus[t, k] -= eps
+        fd = (loss(plus) - loss(minus)) / (2 * eps)
+        assert abs(fd - dx[t, k]) <= tol + 2 * (K + 2) * 2.0 ** -24 * abs(dx[t, k]), (t, k, fd, dx[t, k])
+
+
 def test_auto_precision_is_exact_f32_for_f32_weights():
     rng = np.random.default_rng(4)
     w = rng.standard_normal((50, 64)).astype(np.float32)
