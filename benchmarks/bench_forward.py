@@ -29,6 +29,7 @@ def main(argv=None):
     parser.add_argument("--threads", type=int, default=os.cpu_count())
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--precision", default="auto", help="ggtune matmul precision: auto, f32 or bf16")
+    parser.add_argument("--decode", type=int, default=32, help="single-token steps timed after a 64-token prompt")
     args = parser.parse_args(argv)
 
     import llama_cpp
@@ -65,6 +66,33 @@ def main(argv=None):
     print(f"ggtune    {tps_g:8.1f} tokens/s  (best of {args.repeats}: {min(t_ggtune):.3f} s)")
     print(f"llama.cpp {tps_l:8.1f} tokens/s  (best of {args.repeats}: {min(t_llama):.3f} s)")
     print(f"ratio ggtune / llama.cpp = {tps_g / tps_l:.2f}")
+    if args.decode:
+        report_decode(model, llm, tokens[:64], args.decode)
+
+
+def report_decode(model, llm, prompt: np.ndarray, n_steps: int) -> None:
+    """Generation speed: n_steps one-token forward passes through the KV cache, after `prompt`."""
+    steps = np.random.default_rng(1).integers(100, 40000, n_steps).astype(np.int32)
+
+    def ggtune_decode():
+        cache = model.new_cache(len(prompt) + n_steps)
+        model.hidden(prompt[None, :], cache)
+        start = time.perf_counter()
+        for token in steps:
+            model.output_logits(model.hidden(np.array([[token]], dtype=np.int32), cache))
+        return time.perf_counter() - start
+
+    def llama_decode():
+        llm.reset()
+        llm.eval(prompt.tolist())
+        start = time.perf_counter()
+        for token in steps:
+            llm.eval([int(token)])
+        return time.perf_counter() - start
+
+    t_g, t_l = ggtune_decode(), llama_decode()
+    print(f"decode: ggtune {n_steps / t_g:.1f} tokens/s, llama.cpp {n_steps / t_l:.1f} tokens/s, "
+          f"ratio {t_l / t_g:.2f}")
 
 
 if __name__ == "__main__":

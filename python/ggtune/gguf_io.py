@@ -149,8 +149,8 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
         raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     try:
         reader = gguf.GGUFReader(path, "r")
-    except (ValueError, IndexError, OverflowError, KeyError) as e:
-        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({e})") from None
+    except Exception as e:  # gguf-py reports damage as ValueError, IndexError, struct or mmap errors...
+        raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
     size = os.path.getsize(path)
     for t in reader.tensors:
         if t.data_offset + t.n_bytes > size:
