@@ -11,12 +11,14 @@ import os
 import resource
 from dataclasses import dataclass
 
+from ._core import num_threads as n_threads
+
 F32 = 4
 
 
 @dataclass
 class MemoryPlan:
-    runtime: int          # the process before loading (interpreter, numpy, the extension): measured
+    runtime: int          # measured before training: interpreter, libraries, tokenizer, data (not the map)
     weights: int          # the mapped base model (resident once its pages are touched)
     lora: int             # LoRA parameters, gradients and Adam's two moments
     activations: int      # what the graph keeps between forward and backward
@@ -28,7 +30,7 @@ class MemoryPlan:
         return self.runtime + self.weights + self.lora + self.activations + self.checkpoints + self.work
 
     def lines(self) -> list[str]:
-        rows = [("runtime (interpreter, libraries; measured)", self.runtime),
+        rows = [("runtime: interpreter, tokenizer, data (measured)", self.runtime),
                 ("base weights (memory-mapped, stay quantized)", self.weights),
                 ("LoRA parameters + gradients + Adam moments", self.lora),
                 ("activations kept for the backward", self.activations),
@@ -59,8 +61,9 @@ def layer_backward_temporaries(hp, tokens: int) -> int:
     C, F = hp.n_embd, hp.n_ff
     head_dim = C // hp.n_head
     q, kv = hp.n_head * head_dim, hp.n_head_kv * head_dim
-    # dact, dgate, dup [T,F]; dh2, dx1, dh, dx [T,C]; datt, dq [T,q]; dk, dv [T,kv]
-    per_token = 3 * F + 4 * C + 2 * q + 2 * kv
+    # dact, dgate, dup [T,F]; dh2, dx1, dh, dx [T,C]; datt, dq [T,q]; dk, dv [T,kv];
+    # the attention backward's scratch: q and dout transposed, one partial dq per thread
+    per_token = 3 * F + 4 * C + 2 * q + 2 * kv + (2 + n_threads()) * q
     return per_token * tokens * F32
 
 
@@ -87,7 +90,14 @@ def peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def current_rss() -> int:
-    with open("/proc/self/statm") as f:
-        pages = int(f.read().split()[1])
-    return pages * resource.getpagesize()
+def current_anon_rss() -> int:
+    """Resident memory of this process that is not a file mapping (the interpreter, libraries'
+    heaps, the tokenizer, the data), in bytes. Linux's /proc/self/status; elsewhere the peak RSS."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return peak_rss()

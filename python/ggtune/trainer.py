@@ -19,7 +19,7 @@ import numpy as np
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io
 from .graph import Graph, Grads
 from .lora import LoraSet, RANK_OPTIONS, init_lora
-from .memory import current_rss, peak_rss, plan_memory
+from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
 from .progress import Progress
@@ -54,7 +54,6 @@ def finetune(model_base: str, train_data: str, lora_out: str = "ggml-lora-ITERAT
 def run(opts: FinetuneOptions) -> FinetuneResult:
     opts.check()
     log = _logger(opts.verbose)
-    runtime_bytes = current_rss()
     from .model import load_model
 
     model = load_model(opts.model_base, n_threads=opts.threads or None, precision=opts.precision)
@@ -75,6 +74,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     samples = _load_samples(opts, model, tokenizer)
     for note in samples.notes:
         log(note)
+    runtime_bytes = current_anon_rss()  # before any training buffer exists
     seed = opts.seed if opts.seed >= 0 else int(time.time())
     lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
     profiler = Profiler(enabled=opts.profile)
