@@ -60,6 +60,7 @@ def main() -> None:
     args = parser.parse_args()
     model_path = str(smollm2_path())
     out = args.out or tempfile.mkdtemp(prefix="ggtune-quality-")
+    os.makedirs(out, exist_ok=True)
     train_text, heldout = split_by_tokens(load_model(model_path), corpus(), 0.8)
     train_file, lora = os.path.join(out, "train.txt"), os.path.join(out, "lora.gguf")
     with open(train_file, "w", encoding="utf-8") as f:
