@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .lora import LoraSet, tensor_name
+from .lora import LoraSet, flat_arrays, tensor_name
 
 
 def _empty(*shape: int) -> np.ndarray:
@@ -48,11 +48,8 @@ class Grads:
             g.b.fill(0.0)
 
     def arrays(self) -> dict[str, np.ndarray]:
-        out = {}
-        for name, g in self.pairs.items():
-            out[name + ".lora_a"] = g.a
-            out[name + ".lora_b"] = g.b
-        return out
+        """Named like LoraSet.parameters(), in the same order."""
+        return flat_arrays(self.pairs)
 
 
 class Graph:

@@ -71,14 +71,19 @@ class LoraSet:
 
     def parameters(self) -> dict[str, np.ndarray]:
         """Flat parameter dict in a fixed order (the checkpoint's), names '<base>.lora_a/.lora_b'."""
-        params = {}
-        for name, pair in self.pairs.items():
-            params[name + ".lora_a"] = pair.a
-            params[name + ".lora_b"] = pair.b
-        return params
+        return flat_arrays(self.pairs)
 
     def n_parameters(self) -> int:
         return sum(p.size for p in self.parameters().values())
+
+
+def flat_arrays(pairs: dict) -> dict[str, np.ndarray]:
+    """{base: pair with .a and .b} -> {'<base>.lora_a': a, '<base>.lora_b': b}, in the same order."""
+    flat = {}
+    for name, pair in pairs.items():
+        flat[name + ".lora_a"] = pair.a
+        flat[name + ".lora_b"] = pair.b
+    return flat
 
 
 def target_shapes(weights, ranks: dict[str, int]) -> dict[str, tuple[int, int, int]]:
