@@ -23,9 +23,6 @@
 namespace ggtune::gemm {
 namespace {
 
-// Largest MR x NR of any tier (avx512: 12 x 32).
-constexpr int64_t kMaxTile = 16 * 32;
-
 // A is packed once for the whole call when all its blocks fit in this (about L2).
 constexpr int64_t kResidentABytes = int64_t(1280) << 10;
 
@@ -79,7 +76,6 @@ PanelLayout layout(const Plan& p, int64_t width, int64_t kc) {
 Plan make_plan(int64_t M, int64_t N, int64_t K, FloatView a, const BOperand& b, OutView c,
                float alpha, float beta, Precision precision) {
   Plan p;
-  static_assert(kMaxTile >= 12 * 32, "a tier's MR x NR tile must fit tile_product's buffer");
   p.M = M, p.N = N, p.K = K, p.a = a, p.b = &b, p.c = c, p.alpha = alpha, p.beta = beta;
   p.ks = &active_kernels();
   const bool native_bf16 = precision == Precision::bf16 && p.ks->bf16 != nullptr;
@@ -139,7 +135,7 @@ void tile_product(const Plan& p, int64_t kcp, const void* a_strip, const void* b
     p.kernel(kcp, a_strip, b_strip, out, c.rs, int(m), int(n), p.alpha, beta);
     return;
   }
-  alignas(64) float tile[kMaxTile];
+  alignas(64) float tile[kMaxTileElems];
   p.kernel(kcp, a_strip, b_strip, tile, p.ks->nr, int(m), int(n), 1.0f, 0.0f);
   store_strided(tile, p.ks->nr, {out, c.rs, c.cs}, m, n, p.alpha, beta);
 }

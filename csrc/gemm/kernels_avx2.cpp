@@ -11,6 +11,7 @@ namespace ggtune::gemm {
 namespace {
 
 constexpr int kMr = 6, kNr = 16;
+static_assert(kMr * kNr <= kMaxTileElems);
 
 template <int M>
 inline void store_rows(const __m256 (&acc)[M][2], float* c, int64_t ldc, float alpha,

@@ -11,6 +11,7 @@ namespace ggtune::gemm {
 namespace {
 
 constexpr int kMr = 12, kNr = 32;
+static_assert(kMr * kNr <= kMaxTileElems);
 
 // Stores the accumulators of M rows: columns [0, 16) and [16, 32), masked to n.
 template <int M>
