@@ -30,7 +30,7 @@ def column_counts(qtype):
     block = QUANT_SIZES[qtype][0]
     if block == 1:
         return [1, 31, 33, 96, 257]  # tails of every SIMD width
-    return [c for c in (block, 3 * block, 256, 768) if c % block == 0 and c >= block and c != 3 * 256]
+    return sorted({c for c in (block, 3 * block, 256, 768) if c % block == 0})  # 32: 1, 3, 8, 24 blocks
 
 
 def random_finite_halves(rng, shape):
