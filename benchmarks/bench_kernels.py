@@ -1,11 +1,14 @@
 """GFLOP/s of the quantized-weight matmul on SmolLM2-135M's shapes, beside numpy float32.
 
     PYTHONPATH=python python benchmarks/bench_kernels.py [--tokens 1024] [--precision auto]
-        [--types Q4_1,Q8_0,F32] [--repeats 5]
+        [--types Q4_1,Q8_0,F32] [--repeats 7] [--threads N]
+
+On a loaded machine a one-core comparison is steadier:
+    OPENBLAS_NUM_THREADS=1 PYTHONPATH=python python benchmarks/bench_kernels.py --threads 1
 
 For each weight shape (in -> out) and weight type it times the forward Y = X @ W.T and the
-backward dX = dY @ W, and numpy's float32 matmul of the same shapes in the same run; the
-ratio ggtune/numpy is what counts on a shared machine. A FLOP is 2 * T * in * out. Figures
+backward dX = dY @ W, and numpy's float32 matmul of the same shapes in the same run, taking
+turns; the ratio to numpy (numpy time / ggtune time) is what counts on a shared machine. A FLOP is 2 * T * in * out. Figures
 go in notes, never in tests.
 """
 
@@ -20,14 +23,18 @@ from ggtune import _core
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
 
 
-def best_seconds(fn, repeats):
-    fn()  # warm-up: page faults, thread start
-    times = []
+def best_seconds(fns, repeats):
+    """Best time of each callable; they take turns, so a burst of load on the shared machine
+    hits all of them alike."""
+    for fn in fns.values():
+        fn()  # warm-up: page faults, thread start
+    best = {name: float("inf") for name in fns}
     for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return min(times)
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            best[name] = min(best[name], time.perf_counter() - start)
+    return best
 
 
 def weight_bytes(w, qtype):
@@ -41,8 +48,10 @@ def main():
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"])
     parser.add_argument("--types", default="Q4_1,Q8_0,F32")
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", type=int, default=0, help="ggtune threads (0: all cores)")
     args = parser.parse_args()
+    _core.set_num_threads(args.threads)
     types = [GGMLQuantizationType[name] for name in args.types.split(",")]
     rng = np.random.default_rng(0)
     T = args.tokens
@@ -55,17 +64,19 @@ def main():
         dy = rng.standard_normal((T, n_out), dtype=np.float32)
         w = rng.standard_normal((n_out, n_in), dtype=np.float32)
         y, dx = np.empty((T, n_out), np.float32), np.empty((T, n_in), np.float32)
-        np_fwd = best_seconds(lambda: np.matmul(x, w.T, out=y), args.repeats)
-        np_bwd = best_seconds(lambda: np.matmul(dy, w, out=dx), args.repeats)
+        fns = {"np fwd": lambda: np.matmul(x, w.T, out=y), "np bwd": lambda: np.matmul(dy, w, out=dx)}
+        for qtype in types:
+            wq, t = weight_bytes(w, qtype), int(qtype)
+            fns[(qtype.name, "fwd")] = lambda wq=wq, t=t: _core.matmul(
+                x, wq, t, y, precision=args.precision)
+            fns[(qtype.name, "bwd")] = lambda wq=wq, t=t: _core.matmul_backward(
+                dy, wq, t, dx, precision=args.precision)
+        best = best_seconds(fns, args.repeats)
+        np_fwd, np_bwd = best["np fwd"], best["np bwd"]
         print(f"{n_in:>5} -> {n_out:<6} numpy   fwd {gflop / np_fwd:6.1f}          "
               f"bwd {gflop / np_bwd:6.1f}")
         for qtype in types:
-            wq = weight_bytes(w, qtype)
-            fwd = best_seconds(lambda: _core.matmul(x, wq, int(qtype), y, precision=args.precision),
-                               args.repeats)
-            bwd = best_seconds(
-                lambda: _core.matmul_backward(dy, wq, int(qtype), dx, precision=args.precision),
-                args.repeats)
+            fwd, bwd = best[(qtype.name, "fwd")], best[(qtype.name, "bwd")]
             print(f"{'':>15} {qtype.name:<7} fwd {gflop / fwd:6.1f} ({np_fwd / fwd:4.2f}x)  "
                   f"bwd {gflop / bwd:6.1f} ({np_bwd / bwd:4.2f}x)")
             sums = totals.setdefault(qtype.name, [0.0, 0.0, 0.0, 0.0])

@@ -51,11 +51,12 @@ def weight_bytes(rng, qtype, n, k):
 
 
 def shapes(qtype):
-    """(K, N) pairs: K over one and several K blocks of every tier, N off the strip widths."""
+    """(K, N) pairs: K over one and several K blocks of every tier (kc is 256 on scalar, 512 on
+    avx2, 800 on avx512), N off the strip widths (8, 16, 32)."""
     block = GGML_QUANT_SIZES[qtype][0]
     if block == 256:
-        return [(256, 33), (768, 70)]
-    return [(96, 1), (96, 70), (576, 33)]
+        return [(256, 33), (768, 70), (1792, 20)]
+    return [(96, 1), (96, 70), (576, 33), (1600, 20)]
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16"])
@@ -156,7 +157,7 @@ def test_results_do_not_depend_on_thread_count(precision):
 
 
 GEMM_SHAPES = [(1, 1, 1), (31, 33, 32), (33, 70, 100), (100, 31, 300),
-               (1024, 4, 576), (4, 576, 1024), (1024, 576, 4)]  # (M, N, K): LoRA ranks too
+               (40, 50, 1700), (1024, 4, 576), (4, 576, 1024), (1024, 576, 4)]  # (M, N, K): LoRA ranks too
 
 
 @pytest.mark.parametrize("trans_b", [False, True])

@@ -100,14 +100,16 @@ void bind_matmul(py::module_& m) {
         "out[T, N] (= or +=) x[T, K] @ W.T, W the GGUF bytes (uint8 [N, row_bytes]) of ggml "
         "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
         "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere) or "
-        "'auto' (f32: see auto_matmul_precision in csrc/ops/matmul.h for the measurements).");
+        "'auto' (f32: see auto_matmul_precision in csrc/ops/matmul.h for the measurements). "
+        "out must not overlap x.");
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
         "accumulate"_a = false, "precision"_a = "auto",
-        "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision.");
+        "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision. "
+        "dx must not overlap dy.");
   m.def("gemm", &gemm, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
         "alpha"_a = 1.0f, "beta"_a = 0.0f,
         "Plain float32 out[M, N] = alpha * op(a) @ op(b) + beta * out, op = transpose when "
-        "trans_* (beta = 0: out is only written).");
+        "trans_* (beta = 0: out is only written). out must not overlap a or b.");
 }
 
 }  // namespace ggtune::bind

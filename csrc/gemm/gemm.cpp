@@ -135,7 +135,7 @@ void tile_product(const Plan& p, int64_t kcp, const void* a_strip, const void* b
     p.kernel(kcp, a_strip, b_strip, out, c.rs, int(m), int(n), p.alpha, beta);
     return;
   }
-  alignas(64) float tile[64 * 64];
+  alignas(64) float tile[kMaxTileElems];
   p.kernel(kcp, a_strip, b_strip, tile, p.ks->nr, int(m), int(n), 1.0f, 0.0f);
   store_strided(tile, p.ks->nr, {out, c.rs, c.cs}, m, n, p.alpha, beta);
 }

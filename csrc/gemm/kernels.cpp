@@ -7,6 +7,7 @@ namespace ggtune::gemm {
 namespace {
 
 constexpr int kMr = 4, kNr = 8;
+static_assert(kMr * kNr <= kMaxTileElems);
 
 void kernel_f32_scalar(int64_t kcp, const void* a_strip, const void* b_strip, float* c,
                        int64_t ldc, int m, int n, float alpha, float beta) {

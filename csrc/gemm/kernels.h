@@ -13,6 +13,9 @@
 
 namespace ggtune::gemm {
 
+// Bound on MR x NR over the tiers (edge tiles go through a buffer of this size).
+constexpr int kMaxTileElems = 16 * 32;
+
 using MicroKernel = void (*)(int64_t kcp, const void* a, const void* b, float* c, int64_t ldc,
                              int m, int n, float alpha, float beta);
 

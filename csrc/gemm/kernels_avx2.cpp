@@ -11,6 +11,7 @@ namespace ggtune::gemm {
 namespace {
 
 constexpr int kMr = 6, kNr = 16;
+static_assert(kMr * kNr <= kMaxTileElems);
 
 template <int M>
 inline void store_rows(const __m256 (&acc)[M][2], float* c, int64_t ldc, float alpha,
@@ -77,7 +78,8 @@ void micro_f32(int64_t kcp, const void* a, const void* b, float* c, int64_t ldc,
 }  // namespace
 
 const KernelSet& kernels_avx2() {
-  static const KernelSet set{kMr, kNr, micro_f32, nullptr, {256, 1026, 1024}, {256, 1026, 1024}};
+  // As on avx512 (kernels_avx512.cpp), with a shallower kc for the half-width B strip.
+  static const KernelSet set{kMr, kNr, micro_f32, nullptr, {512, 264, 256}, {512, 264, 256}};
   return set;
 }
 
