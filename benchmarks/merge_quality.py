@@ -7,7 +7,7 @@ dequantized, gets B·A added and is re-quantized to Q4_1). Printed: the held-out
 (the first --tokens tokens of GPL-3, one window) of the base model, of base + adapter applied at
 run time, and of the merged model, and the merged model's relative difference to base + adapter.
 
-    python benchmarks/merge_quality.py [--tokens 512] [--outtype same [--outtype q8_0 ...]] [--out DIR]
+    python benchmarks/merge_quality.py [--tokens 512] [--outtype same [--outtype q8_0 ...]] [--a-std 0.3] [--out DIR]
 """
 
 from __future__ import annotations
@@ -59,18 +59,22 @@ def main(argv=None) -> None:
     parser.add_argument("--tokens", type=int, default=512, help="held-out tokens scored (one window)")
     parser.add_argument("--outtype", action="append", choices=OUTTYPE_CHOICES, default=None,
                         help="merge output types to compare (default: same)")
+    parser.add_argument("--a-std", type=float, default=0.3, help="standard deviation of the adapter's A")
+    parser.add_argument("--b-std", type=float, default=0.02, help="standard deviation of the adapter's B")
     parser.add_argument("--out", default=None, help="directory for the adapter and merged models (default: temporary)")
     args = parser.parse_args(argv)
     model_path = args.model or str(smollm2_path())
     out_dir = args.out or tempfile.mkdtemp(prefix="ggtune-merge-")
     os.makedirs(out_dir, exist_ok=True)
 
-    adapter = write_seeded_adapter(os.path.join(out_dir, "adapter.gguf"), model_path)
+    adapter = write_seeded_adapter(os.path.join(out_dir, "adapter.gguf"), model_path, a_std=args.a_std,
+                                   b_std=args.b_std)
     runtime = load_model(model_path, lora=[(adapter, 1.0)])
     tokens = held_out_tokens(runtime, args.tokens)
     base_ce = load_model(model_path).cross_entropy(tokens)
     adapter_ce = runtime.cross_entropy(tokens)
-    print(f"model {model_path}\nheld-out: first {len(tokens)} tokens of {TEXT}")
+    print(f"model {model_path}\nheld-out: first {len(tokens)} tokens of {TEXT}\n"
+          f"adapter: rank 4, alpha 4, A std {args.a_std}, B std {args.b_std}, seed 0, seven matrices of every layer")
     print(f"base                   CE {base_ce:.4f}")
     print(f"base + adapter         CE {adapter_ce:.4f}  ({(adapter_ce - base_ce) / base_ce:+.2%} vs base)")
     for outtype in args.outtype or ["same"]:
