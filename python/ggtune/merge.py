@@ -205,9 +205,13 @@ def _merged_tensor(plan: _TensorPlan) -> np.ndarray:
     """The output bytes of one tensor, uint8 [rows, row_bytes]; only this tensor is in float."""
     if plan.copied:
         return plan.raw
-    values = q.dequantize(plan.raw, int(plan.tensor.tensor_type), plan.n_in)  # [rows, n_in]
+    base_type = int(plan.tensor.tensor_type)
+    w = q.dequantize(plan.raw, base_type, plan.n_in)  # [rows, n_in]
+    values = w.copy()
     for d in plan.deltas:
         values += np.float32(d.scale) * (d.b @ d.a)
+    if plan.out_type == base_type:
+        return q.requantize_closest(values, plan.raw, w, base_type)
     return q.quantize(values, plan.out_type)
 
 

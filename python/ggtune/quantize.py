@@ -63,3 +63,28 @@ def quantize(values: np.ndarray, ggml_type: int) -> np.ndarray:
     rows, n_in = values.shape
     data = gguf.quants.quantize(np.ascontiguousarray(values, np.float32), T(ggml_type))
     return np.ascontiguousarray(data).view(np.uint8).reshape(rows, row_bytes(ggml_type, n_in))
+
+
+def requantize_closest(target: np.ndarray, old_raw: np.ndarray, old_values: np.ndarray, ggml_type: int) -> np.ndarray:
+    """target float32 [rows, n_in] (W + ΔW) into ``ggml_type``, block by block the closer (in squared
+    error to target) of a fresh quantization and the block as it was (old_raw uint8 [rows, row_bytes],
+    dequantizing to old_values float32 [rows, n_in], i.e. W).
+
+    Why: a small ΔW does not move W + ΔW onto a fresh grid any better than it was: the reference
+    quantizer picks the block's scale from its new extremes and rounds every value again, which adds
+    a rounding error of up to half a step to every element. Where ΔW is smaller than that noise, the
+    old block is closer to W + ΔW (its error is ΔW itself)."""
+    fresh = quantize(target, ggml_type)
+    bs = block_size(ggml_type)
+    if bs == 1:  # float types: rounding each value is already the closest
+        return fresh
+    fresh_values = dequantize(fresh, ggml_type, target.shape[1])
+
+    def block_sse(values):  # [rows * n_in / bs]
+        return np.square(values - target, dtype=np.float64).reshape(-1, bs).sum(axis=1)
+
+    keep_old = block_sse(old_values) < block_sse(fresh_values)
+    type_size = gguf.GGML_QUANT_SIZES[T(ggml_type)][1]
+    out = fresh.reshape(-1, type_size)
+    out[keep_old] = old_raw.reshape(-1, type_size)[keep_old]
+    return fresh
