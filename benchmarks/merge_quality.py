@@ -34,12 +34,13 @@ def write_seeded_adapter(path, model_path, layers=None, rank: int = 4, a_std: fl
     """A random GGUF adapter on TARGETS of `layers` (default all), alpha = rank (scale 1)."""
     rng = np.random.default_rng(seed)
     weights = read_llama_gguf(model_path)
+    matrices = weights.weights_by_name()
     layers = range(weights.hparams.n_layer) if layers is None else layers
     pairs = {}
     for layer in layers:
         for kind in TARGETS:
             name = f"blk.{layer}.{kind}.weight"
-            w = weights.weights_by_name()[name]
+            w = matrices[name]
             pairs[name] = ((a_std * rng.standard_normal((rank, w.n_in))).astype(np.float32),
                            (b_std * rng.standard_normal((w.n_out, rank))).astype(np.float32))
     write_gguf_adapter(path, pairs, alpha=float(rank))
@@ -49,8 +50,11 @@ def write_seeded_adapter(path, model_path, layers=None, rank: int = 4, a_std: fl
 def held_out_tokens(model, n: int) -> np.ndarray:
     """The first n tokens of GPL-3 (nothing is trained on anything, so any text is held out)."""
     with open(TEXT, encoding="utf-8") as f:
-        tokens = model.tokenize(f.read())[:n]
-    return np.asarray(tokens, dtype=np.int32)
+        text = f.read()
+    tokens = model.tokenize(text[: 16 * n])  # English prose: about 4-5 characters a token
+    if len(tokens) < n:
+        tokens = model.tokenize(text)
+    return np.asarray(tokens[:n], dtype=np.int32)
 
 
 def main(argv=None) -> None:
