@@ -22,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "ggtune.generate",  # generate
     "ggtune.convert",   # convert-checkpoint
     "ggtune.peft",      # export-peft
+    "ggtune.merge",     # merge
 ]
 
 
