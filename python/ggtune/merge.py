@@ -309,11 +309,11 @@ def _paired(values: list, n: int, option: str, default) -> list:
 
 
 def run(args) -> int:
-    from .cli import ProgressBar
+    from .progress import Progress
 
     scales = _paired(args.lora_scale, len(args.lora), "--lora-scale", 1.0)
     alphas = _paired(args.lora_alpha, len(args.lora), "--lora-alpha", None)
-    bar = ProgressBar("merge", unit="tensors")
+    bar = Progress(0, "merge (tensors)")
     try:
         summary = merge(args.model, list(zip(args.lora, scales, alphas)), args.output, args.outtype,
                         progress=bar.update)
