@@ -173,3 +173,12 @@ def test_cli_bad_model_is_one_line_error(tmp_path, text_path):
     proc = _cli("finetune", "--model-base", str(tmp_path / "missing.gguf"), "--train-data", text_path)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode != 0 and "missing.gguf" in err and "Traceback" not in err
+
+
+def test_profile_and_memory_plan_are_printed(tmp_path, model_path, text_path, capsys):
+    result = run(model_path, text_path, tmp_path, 2, profile=True, verbose=True)
+    err = capsys.readouterr().err
+    assert "memory plan:" in err and "total (expected peak RSS)" in err
+    assert err.count("profile of iteration") == 2
+    assert "matmul[Q8_0]" in err and "matmul_backward[Q8_0]" in err and "attention_backward" in err
+    assert result.memory_plan_bytes > 0 and result.peak_rss_bytes > 0
