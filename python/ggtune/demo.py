@@ -30,7 +30,7 @@ def heldout_cross_entropy(model_path: str, heldout: list[int], ctx: int, lora: s
     return perplexity(model, heldout, ctx).mean_ce
 
 
-def run_demo(iterations: int = 30, lora_out: str = "ggtune-demo-lora.gguf", ctx: int = 128,
+def run_demo(iterations: int = 30, lora_out: str = "ggtune-demo-lora.gguf", ctx: int = 64,
              text_path: str | None = None, model_path: str | None = None, verbose: bool = True) -> dict:
     model_path = model_path or str(smollm2_path(verbose=verbose))
     if text_path is None:
@@ -46,7 +46,7 @@ def run_demo(iterations: int = 30, lora_out: str = "ggtune-demo-lora.gguf", ctx:
         with open(train_file, "w", encoding="utf-8") as f:
             f.write(train_text)
         result = finetune(model_path, train_file, lora_out=lora_out, checkpoint_in="", checkpoint_out="",
-                          ctx=ctx, batch=8, lora_r=4, adam_iter=iterations, adam_alpha=1e-3, warmup=0,
+                          ctx=ctx, batch=4, lora_r=4, adam_iter=iterations, adam_alpha=2e-3, warmup=0,
                           adam_decay=0.0, seed=1, verbose=verbose)
     after = heldout_cross_entropy(model_path, heldout, ctx, lora=lora_out)
     print(f"held-out cross-entropy after:  {after:.4f} nats (perplexity {_exp(after):.2f})")

@@ -158,7 +158,7 @@ class _TrainState:
             progress.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
-        result.written += self.save()
+        result.written = list(dict.fromkeys(result.written + self.save()))  # periodic saves reuse names
         result.iterations = self.counters.iteration_count
         result.interrupted = self.interrupted
         if result.stopped_by:
