@@ -258,6 +258,38 @@ def _pre_tokenizer(meta: Mapping[str, Any]) -> tuple[str, _PreTokenizer]:
 # the two merge algorithms
 
 
+def _merge_pairs(symbols: list[str], priority) -> list[str]:
+    """The merge loop both of llama.cpp's tokenizers share: repeatedly joins the adjacent pair
+    whose ``priority(left, right)`` is lowest (leftmost first on ties; None: never joined).
+    Returns the symbols with "" in place of each one merged into its left neighbour."""
+    prev = list(range(-1, len(symbols) - 1))
+    succ = list(range(1, len(symbols) + 1))
+    succ[-1] = -1
+    queue: list[tuple] = []  # (priority, left, right, merged text)
+
+    def push(left: int, right: int) -> None:
+        if left < 0 or right < 0:
+            return
+        key = priority(symbols[left], symbols[right])
+        if key is not None:
+            heapq.heappush(queue, (key, left, right, symbols[left] + symbols[right]))
+
+    for right in range(1, len(symbols)):
+        push(right - 1, right)
+    while queue:
+        _, left, right, merged = heapq.heappop(queue)
+        if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
+            continue  # outdated: a neighbour was merged since
+        symbols[left] = merged
+        symbols[right] = ""
+        succ[left] = succ[right]
+        if succ[left] >= 0:
+            prev[succ[left]] = left
+        push(prev[left], left)
+        push(left, succ[left])
+    return symbols
+
+
 class _SentencePieceEncoder:
     """llama.cpp's llm_tokenizer_spm_session: bigram merges by token score."""
 
@@ -270,35 +302,11 @@ class _SentencePieceEncoder:
         """Ids of ``text``, whose spaces are already escaped as "▁"."""
         if not text:
             return []
-        symbols = list(text)  # one code point each; "" once merged into its left neighbour
-        prev = list(range(-1, len(symbols) - 1))
-        succ = list(range(1, len(symbols) + 1))
-        succ[-1] = -1
-        queue: list[tuple[float, int, int, int]] = []  # (-score, left, right, merged length)
+        def priority(left: str, right: str):
+            token = self._token_to_id.get(left + right)
+            return None if token is None else -self._scores[token]
 
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            merged = symbols[left] + symbols[right]
-            token = self._token_to_id.get(merged)
-            if token is not None:
-                heapq.heappush(queue, (-self._scores[token], left, right, len(merged)))
-
-        for right in range(1, len(symbols)):
-            push(right - 1, right)
-        while queue:
-            _, left, right, size = heapq.heappop(queue)
-            # stale when either side was merged since: its length changed (or it is gone)
-            if not symbols[left] or not symbols[right] or len(symbols[left]) + len(symbols[right]) != size:
-                continue
-            symbols[left] += symbols[right]
-            symbols[right] = ""
-            succ[left] = succ[right]
-            if succ[left] >= 0:
-                prev[succ[left]] = left
-            push(prev[left], left)
-            push(left, succ[left])
-
+        symbols = _merge_pairs(list(text), priority)  # from one code point each
         ids: list[int] = []
         for symbol in symbols:
             if not symbol:
@@ -342,33 +350,7 @@ class _BytePairEncoder:
         """Ids of one byte-level word."""
         if self._ignore_merges and word in self._token_to_id:
             return (self._token_to_id[word],)
-        symbols = list(word)  # "" once merged into its left neighbour
-        prev = list(range(-1, len(symbols) - 1))
-        succ = list(range(1, len(symbols) + 1))
-        succ[-1] = -1
-        queue: list[tuple[int, int, int, str]] = []  # (rank, left, right, merged text)
-
-        def push(left: int, right: int) -> None:
-            if left < 0 or right < 0:
-                return
-            rank = self._ranks.get((symbols[left], symbols[right]))
-            if rank is not None:
-                heapq.heappush(queue, (rank, left, right, symbols[left] + symbols[right]))
-
-        for right in range(1, len(symbols)):
-            push(right - 1, right)
-        while queue:
-            _, left, right, merged = heapq.heappop(queue)
-            if not symbols[left] or not symbols[right] or symbols[left] + symbols[right] != merged:
-                continue  # outdated: a neighbour was merged since
-            symbols[left] = merged
-            symbols[right] = ""
-            succ[left] = succ[right]
-            if succ[left] >= 0:
-                prev[succ[left]] = left
-            push(prev[left], left)
-            push(left, succ[left])
-
+        symbols = _merge_pairs(list(word), lambda left, right: self._ranks.get((left, right)))
         ids: list[int] = []
         for symbol in symbols:
             if not symbol:
