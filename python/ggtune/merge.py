@@ -281,9 +281,12 @@ def _uses_gptq(plan: _TensorPlan) -> bool:
 
 
 def _gptq_tensor(plan: _TensorPlan, hessian: np.ndarray) -> np.ndarray:
-    """Raw bytes [rows, row_bytes] of W + ΔW by GPTQ, on the grids of a fresh quantization of W + ΔW."""
+    """Raw bytes [rows, row_bytes] of W + ΔW by GPTQ, on the old blocks' grids (d, m) when the type
+    stays (measured better than a fresh quantization's: with ΔW = 0 it gives W back exactly; on the
+    trained SmolLM2 adapter, held-out CE +1.5% vs +1.8% of base + adapter), else a fresh quantization's."""
     _, target = _target(plan)
-    grid = q.BlockGrid.of_raw(q.quantize(target, plan.out_type), plan.out_type)
+    grid = q.BlockGrid.of_raw(plan.raw if plan.out_type == int(plan.tensor.tensor_type)
+                              else q.quantize(target, plan.out_type), plan.out_type)
     return q.gptq_quantize(target, hessian, grid)
 
 

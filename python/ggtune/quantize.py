@@ -147,22 +147,26 @@ class BlockGrid:
         return codes, (codes - fmt.offset) * d + m
 
 
-def gptq_quantize(target: np.ndarray, hessian: np.ndarray, grid: BlockGrid) -> np.ndarray:
+def gptq_quantize(target: np.ndarray, hessian: np.ndarray, grid: BlockGrid, act_order: bool = True) -> np.ndarray:
     """GPTQ of target float32/64 [rows, n_in] on the fixed block grids `grid`, minimising
     ||(W' - target)·Xᵀ||² for hessian = XᵀX float64 [n_in, n_in]; returns raw uint8 [rows, row_bytes].
 
-    Columns are rounded in order; column j's error, divided by U[j, j], is pushed into the later
+    Columns are rounded one at a time (see act_order); column j's error, divided by U[j, j], is pushed into the later
     columns with U[j, j+1:], U the upper Cholesky factor of H⁻¹ (H⁻¹ = UᵀU)."""
-    w = np.array(target, dtype=np.float64)  # [rows, n_in], updated in place as errors propagate
+    # Columns with the largest H diagonal (the most active inputs) first ("act order"): their
+    # errors then spread over the most columns left to absorb them.
+    order = np.argsort(-np.diagonal(hessian), kind="stable") if act_order else np.arange(hessian.shape[0])
+    w = np.array(target, dtype=np.float64)[:, order]  # [rows, n_in] in `order`, updated as errors propagate
     rows, n_in = w.shape
-    upper = _inverse_hessian_cholesky(hessian)  # [n_in, n_in]
-    codes = np.empty((rows, n_in), dtype=np.float64)
+    upper = _inverse_hessian_cholesky(hessian[np.ix_(order, order)])  # [n_in, n_in]
+    codes = np.empty((rows, n_in), dtype=np.float64)  # in the tensor's own column order
     for start in range(0, n_in, GPTQ_LAZY_COLUMNS):
         end = min(start + GPTQ_LAZY_COLUMNS, n_in)
         local = w[:, start:end]  # a view: updates land in w
         errors = np.empty((rows, end - start))
         for k in range(end - start):
-            codes[:, start + k], value = grid.round_column(local[:, k], start + k)
+            column = order[start + k]
+            codes[:, column], value = grid.round_column(local[:, k], column)
             errors[:, k] = (local[:, k] - value) / upper[start + k, start + k]
             local[:, k + 1:] -= np.outer(errors[:, k], upper[start + k, start + k + 1:end])
         w[:, end:] -= errors @ upper[start:end, end:]
