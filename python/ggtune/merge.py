@@ -274,29 +274,36 @@ def _calibration_batch(model: LlamaModel, calibration: str, model_path: str) -> 
     return np.asarray(tokens[: n * window], dtype=np.int32).reshape(n, window)
 
 
-def _uses_gptq(plan: _TensorPlan) -> bool:
+def _uses_gptq(plan: _TensorPlan, outtype: str) -> bool:
+    """Adapted linear layers whose output is a GPTQ type; --outtype q8_0 (a conversion whose
+    rounding is far below any adapter) keeps rounding to nearest."""
     name = plan.tensor.name
-    return (bool(plan.deltas) and plan.out_type in q.GPTQ_TYPES and name != "token_embd.weight"
+    types = q.GPTQ_TYPES if outtype == "same" else q.GPTQ_TYPES - {int(gguf.GGMLQuantizationType.Q8_0)}
+    return (bool(plan.deltas) and plan.out_type in types and name != "token_embd.weight"
             and (name.startswith("blk.") or name == "output.weight"))
 
 
 def _gptq_tensor(plan: _TensorPlan, hessian: np.ndarray) -> np.ndarray:
-    """Raw bytes [rows, row_bytes] of W + ΔW by GPTQ, on the old blocks' grids (d, m) when the type
-    stays (measured better than a fresh quantization's: with ΔW = 0 it gives W back exactly; on the
-    trained SmolLM2 adapter, held-out CE +1.5% vs +1.8% of base + adapter), else a fresh quantization's."""
+    """Raw bytes [rows, row_bytes] of W + ΔW by GPTQ. Grids: where the type stays, each block's old
+    (d, m) while it covers the block (measured better than a fresh quantization's: with ΔW = 0 it
+    gives W back exactly; on the trained SmolLM2 adapter, held-out CE +1.5% vs +1.8% of base +
+    adapter without act order); a fresh quantization's otherwise."""
     _, target = _target(plan)
-    grid = q.BlockGrid.of_raw(plan.raw if plan.out_type == int(plan.tensor.tensor_type)
-                              else q.quantize(target, plan.out_type), plan.out_type)
+    if plan.out_type == int(plan.tensor.tensor_type):
+        grid = q.BlockGrid.for_target(target, plan.raw, plan.out_type)
+    else:
+        grid = q.BlockGrid.of_raw(q.quantize(target, plan.out_type), plan.out_type)
     return q.gptq_quantize(target, hessian, grid)
 
 
-def _gptq_requantize(model_path: str, plans: list[_TensorPlan], calibration: str) -> tuple[dict[str, np.ndarray], int]:
-    """({tensor name: raw bytes} of every plan, calibration tokens): runs base + adapters once over
+def _gptq_requantize(model_path: str, plans: list[_TensorPlan], gptq_plans: list[_TensorPlan],
+                     calibration: str) -> tuple[dict[str, np.ndarray], int]:
+    """({tensor name: raw bytes} of each of gptq_plans, calibration tokens): runs base + adapters once over
     the calibration text; each linear layer's H = XᵀX (float64) feeds GPTQ as soon as it is seen."""
     weights = read_llama_gguf(model_path)
     lora = {p.tensor.name: [LoraPair(d.a, d.b, d.scale) for d in p.deltas]
             for p in plans if p.tensor.name.startswith("blk.") or p.tensor.name == "output.weight"}
-    by_name = {p.tensor.name: p for p in plans if _uses_gptq(p)}
+    by_name = {p.tensor.name: p for p in gptq_plans}
     done: dict[str, np.ndarray] = {}
     hessians: dict[tuple[str, str], np.ndarray] = {}  # this layer's, by (layer, input)
 
@@ -368,7 +375,7 @@ def merge(model: str | os.PathLike, loras: Sequence[tuple], output: str | os.Pat
     ggtune training checkpoints; several adapters on one tensor add up. outtype: "same" (each
     tensor keeps its type, adapted ones are re-quantized into it) or one of quantize.OUTTYPES
     (every matrix converted; 1-D tensors keep their type). progress(done, total) in tensors.
-    requantize: how adapted matrices go back into a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 type: "gptq" (default)
+    requantize: how adapted matrices go back into a Q4_0/Q4_1/Q5_0/Q5_1 type (or Q8_0 with "same"): "gptq" (default)
     chooses the quants that keep the layer's outputs on the calibration text (UTF-8 file, default
     :func:`default_calibration`) as base + adapters computes them; "nearest" rounds each block
     (the closer of a fresh quantization and the old block). Other types always round.
@@ -388,9 +395,10 @@ def merge(model: str | os.PathLike, loras: Sequence[tuple], output: str | os.Pat
         _attach(deltas_by_tensor, tensors, read_adapter_source(path, scale, alpha), model)
     plans = _plan(reader, deltas_by_tensor, outtype)
     done, n_calibration = {}, 0
-    if requantize == "gptq" and any(_uses_gptq(p) for p in plans):
+    gptq_plans = [p for p in plans if requantize == "gptq" and _uses_gptq(p, outtype)]
+    if gptq_plans:
         calibration = os.fspath(calibration) if calibration is not None else default_calibration()
-        done, n_calibration = _gptq_requantize(model, plans, calibration)
+        done, n_calibration = _gptq_requantize(model, plans, gptq_plans, calibration)
     n_gptq = len(done)
     _write(output, reader, plans, outtype, done, progress)
     return MergeSummary(n_tensors=len(plans), n_adapted=len(deltas_by_tensor),

@@ -138,6 +138,21 @@ class BlockGrid:
         m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64) if fmt.has_min else np.zeros_like(d)
         return cls(int(ggml_type), d, m)
 
+    @classmethod
+    def for_target(cls, target: np.ndarray, old_raw: np.ndarray, ggml_type: int) -> "BlockGrid":
+        """Grids for re-quantizing target float32 [rows, n_in] (W + ΔW) whose old bytes are old_raw:
+        each block keeps its old grid where that still covers the block's values (within half a
+        step), so an unchanged block comes back exactly, and takes a fresh quantization's where
+        ΔW pushed values out of reach (clipping them would feed ever growing errors forward)."""
+        old = cls.of_raw(old_raw, ggml_type)
+        fresh = cls.of_raw(quantize(target, ggml_type), ggml_type)
+        fmt = BLOCK_FORMATS[T(ggml_type)]
+        blocks = target.reshape(target.shape[0], -1, 32)
+        low = (fmt.q_min - fmt.offset - 0.5) * old.d + old.m
+        high = (fmt.q_max - fmt.offset + 0.5) * old.d + old.m
+        covered = (blocks.min(axis=2) >= low) & (blocks.max(axis=2) <= high)  # [rows, nb]
+        return cls(int(ggml_type), np.where(covered, old.d, fresh.d), np.where(covered, old.m, fresh.m))
+
     def round_column(self, w: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
         """w float64 [rows], values of input column `column` -> (codes int [rows], their values [rows])."""
         fmt = BLOCK_FORMATS[T(self.ggml_type)]
