@@ -18,7 +18,10 @@ each adapter holds A (r, n_in), B (n_out, r) and the merged tensor is
 The output keeps every metadata key of the base (general.file_type is updated when --outtype
 changes the matrices' type) and its tensor order. Tensors are processed one at a time: dequantize,
 add the adapters' product, re-quantize, write; a tensor that keeps its type and has no adapter is
-copied byte for byte. Everything is checked before the output is opened, which appears atomically.
+copied byte for byte. Adapted linear layers going back into Q4_0/Q4_1/Q5_0/Q5_1 (or Q8_0 with
+"same") are re-quantized by GPTQ first (quantize.gptq_quantize), during one base + adapter forward
+over calibration text, so that their outputs rather than their values stay close to W + ΔW: a
+trained ΔW is below half a 4-bit step and rounding each value to nearest would drop it. Everything is checked before the output is opened, which appears atomically.
 """
 
 from __future__ import annotations
