@@ -113,7 +113,7 @@ def test_same_copies_untouched_and_requantizes_adapted(tmp_path, weight_type):
     base = write_tiny_llama(tmp_path / "base.gguf", cfg)
     adapted = matrix_shapes(cfg, ("attn_q", "ffn_down"), layers={1})
     pairs = write_random_adapter(tmp_path / "a.gguf", adapted, rank=3, alpha=6.0, seed=4, std=0.2)
-    merge(base, [(tmp_path / "a.gguf", 0.5)], tmp_path / "m.gguf")  # outtype "same" by default
+    merge(base, [(tmp_path / "a.gguf", 0.5)], tmp_path / "m.gguf", requantize="nearest")  # outtype "same" by default
 
     before, after = raw_tensors(base), raw_tensors(tmp_path / "m.gguf")
     assert list(after) == list(before)  # same tensors, same order
@@ -139,7 +139,7 @@ def test_small_adapter_keeps_blocks_a_fresh_quantization_would_blur(tmp_path):
     base = write_tiny_llama(tmp_path / "base.gguf", cfg)
     adapted = matrix_shapes(cfg, ("ffn_up",), layers={0})
     pairs = write_random_adapter(tmp_path / "a.gguf", adapted, rank=2, alpha=2.0, seed=5, std=0.03)
-    merge(base, [(tmp_path / "a.gguf", 1.0)], tmp_path / "m.gguf")
+    merge(base, [(tmp_path / "a.gguf", 1.0)], tmp_path / "m.gguf", requantize="nearest")
     (name, (a, b)), = pairs.items()
     w = dequantized(base, name)
     target = w + b @ a
@@ -305,6 +305,136 @@ def test_cli(tmp_path, tiny, capsys):
         run_cli(["merge", "-m", base, "--lora", adapter, "-o", str(bad), "--outtype", "q4_k"])
     assert "invalid choice: 'q4_k'" in capsys.readouterr().err
     assert not bad.exists()
+
+    q4 = write_tiny_llama(tmp_path / "q4.gguf", byte_vocab=True, weight_type=T.Q4_1)
+    calibration = write_calibration(tmp_path / "cal.txt")
+    for mode, n_gptq in (("gptq", 14), ("nearest", 0)):
+        assert run_cli(["merge", "-m", q4, "--lora", adapter, "-o", str(tmp_path / f"{mode}.gguf"),
+                        "--requantize", mode, "--calibration", calibration]) == 0
+        assert f"{n_gptq} by GPTQ" in capsys.readouterr().out
+
+
+# ---- GPTQ: re-quantization that keeps the outputs --------------------------------------------------
+
+def correlated_inputs(rng: np.random.Generator, n_tokens: int, n_in: int) -> np.ndarray:
+    """float64 [n_tokens, n_in] with unequal scales and correlated features, like activations."""
+    mixing = 0.3 * rng.standard_normal((n_in, n_in)) + np.eye(n_in)
+    return (rng.standard_normal((n_tokens, n_in)) * rng.uniform(0.2, 3.0, n_in)) @ mixing
+
+
+@pytest.mark.parametrize("weight_type", sorted(q.GPTQ_TYPES))
+def test_gptq_output_error_below_nearest_rounding(weight_type):
+    """W on its grid plus a low-rank ΔW (a tenth of the weights' spread): GPTQ keeps the outputs
+    X·(W + ΔW)ᵀ much closer than rounding each block to nearest does."""
+    rng = np.random.default_rng(int(weight_type))
+    rows, n_in = 48, 160  # 5 blocks per row
+    raw = q.quantize(rng.standard_normal((rows, n_in)).astype(np.float32), weight_type)
+    w = q.dequantize(raw, weight_type, n_in)
+    target = w + (0.1 * rng.standard_normal((rows, 3)) @ rng.standard_normal((3, n_in))).astype(np.float32)
+    x = correlated_inputs(rng, 600, n_in)
+    nearest = q.dequantize(q.requantize_closest(target, raw, w, weight_type), weight_type, n_in)
+    grid = q.BlockGrid.for_target(target, raw, weight_type)
+    gptq_raw = q.gptq_quantize(target, x.T @ x, grid)
+    gptq = q.dequantize(gptq_raw, weight_type, n_in)
+
+    def output_error(values):
+        return np.linalg.norm((values - target.astype(np.float64)) @ x.T)
+
+    assert output_error(gptq) < 0.8 * output_error(nearest)
+    assert output_error(gptq) < 0.8 * output_error(w)  # ΔW is there, not only rounding noise
+    np.testing.assert_array_equal(q.BlockGrid.of_raw(gptq_raw, weight_type).d, grid.d)  # on its grids
+
+
+def test_gptq_without_adapter_gives_the_tensor_back():
+    rng = np.random.default_rng(3)
+    raw = q.quantize(rng.standard_normal((8, 64)).astype(np.float32), T.Q4_1)
+    w = q.dequantize(raw, T.Q4_1, 64)
+    x = correlated_inputs(rng, 100, 64)
+    assert q.gptq_quantize(w, x.T @ x, q.BlockGrid.of_raw(raw, T.Q4_1)).tobytes() == raw.tobytes()
+
+
+@pytest.mark.parametrize("weight_type", sorted(q.GPTQ_TYPES))
+@pytest.mark.parametrize("n_in", [32, 64, 96])
+def test_packed_blocks_round_trip_through_the_kernels(weight_type, n_in):
+    """pack_blocks writes the GGUF layout: ggtune's dequantize kernel reads back (q - offset)·d + m."""
+    fmt = q.BLOCK_FORMATS[T(weight_type)]
+    rng = np.random.default_rng(n_in)
+    rows, nb = 3, n_in // 32
+    codes = rng.integers(fmt.q_min, fmt.q_max + 1, size=(rows, n_in))
+    codes[0, :2] = fmt.q_min, fmt.q_max  # both ends of the range
+    d = rng.uniform(0.01, 0.2, (rows, nb)).astype(np.float16).astype(np.float64)
+    m = (rng.uniform(-1, 0, (rows, nb)).astype(np.float16).astype(np.float64) if fmt.has_min
+         else np.zeros((rows, nb)))
+    grid = q.BlockGrid(int(weight_type), d, m)
+    raw = q.pack_blocks(codes, grid)
+    assert raw.shape == (rows, n_in // 32 * gguf.GGML_QUANT_SIZES[T(weight_type)][1])
+    expected = (codes - fmt.offset) * np.repeat(d, 32, axis=1) + np.repeat(m, 32, axis=1)
+    np.testing.assert_allclose(q.dequantize(raw, weight_type, n_in), expected, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(gguf.quants.dequantize(raw, T(weight_type)).reshape(rows, n_in), expected,
+                               rtol=1e-6, atol=1e-6)
+    parsed = q.BlockGrid.of_raw(raw, weight_type)
+    np.testing.assert_array_equal(parsed.d, d)
+    np.testing.assert_array_equal(parsed.m, m)
+
+
+def write_calibration(path, n_chars=3000, seed=0) -> str:
+    rng = np.random.default_rng(seed)
+    words = ["the", "model", "weights", "adapter", "merge", "tokens", "of", "and", "a", "quantized", "layer"]
+    path.write_text(" ".join(rng.choice(words, n_chars // 5)), encoding="utf-8")
+    return str(path)
+
+
+@pytest.mark.parametrize("weight_type", [T.Q4_1, T.Q8_0])
+def test_gptq_merge_keeps_base_plus_adapter_outputs_better(tmp_path, weight_type):
+    """End to end on a tiny model with a vocabulary: untouched tensors byte for byte, and the GPTQ
+    merge's logits on the calibration text are closer to base + adapter than nearest rounding's."""
+    cfg = TinyConfig(byte_vocab=True, weight_type=weight_type)
+    base = write_tiny_llama(tmp_path / "base.gguf", cfg)
+    adapted = matrix_shapes(cfg, ("attn_q", "attn_v", "attn_output", "ffn_up", "ffn_down"))
+    write_random_adapter(tmp_path / "a.gguf", adapted, rank=2, alpha=2.0, seed=6, std=0.1)
+    calibration = write_calibration(tmp_path / "cal.txt")
+    outputs = {}
+    for mode in ("gptq", "nearest"):
+        out = tmp_path / f"{mode}.gguf"
+        summary = merge(base, [(tmp_path / "a.gguf", 1.0)], out, requantize=mode, calibration=calibration)
+        assert summary.n_gptq == (len(adapted) if mode == "gptq" else 0)
+        outputs[mode] = out
+    assert summary.n_requantized == len(adapted)
+    before, after = raw_tensors(base), raw_tensors(outputs["gptq"])
+    assert list(after) == list(before)
+    for name, (ggml_type, ne, data) in before.items():
+        assert after[name][:2] == (ggml_type, ne), name
+        assert (after[name][2] == data) == (name not in adapted), name
+
+    runtime = load_model(base, lora=[(tmp_path / "a.gguf", 1.0)], precision="f32")
+    tokens = np.array(runtime.tokenize(open(calibration, encoding="utf-8").read())[:cfg.n_ctx])
+    expected = runtime.logits(tokens)
+
+    def logit_error(path):
+        return np.linalg.norm(load_model(path, precision="f32").logits(tokens) - expected)
+
+    assert logit_error(outputs["gptq"]) < 0.8 * logit_error(outputs["nearest"])
+
+
+def test_gptq_bad_calibration_names_the_problem(tmp_path):
+    base = write_tiny_llama(tmp_path / "base.gguf", TinyConfig(byte_vocab=True, weight_type=T.Q4_0))
+    no_vocab = write_tiny_llama(tmp_path / "novocab.gguf", TinyConfig(weight_type=T.Q4_0))
+    write_random_adapter(tmp_path / "a.gguf", matrix_shapes(TinyConfig(), ("attn_q",)), rank=2)
+    (tmp_path / "short.txt").write_text("hi", encoding="utf-8")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9".encode("latin-1"))
+    out = tmp_path / "m.gguf"
+    cases = [((base, tmp_path / "missing.txt"), "missing.txt: cannot read the calibration text"),
+             ((base, tmp_path / "latin1.txt"), "latin1.txt: cannot read the calibration text .expected UTF-8"),
+             ((base, tmp_path / "short.txt"), "short.txt: .* tokens; calibration needs at least 64"),
+             ((no_vocab, None), "novocab.gguf: cannot tokenize the calibration text .*--requantize nearest")]
+    for (model, calibration), message in cases:
+        with pytest.raises(MergeError, match=message):
+            merge(model, [(tmp_path / "a.gguf", 1.0)], out, calibration=calibration)
+        assert not out.exists()
+    with pytest.raises(MergeError, match="requantize: expected one of gptq, nearest"):
+        merge(base, [(tmp_path / "a.gguf", 1.0)], out, requantize="best")
+    merge(no_vocab, [(tmp_path / "a.gguf", 1.0)], out, requantize="nearest")  # the suggested fix works
+    merge(no_vocab, [(tmp_path / "a.gguf", 1.0)], out, outtype="f16")  # float outputs need no calibration
 
 
 # ---- llama.cpp loads the merged file -------------------------------------------------------------

@@ -18,7 +18,10 @@ each adapter holds A (r, n_in), B (n_out, r) and the merged tensor is
 The output keeps every metadata key of the base (general.file_type is updated when --outtype
 changes the matrices' type) and its tensor order. Tensors are processed one at a time: dequantize,
 add the adapters' product, re-quantize, write; a tensor that keeps its type and has no adapter is
-copied byte for byte. Everything is checked before the output is opened, which appears atomically.
+copied byte for byte. Adapted linear layers going back into Q4_0/Q4_1/Q5_0/Q5_1 (or Q8_0 with
+"same") are re-quantized by GPTQ first (quantize.gptq_quantize), during one base + adapter forward
+over calibration text, so that their outputs rather than their values stay close to W + ΔW: a
+trained ΔW is below half a 4-bit step and rounding each value to nearest would drop it. Everything is checked before the output is opened, which appears atomically.
 """
 
 from __future__ import annotations
@@ -36,9 +39,13 @@ from . import quantize as q
 from .adapters import AdapterError, checkpoint_to_modern, read_gguf_adapter
 from .atomic import atomic_path
 from .checkpoint import NORM_KINDS, TRAINING_TYPE, CheckpointError, load_checkpoint
-from .gguf_io import GGUFError, open_gguf, row_bytes, type_name
+from .gguf_io import GGUFError, open_gguf, read_llama_gguf, row_bytes, type_name
+from .model import LlamaModel, LoraPair
 
 OUTTYPE_CHOICES = ("same",) + tuple(q.OUTTYPES)
+REQUANTIZE_CHOICES = ("gptq", "nearest")
+CALIBRATION_WINDOW = 128  # tokens per calibration sequence (at most the model's context)
+CALIBRATION_TOKENS = 4096  # at most this many calibration tokens are run
 GGLA_MAGIC = b"algg"  # 0x67676C61 little-endian: the old adapter format
 
 
@@ -81,6 +88,8 @@ class MergeSummary:
     n_tensors: int  # tensors written
     n_adapted: int  # tensors with at least one adapter folded in
     n_requantized: int  # tensors that went through float32 (adapted or converted)
+    n_gptq: int = 0  # adapted tensors re-quantized by GPTQ on calibration inputs
+    n_calibration_tokens: int = 0
 
 
 # ---- adapter sources -----------------------------------------------------------------------------
@@ -201,18 +210,126 @@ def _plan(reader: gguf.GGUFReader, deltas_by_tensor: dict[str, list[Delta]], out
 
 # ---- writing -------------------------------------------------------------------------------------
 
-def _merged_tensor(plan: _TensorPlan) -> np.ndarray:
-    """The output bytes of one tensor, uint8 [rows, row_bytes]; only this tensor is in float."""
-    if plan.copied:
-        return plan.raw
-    base_type = int(plan.tensor.tensor_type)
-    w = q.dequantize(plan.raw, base_type, plan.n_in)  # [rows, n_in]
+def _target(plan: _TensorPlan) -> tuple[np.ndarray, np.ndarray]:
+    """(W, W + sum of scale · B @ A), float32 [rows, n_in] each."""
+    w = q.dequantize(plan.raw, int(plan.tensor.tensor_type), plan.n_in)
     values = w.copy()
     for d in plan.deltas:
         values += np.float32(d.scale) * (d.b @ d.a)
+    return w, values
+
+
+def _merged_tensor(plan: _TensorPlan, done: dict[str, np.ndarray]) -> np.ndarray:
+    """The output bytes of one tensor, uint8 [rows, row_bytes]; only this tensor is in float.
+    done: bytes already made (by GPTQ) by tensor name."""
+    if plan.copied:
+        return plan.raw
+    if plan.tensor.name in done:
+        return done.pop(plan.tensor.name)
+    base_type = int(plan.tensor.tensor_type)
+    w, values = _target(plan)
     if plan.out_type == base_type:
         return q.requantize_closest(values, plan.raw, w, base_type)
     return q.quantize(values, plan.out_type)
+
+
+# ---- GPTQ: re-quantize adapted tensors to keep their outputs on calibration text -----------------
+
+_SHARED_INPUTS = {"attn_q": "attn_in", "attn_k": "attn_in", "attn_v": "attn_in",
+                  "ffn_gate": "ffn_in", "ffn_up": "ffn_in"}  # matrices that read the same activations
+
+
+def default_calibration() -> str:
+    """The package's bundled text (the Apache-2.0 licence), used when no --calibration is given."""
+    from importlib import resources
+
+    return str(resources.files("ggtune").joinpath("data/demo.txt"))
+
+
+class _InputCollector(LlamaModel):
+    """The base + adapter forward that hands each linear layer's input x f32 [T, n_in] to on_input."""
+
+    def __init__(self, weights, lora, on_input: Callable[[str, np.ndarray], None]):
+        super().__init__(weights, lora)
+        self.on_input = on_input
+
+    def _linear(self, x, name, weight):
+        self.on_input(name, x)
+        return super()._linear(x, name, weight)
+
+
+def _calibration_batch(model: LlamaModel, calibration: str, model_path: str) -> np.ndarray:
+    """Token ids int32 [B, S] of the calibration text: consecutive windows of S tokens."""
+    try:
+        with open(calibration, encoding="utf-8") as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise MergeError(f"{calibration}: cannot read the calibration text (expected UTF-8): {e}") from None
+    try:
+        tokens = model.tokenize(text)[:CALIBRATION_TOKENS]
+    except Exception as e:  # no vocabulary in the model, typically a converted checkpoint
+        raise MergeError(f"{model_path}: cannot tokenize the calibration text ({e}); "
+                         "use --requantize nearest") from None
+    window = min(CALIBRATION_WINDOW, model.hparams.n_ctx_train)
+    n = len(tokens) // window
+    if n == 0:
+        raise MergeError(f"{calibration}: {len(tokens)} tokens; calibration needs at least {window}")
+    return np.asarray(tokens[: n * window], dtype=np.int32).reshape(n, window)
+
+
+def _uses_gptq(plan: _TensorPlan, outtype: str) -> bool:
+    """Adapted linear layers whose output is a GPTQ type; --outtype q8_0 (a conversion whose
+    rounding is far below any adapter) keeps rounding to nearest."""
+    name = plan.tensor.name
+    types = q.GPTQ_TYPES if outtype == "same" else q.GPTQ_TYPES - {int(gguf.GGMLQuantizationType.Q8_0)}
+    return (bool(plan.deltas) and plan.out_type in types and name != "token_embd.weight"
+            and (name.startswith("blk.") or name == "output.weight"))
+
+
+def _gptq_tensor(plan: _TensorPlan, hessian: np.ndarray) -> np.ndarray:
+    """Raw bytes [rows, row_bytes] of W + ΔW by GPTQ. Grids: where the type stays, each block's old
+    (d, m) while it covers the block (measured better than a fresh quantization's: with ΔW = 0 it
+    gives W back exactly; on the trained SmolLM2 adapter, held-out CE +1.5% vs +1.8% of base +
+    adapter without act order); a fresh quantization's otherwise."""
+    _, target = _target(plan)
+    if plan.out_type == int(plan.tensor.tensor_type):
+        grid = q.BlockGrid.for_target(target, plan.raw, plan.out_type)
+    else:
+        grid = q.BlockGrid.of_raw(q.quantize(target, plan.out_type), plan.out_type)
+    return q.gptq_quantize(target, hessian, grid)
+
+
+def _gptq_requantize(model_path: str, plans: list[_TensorPlan], gptq_plans: list[_TensorPlan],
+                     calibration: str) -> tuple[dict[str, np.ndarray], int]:
+    """({tensor name: raw bytes} of each of gptq_plans, calibration tokens): runs base + adapters once over
+    the calibration text; each linear layer's H = XᵀX (float64) feeds GPTQ as soon as it is seen."""
+    weights = read_llama_gguf(model_path)
+    lora = {p.tensor.name: [LoraPair(d.a, d.b, d.scale) for d in p.deltas]
+            for p in plans if p.tensor.name.startswith("blk.") or p.tensor.name == "output.weight"}
+    by_name = {p.tensor.name: p for p in gptq_plans}
+    done: dict[str, np.ndarray] = {}
+    hessians: dict[tuple[str, str], np.ndarray] = {}  # this layer's, by (layer, input)
+
+    def on_input(name: str, x: np.ndarray) -> None:
+        plan = by_name.get(name)
+        if plan is None:
+            return
+        layer, kind = name.split(".")[1], name.split(".")[2]
+        key = (layer, _SHARED_INPUTS.get(kind, kind))
+        if key not in hessians:
+            hessians.clear()  # a new layer or input: earlier ones are done
+            x64 = x.astype(np.float64)
+            hessians[key] = x64.T @ x64
+        done[name] = _gptq_tensor(plan, hessians[key])
+
+    model = _InputCollector(weights, lora, on_input)
+    batch = _calibration_batch(model, calibration, model_path)
+    h = model.hidden(batch)
+    if "output.weight" in by_name:  # the head reads the final normed hidden states
+        h64 = h.astype(np.float64)
+        done["output.weight"] = _gptq_tensor(by_name["output.weight"], h64.T @ h64)
+    return done, batch.size
+
 
 
 def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader, outtype: str) -> None:
@@ -232,7 +349,7 @@ def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader, outtype: st
 
 
 def _write(output: str, reader: gguf.GGUFReader, plans: list[_TensorPlan], outtype: str,
-           progress: Optional[Callable[[int, int], None]]) -> None:
+           done: dict[str, np.ndarray], progress: Optional[Callable[[int, int], None]]) -> None:
     arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else "llama"
     with atomic_path(output) as tmp:
         writer = gguf.GGUFWriter(tmp, arch)
@@ -246,24 +363,31 @@ def _write(output: str, reader: gguf.GGUFReader, plans: list[_TensorPlan], outty
         writer.write_kv_data_to_file()
         writer.write_ti_data_to_file()
         for i, p in enumerate(plans):
-            writer.write_tensor_data(_merged_tensor(p))
+            writer.write_tensor_data(_merged_tensor(p, done))
             if progress:
                 progress(i + 1, len(plans))
         writer.close()
 
 
 def merge(model: str | os.PathLike, loras: Sequence[tuple], output: str | os.PathLike, outtype: str = "same",
-          progress: Optional[Callable[[int, int], None]] = None) -> MergeSummary:
+          progress: Optional[Callable[[int, int], None]] = None, requantize: str = "gptq",
+          calibration: Optional[str | os.PathLike] = None) -> MergeSummary:
     """Writes ``output``: ``model`` with the adapters folded into its weights.
 
     loras: [(path, user scale) or (path, user scale, alpha or None), ...], GGUF LoRA adapters or
     ggtune training checkpoints; several adapters on one tensor add up. outtype: "same" (each
     tensor keeps its type, adapted ones are re-quantized into it) or one of quantize.OUTTYPES
     (every matrix converted; 1-D tensors keep their type). progress(done, total) in tensors.
+    requantize: how adapted matrices go back into a Q4_0/Q4_1/Q5_0/Q5_1 type (or Q8_0 with "same"): "gptq" (default)
+    chooses the quants that keep the layer's outputs on the calibration text (UTF-8 file, default
+    :func:`default_calibration`) as base + adapters computes them; "nearest" rounds each block
+    (the closer of a fresh quantization and the old block). Other types always round.
     Raises MergeError / GGUFError / AdapterError / CheckpointError before writing anything."""
     model, output = os.fspath(model), os.fspath(output)
     if outtype not in OUTTYPE_CHOICES:
         raise MergeError(f"outtype: expected one of {', '.join(OUTTYPE_CHOICES)}, got {outtype!r}")
+    if requantize not in REQUANTIZE_CHOICES:
+        raise MergeError(f"requantize: expected one of {', '.join(REQUANTIZE_CHOICES)}, got {requantize!r}")
     if not loras:
         raise MergeError("no adapter to merge (give at least one --lora)")
     reader = _base_reader(model)
@@ -273,9 +397,16 @@ def merge(model: str | os.PathLike, loras: Sequence[tuple], output: str | os.Pat
         path, scale, alpha = (tuple(entry) + (None,))[:3]
         _attach(deltas_by_tensor, tensors, read_adapter_source(path, scale, alpha), model)
     plans = _plan(reader, deltas_by_tensor, outtype)
-    _write(output, reader, plans, outtype, progress)
+    done, n_calibration = {}, 0
+    gptq_plans = [p for p in plans if requantize == "gptq" and _uses_gptq(p, outtype)]
+    if gptq_plans:
+        calibration = os.fspath(calibration) if calibration is not None else default_calibration()
+        done, n_calibration = _gptq_requantize(model, plans, gptq_plans, calibration)
+    n_gptq = len(done)
+    _write(output, reader, plans, outtype, done, progress)
     return MergeSummary(n_tensors=len(plans), n_adapted=len(deltas_by_tensor),
-                        n_requantized=sum(not p.copied for p in plans))
+                        n_requantized=sum(not p.copied for p in plans), n_gptq=n_gptq,
+                        n_calibration_tokens=n_calibration)
 
 
 # ---- command line --------------------------------------------------------------------------------
@@ -299,6 +430,12 @@ def add_cli(subparsers) -> None:
     p.add_argument("--output", "-o", required=True, help="merged GGUF model to write")
     p.add_argument("--outtype", choices=OUTTYPE_CHOICES, default="same",
                    help="type of the merged matrices: same (each tensor keeps its type, default) or one for all")
+    p.add_argument("--requantize", choices=REQUANTIZE_CHOICES, default="gptq",
+                   help="how adapted matrices return to a Q4_0/Q4_1/Q5_0/Q5_1/Q8_0 type: gptq (default) keeps "
+                        "their outputs on --calibration text, nearest rounds each block")
+    p.add_argument("--calibration", default=None,
+                   help="UTF-8 text whose activations gptq preserves (default: the bundled Apache-2.0 text; "
+                        f"at most {CALIBRATION_TOKENS} tokens are used)")
     p.set_defaults(func=run)
 
 
@@ -316,10 +453,11 @@ def run(args) -> int:
     bar = Progress(0, "merge (tensors)")
     try:
         summary = merge(args.model, list(zip(args.lora, scales, alphas)), args.output, args.outtype,
-                        progress=bar.update)
+                        progress=bar.update, requantize=args.requantize, calibration=args.calibration)
     except (MergeError, GGUFError, AdapterError, CheckpointError, OSError) as e:
         raise SystemExit(f"ggtune merge: {e}") from None
     bar.close()
     print(f"wrote {args.output}: {summary.n_tensors} tensors, {summary.n_adapted} with adapters folded in, "
-          f"{summary.n_requantized} re-quantized ({args.outtype}), the rest copied unchanged")
+          f"{summary.n_requantized} re-quantized ({args.outtype}; {summary.n_gptq} by GPTQ on "
+          f"{summary.n_calibration_tokens} calibration tokens), the rest copied unchanged")
     return 0

@@ -8,6 +8,7 @@ Shapes: a tensor is handled as rows of n_in elements, raw uint8 [rows, row_bytes
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -88,3 +89,134 @@ def requantize_closest(target: np.ndarray, old_raw: np.ndarray, old_values: np.n
     out = fresh.reshape(-1, type_size)
     out[keep_old] = old_raw.reshape(-1, type_size)[keep_old]
     return fresh
+
+
+# ---- output-preserving re-quantization (GPTQ) ----------------------------------------------------
+#
+# GPTQ (Frantar et al. 2022) chooses the quantized W' that keeps the layer's outputs, minimising
+# ||(W' - W_target)·Xᵀ||² over calibration inputs X [T, n_in] through H = XᵀX, instead of each
+# element's own error. Why merge needs it: a trained LoRA ΔW is far below half a Q4 step, so rounding
+# every element of W + ΔW to its nearest grid point gives W back and loses the adapter; pushing each
+# column's rounding error into the columns not yet rounded (weighted by H⁻¹) lets the small changes
+# add up until they flip roundings where the outputs gain most.
+
+@dataclass(frozen=True)
+class _BlockFormat:
+    """A 32-value block type: value = (q - offset)·d (+ m), q integer in [q_min, q_max]."""
+
+    q_min: int
+    q_max: int
+    offset: int
+    has_min: bool  # an m field after d (the _1 types)
+    high_bits: bool  # a 32-bit qh field with each q's 5th bit (the Q5 types)
+
+
+BLOCK_FORMATS = {T.Q4_0: _BlockFormat(0, 15, 8, False, False), T.Q4_1: _BlockFormat(0, 15, 0, True, False),
+                 T.Q5_0: _BlockFormat(0, 31, 16, False, True), T.Q5_1: _BlockFormat(0, 31, 0, True, True),
+                 T.Q8_0: _BlockFormat(-128, 127, 0, False, False)}
+GPTQ_TYPES = frozenset(int(t) for t in BLOCK_FORMATS)
+GPTQ_DAMP = 0.01  # of H's mean diagonal, added to the diagonal: keeps H invertible and the updates tame
+GPTQ_LAZY_COLUMNS = 128  # columns whose updates stay local before one matrix product updates the rest
+
+
+@dataclass
+class BlockGrid:
+    """Per-row, per-block grids of a tensor: d and m float64 [rows, n_in / 32] (m = 0 for _0 types),
+    the exact values the stored float16 fields hold."""
+
+    ggml_type: int
+    d: np.ndarray
+    m: np.ndarray
+
+    @classmethod
+    def of_raw(cls, raw: np.ndarray, ggml_type: int) -> "BlockGrid":
+        """The grids stored in raw uint8 [rows, row_bytes] of one of GPTQ_TYPES."""
+        fmt = BLOCK_FORMATS[T(ggml_type)]
+        type_size = gguf.GGML_QUANT_SIZES[T(ggml_type)][1]
+        blocks = np.ascontiguousarray(raw).reshape(raw.shape[0], -1, type_size)  # [rows, nb, type_size]
+        d = blocks[..., 0:2].copy().view(np.float16)[..., 0].astype(np.float64)
+        m = blocks[..., 2:4].copy().view(np.float16)[..., 0].astype(np.float64) if fmt.has_min else np.zeros_like(d)
+        return cls(int(ggml_type), d, m)
+
+    @classmethod
+    def for_target(cls, target: np.ndarray, old_raw: np.ndarray, ggml_type: int) -> "BlockGrid":
+        """Grids for re-quantizing target float32 [rows, n_in] (W + ΔW) whose old bytes are old_raw:
+        each block keeps its old grid where that still covers the block's values (within half a
+        step), so an unchanged block comes back exactly, and takes a fresh quantization's where
+        ΔW pushed values out of reach (clipping them would feed ever growing errors forward)."""
+        old = cls.of_raw(old_raw, ggml_type)
+        fresh = cls.of_raw(quantize(target, ggml_type), ggml_type)
+        fmt = BLOCK_FORMATS[T(ggml_type)]
+        blocks = target.reshape(target.shape[0], -1, 32)
+        low = (fmt.q_min - fmt.offset - 0.5) * old.d + old.m
+        high = (fmt.q_max - fmt.offset + 0.5) * old.d + old.m
+        covered = (blocks.min(axis=2) >= low) & (blocks.max(axis=2) <= high)  # [rows, nb]
+        return cls(int(ggml_type), np.where(covered, old.d, fresh.d), np.where(covered, old.m, fresh.m))
+
+    def round_column(self, w: np.ndarray, column: int) -> tuple[np.ndarray, np.ndarray]:
+        """w float64 [rows], values of input column `column` -> (codes int [rows], their values [rows])."""
+        fmt = BLOCK_FORMATS[T(self.ggml_type)]
+        d, m = self.d[:, column // 32], self.m[:, column // 32]
+        inv_d = np.divide(1.0, d, out=np.zeros_like(d), where=d != 0)  # d = 0: a constant block, q irrelevant
+        codes = np.clip(np.rint((w - m) * inv_d) + fmt.offset, fmt.q_min, fmt.q_max)
+        return codes, (codes - fmt.offset) * d + m
+
+
+def gptq_quantize(target: np.ndarray, hessian: np.ndarray, grid: BlockGrid, act_order: bool = True) -> np.ndarray:
+    """GPTQ of target float32/64 [rows, n_in] on the fixed block grids `grid`, minimising
+    ||(W' - target)·Xᵀ||² for hessian = XᵀX float64 [n_in, n_in]; returns raw uint8 [rows, row_bytes].
+
+    Columns are rounded one at a time (see act_order); column j's error, divided by U[j, j], is pushed into the later
+    columns with U[j, j+1:], U the upper Cholesky factor of H⁻¹ (H⁻¹ = UᵀU)."""
+    # Columns with the largest H diagonal (the most active inputs) first ("act order"): their
+    # errors then spread over the most columns left to absorb them.
+    order = np.argsort(-np.diagonal(hessian), kind="stable") if act_order else np.arange(hessian.shape[0])
+    w = np.array(target, dtype=np.float64)[:, order]  # [rows, n_in] in `order`, updated as errors propagate
+    rows, n_in = w.shape
+    upper = _inverse_hessian_cholesky(hessian[np.ix_(order, order)])  # [n_in, n_in]
+    codes = np.empty((rows, n_in), dtype=np.float64)  # in the tensor's own column order
+    for start in range(0, n_in, GPTQ_LAZY_COLUMNS):
+        end = min(start + GPTQ_LAZY_COLUMNS, n_in)
+        local = w[:, start:end]  # a view: updates land in w
+        errors = np.empty((rows, end - start))
+        for k in range(end - start):
+            column = order[start + k]
+            codes[:, column], value = grid.round_column(local[:, k], column)
+            errors[:, k] = (local[:, k] - value) / upper[start + k, start + k]
+            local[:, k + 1:] -= np.outer(errors[:, k], upper[start + k, start + k + 1:end])
+        w[:, end:] -= errors @ upper[start:end, end:]
+    return pack_blocks(codes, grid)
+
+
+def _inverse_hessian_cholesky(hessian: np.ndarray) -> np.ndarray:
+    """Upper U with UᵀU = (H + damping)⁻¹; inputs that are always zero get a unit diagonal."""
+    h = np.array(hessian, dtype=np.float64)
+    diag = np.diagonal(h).copy()
+    dead = diag <= 0
+    h[dead, dead] = 1.0
+    h[np.diag_indices_from(h)] += GPTQ_DAMP * float(np.mean(np.diagonal(h)))
+    inverse = np.linalg.inv(h)
+    return np.linalg.cholesky((inverse + inverse.T) / 2).T
+
+
+def pack_blocks(codes: np.ndarray, grid: BlockGrid) -> np.ndarray:
+    """codes [rows, n_in] (integers in the type's range) on `grid` -> raw uint8 [rows, row_bytes] in
+    the GGUF block layout: d f16, [m f16], [qh u32: bit j = 5th bit of element j], then the quants
+    (Q8_0: 32 int8; 4/5-bit: 16 bytes, element i in the low nibble of byte i, element i+16 high)."""
+    fmt = BLOCK_FORMATS[T(grid.ggml_type)]
+    rows, n_in = codes.shape
+    nb = n_in // 32
+    q = codes.astype(np.int64).reshape(rows, nb, 32)
+
+    def f16_bytes(x):  # [rows, nb] -> uint8 [rows, nb, 2]
+        return x.astype(np.float16).view(np.uint8).reshape(rows, nb, 2)
+
+    fields = [f16_bytes(grid.d)] + ([f16_bytes(grid.m)] if fmt.has_min else [])
+    if fmt.q_min < 0:  # Q8_0
+        fields.append(q.astype(np.int8).view(np.uint8))
+    else:
+        if fmt.high_bits:
+            qh = (((q >> 4) & 1) << np.arange(32, dtype=np.int64)).sum(axis=2).astype("<u4")
+            fields.append(qh.view(np.uint8).reshape(rows, nb, 4))
+        fields.append(((q[..., :16] & 15) | ((q[..., 16:] & 15) << 4)).astype(np.uint8))
+    return np.concatenate(fields, axis=2).reshape(rows, -1)
