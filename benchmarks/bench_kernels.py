@@ -23,17 +23,22 @@ from ggtune import _core
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
 
 
-def best_seconds(fns, repeats):
-    """Best time of each callable; they take turns, so a burst of load on the shared machine
-    hits all of them alike."""
+def best_seconds(fns, repeats, burst=4, settle=0.25):
+    """Best time per call of each callable; they take turns, so a burst of load on the shared
+    machine hits all of them alike. Each turn waits `settle` seconds, then times `burst` calls in a
+    row: numpy's OpenBLAS threads keep spinning on the cores for about 0.1 s after a call (and
+    ggtune's OpenMP threads sleep), so a call timed right after the other library's would measure
+    the hand-over between thread pools, not the kernel."""
     for fn in fns.values():
         fn()  # warm-up: page faults, thread start
     best = {name: float("inf") for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            time.sleep(settle)
             start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+            for _ in range(burst):
+                fn()
+            best[name] = min(best[name], (time.perf_counter() - start) / burst)
     return best
 
 
