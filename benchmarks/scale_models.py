@@ -23,7 +23,7 @@ import gguf
 from gguf import GGMLQuantizationType as T
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tests"))
-from tiny_models import TinyConfig, byte_vocab, tensor_shapes  # noqa: E402
+from tiny_models import TinyConfig, add_bpe_vocab, byte_vocab, tensor_shapes  # noqa: E402
 
 Q4_0_BLOCK, Q4_0_BYTES = gguf.GGML_QUANT_SIZES[T.Q4_0]  # 32 values in 18 bytes
 Q4_0_QUANT_STD = float(np.sqrt((16 ** 2 - 1) / 12))  # std of a uniform integer on 0..15
@@ -108,15 +108,7 @@ def _add_metadata(w: gguf.GGUFWriter, shape: Shape) -> None:
     w.add_rope_freq_base(10000.0)
     w.add_layer_norm_rms_eps(1e-5)
     w.add_vocab_size(shape.n_vocab)
-    tokens, types, merges = padded_vocab(shape.n_vocab)
-    w.add_tokenizer_model("gpt2")
-    w.add_tokenizer_pre("gpt-2")
-    w.add_token_list(tokens)
-    w.add_token_types(types)
-    w.add_token_merges(merges)
-    w.add_bos_token_id(1)
-    w.add_eos_token_id(2)
-    w.add_add_bos_token(False)
+    add_bpe_vocab(w, *padded_vocab(shape.n_vocab))
 
 
 def random_words_text(n_words: int, seed: int = 0) -> str:

@@ -193,7 +193,12 @@ def byte_vocab() -> tuple[list[str], list[int], list[str]]:
 
 
 def _add_byte_vocab(w: gguf.GGUFWriter) -> None:
-    tokens, types, merges = byte_vocab()
+    add_bpe_vocab(w, *byte_vocab())
+    w.add_chat_template(CHAT_TEMPLATE)
+
+
+def add_bpe_vocab(w: gguf.GGUFWriter, tokens: list[str], types: list[int], merges: list[str]) -> None:
+    """A GPT-2 byte-level vocabulary (BOS 1, EOS 2, no automatic BOS)."""
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
     w.add_token_list(tokens)
@@ -202,7 +207,6 @@ def _add_byte_vocab(w: gguf.GGUFWriter) -> None:
     w.add_bos_token_id(1)
     w.add_eos_token_id(2)
     w.add_add_bos_token(False)
-    w.add_chat_template(CHAT_TEMPLATE)
 
 
 def write_random_adapter(path: str | os.PathLike, base_shapes: dict[str, tuple[int, int]], rank: int,

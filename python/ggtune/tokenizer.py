@@ -290,6 +290,21 @@ def _merge_pairs(symbols: list[str], priority) -> list[str]:
     return symbols
 
 
+def _symbol_ids(symbols: list[str], token_to_id: dict[str, int], fallback) -> list[int]:
+    """Token ids of the merged symbols ("" skipped); `fallback(symbol)` gives the ids of a symbol
+    that is not a token."""
+    ids: list[int] = []
+    for symbol in symbols:
+        if not symbol:
+            continue
+        token = token_to_id.get(symbol)
+        if token is not None:
+            ids.append(token)
+        else:
+            ids.extend(fallback(symbol))
+    return ids
+
+
 class _SentencePieceEncoder:
     """llama.cpp's llm_tokenizer_spm_session: bigram merges by token score."""
 
@@ -302,21 +317,15 @@ class _SentencePieceEncoder:
         """Ids of ``text``, whose spaces are already escaped as "▁"."""
         if not text:
             return []
+
         def priority(left: str, right: str):
             token = self._token_to_id.get(left + right)
             return None if token is None else -self._scores[token]
 
         symbols = _merge_pairs(list(text), priority)  # from one code point each
-        ids: list[int] = []
-        for symbol in symbols:
-            if not symbol:
-                continue
-            token = self._token_to_id.get(symbol)
-            if token is not None:
-                ids.append(token)
-            else:
-                ids.extend(self._byte_token(b) for b in symbol.encode("utf-8"))
-        return ids
+        # a symbol that is no token falls back to the byte tokens of its UTF-8
+        return _symbol_ids(symbols, self._token_to_id,
+                           lambda symbol: [self._byte_token(b) for b in symbol.encode("utf-8")])
 
 
 class _BytePairEncoder:
@@ -351,21 +360,13 @@ class _BytePairEncoder:
         if self._ignore_merges and word in self._token_to_id:
             return (self._token_to_id[word],)
         symbols = _merge_pairs(list(word), lambda left, right: self._ranks.get((left, right)))
-        ids: list[int] = []
-        for symbol in symbols:
-            if not symbol:
-                continue
-            token = self._token_to_id.get(symbol)
-            if token is not None:
-                ids.append(token)
-                continue
-            # llama.cpp falls back to the single-byte strings of the symbol's UTF-8, skipping
-            # those that are not tokens (only ASCII bytes can be)
-            for b in symbol.encode("utf-8"):
-                token = self._token_to_id.get(chr(b)) if b < 0x80 else None
-                if token is not None:
-                    ids.append(token)
-        return tuple(ids)
+        # llama.cpp falls back to the single-byte strings of the symbol's UTF-8, skipping those
+        # that are not tokens (only ASCII bytes can be)
+        return tuple(_symbol_ids(symbols, self._token_to_id, self._ascii_byte_ids))
+
+    def _ascii_byte_ids(self, symbol: str) -> list[int]:
+        ids = (self._token_to_id.get(chr(b)) if b < 0x80 else None for b in symbol.encode("utf-8"))
+        return [token for token in ids if token is not None]
 
 
 # ----------------------------------------------------------------------------------------------
