@@ -51,7 +51,7 @@ def weight_bytes(w, qtype):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=1024)
-    parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16"])
+    parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "int8"])
     parser.add_argument("--types", default="Q4_1,Q8_0,F32")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=0, help="ggtune threads (0: all cores)")

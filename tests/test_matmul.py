@@ -138,7 +138,7 @@ def test_auto_precision_is_exact_f32_for_f32_weights():
     np.testing.assert_array_equal(auto, f32)
 
 
-@pytest.mark.parametrize("precision", ["f32", "bf16"])
+@pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
 def test_results_do_not_depend_on_thread_count(precision):
     rng = np.random.default_rng(5)
     w, _ = weight_bytes(rng, Q.Q8_0, 300, 576)
@@ -154,6 +154,102 @@ def test_results_do_not_depend_on_thread_count(precision):
         _core.set_num_threads(0)
     np.testing.assert_array_equal(outs[0], outs[1])
     np.testing.assert_array_equal(outs[0], outs[2])
+
+
+# ---- int8: Q8 activations, integer codes (csrc/gemm/qgemm.h) ----
+
+def q8_rows(x):
+    """x [T, K] rounded as the int8 engine rounds activations: per 32 values along K,
+    d = amax / 127 and code = round-half-even(x * (127 / amax)), all in float32."""
+    T, K = x.shape
+    padded = np.zeros((T, -(-K // 32) * 32), np.float32)
+    padded[:, :K] = x
+    blocks = padded.reshape(T, -1, 32)
+    amax = np.abs(blocks).max(axis=2, keepdims=True)
+    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    codes = np.rint(blocks * inv)
+    return (codes * (amax / np.float32(127))).reshape(T, -1)[:, :K].astype(np.float64)
+
+
+HAS_U8_CODES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K}
+
+
+def int8_weight_forward(wd, qtype):
+    """W[N, K] as the forward reads it: its own codes (exact) or requantized along K."""
+    return wd if qtype in HAS_U8_CODES else q8_rows(wd.astype(np.float32))
+
+
+def int8_tolerance(S, K):
+    """Integer dot products are exact; what rounds is the float32 scaling and summing of one
+    block at a time (a few roundings per block of 32, offsets included): bounded generously by
+    64 (K + 2) float32 units of S."""
+    return 64 * (K + 2) * 2.0 ** -24 * S + 1e-30
+
+
+@pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
+def test_int8_matmul_both_directions_match_their_rounding(isa, qtype):
+    """Forward: Q8(x) @ W.T with W's own codes (or W requantized along K); backward:
+    Q8(dy) @ Q8ᵀ(W), W requantized down its columns, in blocks of 32 rows."""
+    rng = np.random.default_rng(int(qtype) * 5 + 1)
+    for K, N in shapes(qtype) + [(GGML_QUANT_SIZES[qtype][0] * 2, 45)]:
+        w, wd = weight_bytes(rng, qtype, N, K)
+        w_fwd = int8_weight_forward(wd, qtype)
+        w_bwd = q8_rows(wd.T.astype(np.float32)).T  # [N, K], requantized along N
+        for T in TOKENS:
+            x = rng.standard_normal((T, K)).astype(np.float32)
+            out = np.full((T, N), np.nan, np.float32)
+            _core.matmul(x, w, int(qtype), out, precision="int8")
+            xq = q8_rows(x)
+            ref = xq @ w_fwd.T
+            tol = int8_tolerance(np.abs(xq) @ np.abs(w_fwd).T, K)
+            assert np.all(np.abs(out - ref) <= tol), (isa, T, K, N, np.abs(out - ref).max())
+
+            dy = rng.standard_normal((T, N)).astype(np.float32)
+            dx = np.full((T, K), np.nan, np.float32)
+            _core.matmul_backward(dy, w, int(qtype), dx, precision="int8")
+            dyq = q8_rows(dy)
+            ref = dyq @ w_bwd
+            tol = int8_tolerance(np.abs(dyq) @ np.abs(w_bwd), N)
+            assert np.all(np.abs(dx - ref) <= tol), (isa, T, K, N, np.abs(dx - ref).max())
+
+
+def test_int8_is_close_to_exact_products():
+    """What int8 rounding costs on random data: well under 1% of the output's scale."""
+    rng = np.random.default_rng(9)
+    w, wd = weight_bytes(rng, Q.Q4_1, 200, 576)
+    x = rng.standard_normal((64, 576)).astype(np.float32)
+    out = np.empty((64, 200), np.float32)
+    _core.matmul(x, w, int(Q.Q4_1), out, precision="int8")
+    exact = x.astype(np.float64) @ wd.T
+    assert np.abs(out - exact).max() < 0.01 * np.abs(exact).max()
+
+
+def test_int8_accumulates_and_handles_zero_and_nonfinite_blocks():
+    rng = np.random.default_rng(10)
+    K, N, T = 96, 40, 5
+    w, wd = weight_bytes(rng, Q.Q8_0, N, K)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    x[0] = 0.0             # an all-zero row: its blocks have amax 0
+    x[1, 40] = np.inf      # a block with inf: its row comes out NaN, the others do not
+    out0 = rng.standard_normal((T, N)).astype(np.float32)
+    out = out0.copy()
+    _core.matmul(x, w, int(Q.Q8_0), out, accumulate=True, precision="int8")
+    np.testing.assert_array_equal(out[0], out0[0])
+    assert np.all(np.isnan(out[1]))
+    xq = q8_rows(x[2:])
+    ref = out0[2:] + xq @ wd.T
+    S = np.abs(xq) @ np.abs(wd).T + np.abs(out0[2:])
+    assert np.all(np.abs(out[2:] - ref) <= int8_tolerance(S, K))
+
+
+def test_auto_precision_is_int8_for_quantized_weights_on_the_avx512_tier_only(isa):
+    rng = np.random.default_rng(11)
+    w, _ = weight_bytes(rng, Q.Q4_1, 64, 96)
+    x = rng.standard_normal((33, 96)).astype(np.float32)
+    auto, want = np.empty((33, 64), np.float32), np.empty((33, 64), np.float32)
+    _core.matmul(x, w, int(Q.Q4_1), auto)
+    _core.matmul(x, w, int(Q.Q4_1), want, precision="int8" if isa == "avx512" else "f32")
+    np.testing.assert_array_equal(auto, want)
 
 
 GEMM_SHAPES = [(1, 1, 1), (31, 33, 32), (33, 70, 100), (100, 31, 300),
@@ -211,7 +307,7 @@ def test_matmul_rejects_bad_input(arg, bad, match):
 
 def test_matmul_rejects_bad_precision():
     args = _valid()
-    with pytest.raises(ValueError, match="precision: expected 'auto', 'f32' or 'bf16'"):
+    with pytest.raises(ValueError, match="precision: expected 'auto', 'f32', 'bf16' or 'int8'"):
         _core.matmul(args["x"], args["w"], args["w_type"], args["out"], precision="fp8")
 
 

@@ -24,7 +24,8 @@ gemm::Precision parse_precision(const std::string& precision, GgmlType type) {
   if (precision == "auto") return auto_matmul_precision(type);
   if (precision == "f32") return gemm::Precision::f32;
   if (precision == "bf16") return gemm::Precision::bf16;
-  fail("precision", "expected 'auto', 'f32' or 'bf16', got '" + precision + "'");
+  if (precision == "int8") return gemm::Precision::int8;
+  fail("precision", "expected 'auto', 'f32', 'bf16' or 'int8', got '" + precision + "'");
 }
 
 // Checks w: N rows holding K elements of type t each. Returns N.
@@ -99,12 +100,15 @@ void bind_matmul(py::module_& m) {
         "precision"_a = "auto",
         "out[T, N] (= or +=) x[T, K] @ W.T, W the GGUF bytes (uint8 [N, row_bytes]) of ggml "
         "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
-        "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere) or "
-        "'auto' (f32: see auto_matmul_precision in csrc/ops/matmul.h for the measurements). "
+        "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere), "
+        "'int8' (x rounded to Q8 per 32 values, W as its integer codes or requantized to 8 bits "
+        "per 32, integer dot products: csrc/gemm/qgemm.h) or 'auto' (int8 for quantized W on "
+        "the avx512 tier, else f32: see auto_matmul_precision in csrc/ops/matmul.h). "
         "out must not overlap x.");
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
         "accumulate"_a = false, "precision"_a = "auto",
-        "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision. "
+        "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision "
+        "(int8: dy rounded to Q8 per 32 values along N, W requantized to 8 bits per 32 rows). "
         "dx must not overlap dy.");
   m.def("gemm", &gemm, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
         "alpha"_a = 1.0f, "beta"_a = 0.0f,

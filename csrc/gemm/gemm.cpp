@@ -14,6 +14,7 @@
 #include <cstdlib>
 #include <memory>
 #include <numeric>
+#include <stdexcept>
 #include <vector>
 
 #include "gemm/kernels.h"
@@ -216,6 +217,7 @@ void scale_output(int64_t M, int64_t N, OutView c, float beta) {
 
 void run(int64_t M, int64_t N, int64_t K, FloatView a, const BOperand& b, OutView c, float alpha,
          float beta, Precision precision) {
+  if (precision == Precision::int8) throw std::invalid_argument("gemm::run: int8 goes to run_q8");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_output(M, N, c, beta);

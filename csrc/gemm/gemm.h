@@ -23,7 +23,9 @@
 
 namespace ggtune::gemm {
 
-enum class Precision { f32, bf16 };
+// int8 is the int8 engine's (qgemm.h), chosen per weight in ops/matmul.cpp; run() takes f32
+// and bf16 only.
+enum class Precision { f32, bf16, int8 };
 
 // Read-only view of a float32 matrix: element (r, c) is p[r * rs + c * cs].
 struct FloatView {

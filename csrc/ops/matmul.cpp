@@ -3,9 +3,15 @@
 // each row dequantized over the band). Tile boundaries along W's rows fall on quant blocks.
 #include "ops/matmul.h"
 
+#include <algorithm>
 #include <cstring>
+#include <numeric>
 #include <stdexcept>
+#include <vector>
 
+#include "dispatch.h"
+#include "gemm/qgemm.h"
+#include "quant/codes.h"
 #include "quant/dequant.h"
 
 namespace ggtune {
@@ -90,13 +96,99 @@ class WeightRows final : public gemm::BOperand {
   const GgufMatrix& w_;
 };
 
+// int8 engine, forward: B[k, n] = W[n, k]. A column is one weight row over the panel's depth:
+// its own u8 codes where the type has them, else dequantized and requantized along k.
+class CodesTransposed final : public gemm::QuantBOperand {
+ public:
+  explicit CodesTransposed(const GgufMatrix& w) : w_(w), codes_(has_u8_codes(w.type)) {}
+  int64_t k_align() const override { return std::lcm<int64_t>(gemm::kQBlock, w_.traits.block_size); }
+  int64_t scratch_floats(int64_t kc, int64_t nc) const override {
+    return codes_ ? kc / 4 + 2 * gemm::q_blocks(kc) : kc * nc;
+  }
+  void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
+            float* scratch) const override {
+    const int64_t blocks = gemm::q_blocks(kc);
+    if (!codes_) {
+      for (int64_t n = 0; n < nc; ++n) w_.dequantize(n0 + n, k0, kc, scratch + n * kc);
+      gemm::requantize_tile(scratch, 1, kc, kc, nc, panel, blocks, 0, 0);
+      return;
+    }
+    float* d = scratch;
+    float* c = d + blocks;
+    auto* u = reinterpret_cast<uint8_t*>(c + blocks);
+    for (int64_t n = 0; n < nc; ++n) {
+      const uint8_t* row = w_.data + (n0 + n) * w_.row_bytes;
+      unpack_row_u8(w_.type, row + k0 / w_.traits.block_size * w_.traits.type_size, kc, u, d, c);
+      for (int64_t b = 0; b < blocks; ++b)
+        gemm::put_q_column(gemm::q_block_at(panel, blocks, n, b), int(n % gemm::kQNr),
+                           u + b * gemm::kQBlock, d[b], c[b]);
+    }
+  }
+
+ private:
+  const GgufMatrix& w_;
+  bool codes_;
+};
+
+// int8 engine, backward: B[k, n] = W[k, n]. 32 weight rows at a time are dequantized over the
+// panel's band of columns and requantized down each column.
+class CodesRows final : public gemm::QuantBOperand {
+ public:
+  explicit CodesRows(const GgufMatrix& w) : w_(w) {}
+  int64_t n_align() const override { return w_.traits.block_size; }
+  int64_t scratch_floats(int64_t, int64_t nc) const override { return gemm::kQBlock * nc; }
+  void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
+            float* scratch) const override {
+    const int64_t blocks = gemm::q_blocks(kc);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * gemm::kQBlock, rows = std::min<int64_t>(gemm::kQBlock, kc - r0);
+      for (int64_t r = 0; r < rows; ++r) w_.dequantize(k0 + r0 + r, n0, nc, scratch + r * nc);
+      gemm::requantize_tile(scratch, nc, 1, rows, nc, panel, blocks, b, 0);
+    }
+  }
+
+ private:
+  const GgufMatrix& w_;
+};
+
+// x[T, K] quantized to Q8 blocks, in buffers reused by the calling thread.
+struct QuantizedRows {
+  std::vector<int8_t> q;
+  std::vector<float> d, s;
+  gemm::QuantizedA view(const float* x, int64_t T, int64_t K) {
+    const int64_t blocks = gemm::q_blocks(K), ldq = blocks * gemm::kQBlock;
+    q.resize(std::max<size_t>(q.size(), T * ldq));
+    d.resize(std::max<size_t>(d.size(), T * blocks));
+    s.resize(std::max<size_t>(s.size(), T * blocks));
+    gemm::quantize_rows_q8(x, T, K, K, q.data(), ldq, d.data(), s.data(), blocks);
+    return {q.data(), ldq, d.data(), s.data(), blocks};
+  }
+};
+
+QuantizedRows& thread_rows() {
+  thread_local QuantizedRows rows;
+  return rows;
+}
+
+bool is_float_type(GgmlType type) {
+  return type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
+}
+
 }  // namespace
 
-gemm::Precision auto_matmul_precision(GgmlType) { return gemm::Precision::f32; }
+gemm::Precision auto_matmul_precision(GgmlType type) {
+  return active_isa() == Isa::avx512 && !is_float_type(type) ? gemm::Precision::int8
+                                                             : gemm::Precision::f32;
+}
 
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
                     int64_t N, float* out, bool accumulate, gemm::Precision precision) {
   const GgufMatrix weight(w, type, K);
+  if (precision == gemm::Precision::int8) {
+    const CodesTransposed b(weight);
+    gemm::run_q8(T, N, K, thread_rows().view(x, T, K), b, out, N, accumulate);
+    return;
+  }
   const WeightTransposed b(weight);
   gemm::run(T, N, K, {x, K, 1}, b, {out, N, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
 }
@@ -104,6 +196,11 @@ void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, Ggml
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,
                      int64_t K, float* dx, bool accumulate, gemm::Precision precision) {
   const GgufMatrix weight(w, type, K);
+  if (precision == gemm::Precision::int8) {
+    const CodesRows b(weight);
+    gemm::run_q8(T, K, N, thread_rows().view(dy, T, N), b, dx, K, accumulate);
+    return;
+  }
   const WeightRows b(weight);
   gemm::run(T, K, N, {dy, N, 1}, b, {dx, K, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
 }

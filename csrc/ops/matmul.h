@@ -12,12 +12,12 @@
 
 namespace ggtune {
 
-// The precision "auto" picks: f32 for every weight type and tier. bf16 was meant to be the
-// fast path on avx512 (vdpbf16ps), but on the machines ggtune is tuned on (AVX512-BF16 Xeons
-// under KVM) a zmm vdpbf16ps retires about 2.2x fewer flops than zmm vfmadd231ps (measured
-// with 24 independent accumulators: ~77 vs ~170 GFLOP/s per core), so the whole bf16
-// GEMM runs at ~0.55x the f32 one. bf16 stays available on request; revisit if a CPU runs
-// vdpbf16ps at the FMA rate or better.
+// The precision "auto" picks: int8 (gemm/qgemm.h: activations rounded to Q8 per 32 values,
+// weights as their own integer codes, vpdpbusd) for quantized weights on the avx512 tier, where
+// it runs at about twice the float32 rate; f32 for float weights and on the other tiers (which
+// have no fast integer dot product). bf16 is not picked: on the machines ggtune is tuned on
+// (AVX512-BF16 Xeons under KVM) a zmm vdpbf16ps retires about 2.2x fewer flops than zmm
+// vfmadd231ps (~77 vs ~170 GFLOP/s per core), so the bf16 GEMM runs at ~0.55x the f32 one.
 gemm::Precision auto_matmul_precision(GgmlType type);
 
 // out[T, N] (= or +=) x[T, K] @ W.T

@@ -239,10 +239,12 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     """Loads a llama GGUF model, memory-mapped (weights stay in their stored type).
 
     n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
-    at inference as llama.cpp does. precision: the matmul precision, "auto", "f32" or "bf16" (see
-    _core.matmul), or "ggml": activations rounded as llama.cpp's CPU backend rounds them (8-bit
-    blocks before quantized weights, F16 keys/values/queries as its default KV cache), which
-    reproduces llama.cpp's perplexities closely; the others compute the exact products.
+    at inference as llama.cpp does. precision: the matmul precision, "auto", "f32", "bf16" or "int8"
+    (see _core.matmul: "auto" is int8 for quantized weights on AVX512-VNNI CPUs, activations
+    rounded to 8 bits per 32 values as llama.cpp does, else f32), or "ggml": activations rounded
+    exactly as llama.cpp's CPU backend rounds them (Q8_0/Q8_1/Q8_K blocks before quantized
+    weights, F16 keys/values/queries as its default KV cache), which reproduces llama.cpp's
+    perplexities closely; "f32" computes the exact products.
     """
     _core.set_num_threads(int(n_threads or 0))  # 0: every core
     weights = read_llama_gguf(path)

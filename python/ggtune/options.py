@@ -87,8 +87,8 @@ class FinetuneOptions:
     rank_w3: int | None = _opt(None, "rank of ffn_up adapters (default lora_r)")
     n_gpu_layers: int = _opt(0, "accepted for compatibility; ggtune runs on the CPU", "-ngl",
                              flag="--gpu-layers")
-    precision: str = _opt("auto", "ggtune: matmul precision 'auto' (bf16 for quantized weights where the "
-                                  "CPU has AVX512-BF16), 'f32' or 'bf16'")
+    precision: str = _opt("auto", "ggtune: matmul precision 'auto' (int8 for quantized weights where the "
+                                  "CPU has AVX512-VNNI, else f32), 'f32', 'bf16' or 'int8'")
     profile: bool = _opt(False, "ggtune: print the time share of each phase and kernel per iteration")
     verbose: bool = _opt(True, "progress bar and messages on stderr", negation="--quiet")
 
@@ -106,7 +106,7 @@ class FinetuneOptions:
             if value is not None and value < 0:
                 raise ValueError(f"--{_dash(name)}: expected a rank >= 0, got {value}")
         choices = {"train_format": ("text", "chat"), "lora_format": ("gguf", "ggla"),
-                   "precision": ("auto", "f32", "bf16")}
+                   "precision": ("auto", "f32", "bf16", "int8")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_dash(name)}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")

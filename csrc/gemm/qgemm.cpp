@@ -1,0 +1,236 @@
+// The int8 GEMM driver, the scalar reference kernels and the tier switches (see qgemm.h).
+//
+// Loop nest of one thread over its output block [m0, m1) x [n0, n1):
+//   for jc (nc columns):
+//     for pc (kc deep):
+//       pack B panel (kc x nc)              unpacked or requantized once per thread
+//       for jr (kQNr columns):              one B strip, stays in L1 ...
+//         for ir (MR rows):                 ... while the rows of A stream past it
+//           micro-kernel
+// A needs no packing: its quantized rows are read in place by broadcasts.
+#include "gemm/qgemm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <numeric>
+
+#include "dispatch.h"
+#include "parallel.h"
+
+namespace ggtune::gemm {
+namespace {
+
+// kc: a whole K up to this depth (C is then written once); deeper K is cut into equal
+// panels. A strip of 1024 deep is 40 KB, within L1 beside the A rows being read.
+constexpr int64_t kMaxKc = 1024;
+constexpr int64_t kNc = 256;
+constexpr int kScalarMr = 4;
+
+int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
+
+class Buffer {
+ public:
+  void* get(int64_t bytes) {
+    if (bytes > size_) {
+      ptr_.reset(static_cast<char*>(std::aligned_alloc(64, round_up(bytes, 64))));
+      size_ = bytes;
+    }
+    return ptr_.get();
+  }
+
+ private:
+  struct Free {
+    void operator()(char* p) const { std::free(p); }
+  };
+  std::unique_ptr<char, Free> ptr_;
+  int64_t size_ = 0;
+};
+
+void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                     const float* as, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int m,
+                     int n, bool accumulate) {
+  float acc[kScalarMr][kQNr] = {};
+  for (int64_t blk = 0; blk < blocks; ++blk) {
+    const uint8_t* codes = b + blk * kQBlockBytes;
+    const auto* db = reinterpret_cast<const float*>(codes + kQCodeBytes);
+    const float* cb = db + kQNr;
+    for (int i = 0; i < m; ++i) {
+      const int8_t* ar = a + i * lda + blk * kQBlock;
+      const float da = ad[i * lds + blk], sa = as[i * lds + blk];
+      for (int j = 0; j < kQNr; ++j) {
+        int32_t dot = 0;
+        for (int k = 0; k < kQBlock; ++k)
+          dot += int32_t(codes[((k / 4) * kQNr + j) * 4 + k % 4]) * int32_t(ar[k]);
+        acc[i][j] += float(dot) * (db[j] * da) + cb[j] * sa;
+      }
+    }
+  }
+  for (int i = 0; i < m; ++i)
+    for (int j = 0; j < n; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+}
+
+// Everything about a call that does not depend on the thread.
+struct QPlan {
+  int64_t M, N, K;
+  QuantizedA a;
+  const QuantBOperand* b;
+  float* c;
+  int64_t ldc;
+  bool accumulate;
+  const QKernelSet* ks;
+  int64_t kc, nc, n_unit;
+};
+
+QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
+                float* c, int64_t ldc, bool accumulate) {
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, &active_q_kernels(), 0, 0, 0};
+  const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
+  p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
+  p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
+  p.nc = round_up(kNc, p.n_unit);
+  return p;
+}
+
+void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
+  thread_local Buffer panel_buf, scratch_buf;
+  const int64_t mr = p.ks->mr;
+  for (int64_t jc = n0; jc < n1; jc += p.nc) {
+    const int64_t ncur = std::min(p.nc, n1 - jc);
+    const int64_t strips = (ncur + kQNr - 1) / kQNr;
+    for (int64_t pc = 0; pc < p.K; pc += p.kc) {
+      const int64_t kcur = std::min(p.kc, p.K - pc), kb = q_blocks(kcur);
+      auto* panel = static_cast<uint8_t*>(panel_buf.get(strips * kb * kQBlockBytes));
+      if (ncur % kQNr) std::memset(panel + (strips - 1) * kb * kQBlockBytes, 0, kb * kQBlockBytes);
+      float* scratch = static_cast<float*>(scratch_buf.get(4 * p.b->scratch_floats(kcur, ncur)));
+      p.b->pack(pc, kcur, jc, ncur, panel, scratch);
+      const bool accumulate = pc > 0 || p.accumulate;
+      const int64_t b0 = pc / kQBlock;
+      for (int64_t jr = 0; jr < ncur; jr += kQNr) {
+        const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
+        for (int64_t ir = m0; ir < m1; ir += mr)
+          p.ks->kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
+                       p.a.s + ir * p.a.lds + b0, p.a.lds, strip, p.c + ir * p.ldc + jc + jr,
+                       p.ldc, int(std::min(mr, m1 - ir)), int(std::min<int64_t>(kQNr, ncur - jr)),
+                       accumulate);
+      }
+    }
+  }
+}
+
+}  // namespace
+
+void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+  for (int64_t b = 0; b < q_blocks(K); ++b) {
+    const int64_t k0 = b * kQBlock, n = std::min<int64_t>(kQBlock, K - k0);
+    float amax = 0.0f, poison = 0.0f;  // poison: NaN when the block holds an inf or NaN
+    for (int64_t i = 0; i < n; ++i) {
+      amax = std::fmax(amax, std::fabs(x[k0 + i]));
+      poison += x[k0 + i] - x[k0 + i];
+    }
+    const float inv = amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f;
+    int32_t sum = 0;
+    for (int64_t i = 0; i < kQBlock; ++i) {
+      const int32_t v = i < n && inv != 0.0f ? int32_t(std::nearbyint(x[k0 + i] * inv)) : 0;
+      q[k0 + i] = int8_t(v);
+      sum += v;
+    }
+    d[b] = amax / 127.0f + poison;
+    s[b] = d[b] * float(sum);
+  }
+}
+
+void quantize_rows_q8(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, int64_t ldq,
+                      float* d, float* s, int64_t lds) {
+  parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+      const float* xr = x + m * ldx;
+      int8_t* qr = q + m * ldq;
+#if defined(__x86_64__)
+      if (active_isa() == Isa::avx512 && quantize_row_q8_avx512(xr, K, qr, d + m * lds, s + m * lds))
+        continue;
+#endif
+      quantize_row_q8_scalar(xr, K, qr, d + m * lds, s + m * lds);
+    }
+  });
+}
+
+void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float c) {
+  for (int g = 0; g < kQBlock / 4; ++g) std::memcpy(block + (g * kQNr + lane) * 4, codes + 4 * g, 4);
+  auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
+  dc[lane] = d;
+  dc[kQNr + lane] = c;
+}
+
+void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+  uint8_t codes[kQBlock];
+  for (int64_t j = 0; j < nc; ++j) {
+    const int64_t col = j_off + j;
+    for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
+      const int64_t r0 = bb * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
+      float amax = 0.0f, poison = 0.0f;
+      for (int64_t r = 0; r < rows; ++r) {
+        const float v = tile[(r0 + r) * rs + j * cs];
+        amax = std::fmax(amax, std::fabs(v));
+        poison += v - v;
+      }
+      const float inv = amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f;
+      for (int64_t r = 0; r < kQBlock; ++r)
+        codes[r] = uint8_t(128 + (r < rows && inv != 0.0f
+                                      ? int32_t(std::nearbyint(tile[(r0 + r) * rs + j * cs] * inv))
+                                      : 0));
+      const float dq = amax / 127.0f + poison;
+      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, dq, -128.0f * dq);
+    }
+  }
+}
+
+void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512 &&
+      requantize_tile_avx512(tile, rs, cs, kc, nc, panel, blocks, b0, j_off))
+    return;
+#endif
+  requantize_tile_scalar(tile, rs, cs, kc, nc, panel, blocks, b0, j_off);
+}
+
+const QKernelSet& q_kernels_scalar() {
+  static const QKernelSet set{kScalarMr, q_kernel_scalar};
+  return set;
+}
+
+const QKernelSet& active_q_kernels() {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512) return q_kernels_avx512();
+#endif
+  return q_kernels_scalar();
+}
+
+void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
+            float* c, int64_t ldc, bool accumulate) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0) {
+    if (!accumulate)
+      for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
+    return;
+  }
+  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate);
+  // Split along N when every thread gets a strip: each thread then packs only its part of B
+  // (A is shared, unpacked); else along M, every thread packing all of B.
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, mr = p.ks->mr;
+  if (n_units >= num_threads()) {
+    parallel_for(n_units, 1, [&](int64_t u0, int64_t u1) {
+      run_block(p, 0, M, u0 * p.n_unit, std::min(N, u1 * p.n_unit));
+    });
+  } else {
+    parallel_for((M + mr - 1) / mr, 1, [&](int64_t u0, int64_t u1) {
+      run_block(p, u0 * mr, std::min(M, u1 * mr), 0, N);
+    });
+  }
+}
+
+}  // namespace ggtune::gemm

@@ -1,0 +1,108 @@
+// The int8 GEMM engine: C[M, N] (= or +=) A[M, K] @ B[K, N] with integer dot products.
+//
+// Both operands are cut into blocks of 32 along K, each with its own float scale:
+//   A (activations) as Q8:      a[m, k] = da[m, b] * qa[m, k]          qa int8 in [-127, 127]
+//   B (weights) as affine u8:   b[k, n] = db[n, b] * ub[k, n] + cb[n, b]   ub uint8
+// so one block of the product is
+//   sum_k a b = da * db * sum_k qa ub  +  cb * sa,     sa[m, b] = da * sum_k qa
+// and sum_k qa ub is what vpdpbusd (AVX512-VNNI) computes, 64 byte products per instruction:
+// twice the multiply-adds per cycle of float32 FMA on the CPUs ggtune is tuned on.
+//
+// Every GGUF weight type fits the B form: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks map to it
+// exactly (their codes, shifted to unsigned, with the block's scale and offset); any other
+// weight, and weights read across their rows (the backward product), are requantized to 8 bits
+// per 32 values when packed. A is quantized once per call (quantize_rows_q8).
+//
+// Layout of a packed B panel: strips of kQNr columns; a strip is kb blocks one after the other,
+// each kQBlockBytes long:
+//   codes [8][kQNr][4] uint8   (group g holds k = 4g..4g+3 of every column: vpdpbusd's operand)
+//   d     [kQNr] float32
+//   c     [kQNr] float32
+// Columns past N have d = c = 0. K past the end of A is zero in qa, so B's values there do not
+// matter.
+#pragma once
+
+#include <cstdint>
+
+namespace ggtune::gemm {
+
+constexpr int kQBlock = 32;  // values per scale along K
+constexpr int kQNr = 32;     // columns per packed strip
+constexpr int64_t kQCodeBytes = kQBlock * kQNr;
+constexpr int64_t kQBlockBytes = kQCodeBytes + 2 * kQNr * 4;
+
+inline int64_t q_blocks(int64_t k) { return (k + kQBlock - 1) / kQBlock; }
+
+// A quantized: rows of ldq int8 codes (K rounded up to 32, zero past K) and per block
+// d and s = d * sum(codes), ld lds.
+struct QuantizedA {
+  const int8_t* q;
+  int64_t ldq;
+  const float* d;
+  const float* s;
+  int64_t lds;
+};
+
+// x[M, K] (row stride ldx) -> codes q[M, ldq], d and s [M, lds] (lds >= q_blocks(K)).
+// Per block: d = amax / 127, q = round-to-nearest-even(x * 127 / amax). Runs on active_isa().
+void quantize_rows_q8(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, int64_t ldq,
+                      float* d, float* s, int64_t lds);
+void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, float* s);
+bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s);
+
+// The B operand, a logical matrix B[K, N], packed panel by panel.
+class QuantBOperand {
+ public:
+  virtual ~QuantBOperand() = default;
+  // Panel boundaries along K are multiples of this (a multiple of kQBlock), and along N of
+  // n_align(); B's own ends are always allowed.
+  virtual int64_t k_align() const { return kQBlock; }
+  virtual int64_t n_align() const { return 1; }
+  // Floats of scratch pack() may use for a kc x nc panel.
+  virtual int64_t scratch_floats(int64_t kc, int64_t nc) const { return 0; }
+  // Packs B[k0 : k0 + kc, n0 : n0 + nc] into `panel` (layout above, q_blocks(kc) blocks per
+  // strip, columns past nc in the last strip zeroed by the caller).
+  virtual void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
+                    float* scratch) const = 0;
+};
+
+// Address of block b of the strip holding panel column j, and j's lane in it.
+inline uint8_t* q_block_at(uint8_t* panel, int64_t blocks, int64_t j, int64_t b) {
+  return panel + ((j / kQNr) * blocks + b) * kQBlockBytes;
+}
+
+// Writes one column's block: 32 codes (k order), its scale and offset; lane = column % kQNr.
+void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float c);
+
+// Requantizes rows [0, kc) x columns [0, nc) of a float tile, element (k, j) at
+// tile[k * rs + j * cs], into panel columns j_off.. of a panel with `blocks` blocks per strip,
+// starting at block b0: per column and 32 rows, d = amax / 127, codes = round(x / d) + 128,
+// c = -128 d. Rows past kc (a last partial block) get code 128 (zero). Runs on active_isa().
+void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
+void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
+// Covers cs == 1 with j_off a multiple of 16; false otherwise.
+bool requantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
+
+// Micro-kernel: an m x n tile (m <= MR, n <= kQNr) of C from `blocks` blocks of one B strip
+// and m rows of A starting at block b0: c (= or +=) sum over the blocks.
+using QMicroKernel = void (*)(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                              const float* as, int64_t lds, const uint8_t* b, float* c,
+                              int64_t ldc, int m, int n, bool accumulate);
+
+struct QKernelSet {
+  int mr;
+  QMicroKernel kernel;
+};
+
+const QKernelSet& q_kernels_scalar();
+const QKernelSet& q_kernels_avx512();  // x86-64 only
+const QKernelSet& active_q_kernels();
+
+// C[M, N] (= or +=) A @ B; c row-major with leading dimension ldc. K is A's logical depth.
+void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
+            float* c, int64_t ldc, bool accumulate);
+
+}  // namespace ggtune::gemm

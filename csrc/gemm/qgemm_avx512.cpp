@@ -1,0 +1,164 @@
+// AVX-512 VNNI variants of the int8 GEMM pieces (qgemm.h): the MR x 32 micro-kernel on
+// vpdpbusd, the Q8 quantization of activation rows, and the requantization of float tiles
+// into packed u8 columns.
+#include <immintrin.h>
+
+#include <array>
+#include <cstring>
+#include <utility>
+
+#include "gemm/qgemm.h"
+
+namespace ggtune::gemm {
+namespace {
+
+constexpr int kMr = 6;  // 12 int32 + 12 float accumulators fit the 32 zmm registers
+
+inline __mmask16 first_lanes(int64_t n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? __mmask16(0) : __mmask16((1u << n) - 1);
+}
+
+inline int32_t load_i32(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return v;
+}
+
+template <int M>
+void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
+              int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n, bool accumulate) {
+  __m512 acc[M][2];
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int64_t blk = 0; blk < blocks; ++blk, b += kQBlockBytes) {
+    __m512i dot[M][2];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) dot[i][0] = dot[i][1] = _mm512_setzero_si512();
+    const int8_t* ab = a + blk * kQBlock;
+#pragma GCC unroll 8
+    for (int g = 0; g < kQBlock / 4; ++g) {
+      const __m512i b0 = _mm512_load_si512(b + g * 4 * kQNr);
+      const __m512i b1 = _mm512_load_si512(b + g * 4 * kQNr + 64);
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        const __m512i av = _mm512_set1_epi32(load_i32(ab + i * lda + 4 * g));
+        dot[i][0] = _mm512_dpbusd_epi32(dot[i][0], b0, av);
+        dot[i][1] = _mm512_dpbusd_epi32(dot[i][1], b1, av);
+      }
+    }
+    const auto* dc = reinterpret_cast<const float*>(b + kQCodeBytes);
+    const __m512 d0 = _mm512_load_ps(dc), d1 = _mm512_load_ps(dc + 16);
+    const __m512 c0 = _mm512_load_ps(dc + 32), c1 = _mm512_load_ps(dc + 48);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m512 da = _mm512_set1_ps(ad[i * lds + blk]), sa = _mm512_set1_ps(as[i * lds + blk]);
+      acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), _mm512_mul_ps(d0, da), acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), _mm512_mul_ps(d1, da), acc[i][1]);
+      acc[i][0] = _mm512_fmadd_ps(c0, sa, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(c1, sa, acc[i][1]);
+    }
+  }
+  const __mmask16 m0 = first_lanes(n), m1 = first_lanes(n - 16);
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    float* row = c + i * ldc;
+    if (accumulate) {
+      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, row));
+      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
+    }
+    _mm512_mask_storeu_ps(row, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(row + 16, m1, acc[i][1]);
+  }
+}
+
+template <size_t... I>
+constexpr auto kernel_rows(std::index_sequence<I...>) {
+  return std::array<QMicroKernel, sizeof...(I)>{
+      [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
+         int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n, bool accumulate) {
+        q_kernel<int(I) + 1>(blocks, a, lda, ad, as, lds, b, c, ldc, n, accumulate);
+      }...};
+}
+
+constexpr auto kRows = kernel_rows(std::make_index_sequence<kMr>());
+
+void q_kernel_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                     const float* as, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int m,
+                     int n, bool accumulate) {
+  kRows[m - 1](blocks, a, lda, ad, as, lds, b, c, ldc, m, n, accumulate);
+}
+
+// x * inv rounded to nearest even, as int32 lanes.
+inline __m512i round_scaled(__m512 x, __m512 inv) {
+  return _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
+}
+
+}  // namespace
+
+const QKernelSet& q_kernels_avx512() {
+  static const QKernelSet set{kMr, q_kernel_avx512};
+  return set;
+}
+
+bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+  for (int64_t b = 0; b * kQBlock < K; ++b) {
+    const int64_t k0 = b * kQBlock;
+    const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(K - k0), x + k0);
+    const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(K - k0 - 16), x + k0 + 16);
+    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+    const float poison =
+        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_sub_ps(v0, v0), _mm512_sub_ps(v1, v1)));
+    const __m512 inv = _mm512_set1_ps(amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f);
+    const __m512i q0 = round_scaled(v0, inv), q1 = round_scaled(v1, inv);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16), _mm512_cvtsepi32_epi8(q1));
+    d[b] = amax / 127.0f + poison;
+    s[b] = d[b] * float(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+  }
+  return true;
+}
+
+bool requantize_tile_avx512(const float* tile, int64_t ld, int64_t cs, int64_t kc, int64_t nc,
+                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+  // Columns are vectorized: they must be contiguous, and a 16-column vector must not straddle
+  // two strips.
+  if (cs != 1 || j_off % 16 != 0) return false;
+  const __m512i bias = _mm512_set1_epi32(128);
+  for (int64_t j = 0; j < nc; j += 16) {
+    const __mmask16 mask = first_lanes(nc - j);
+    const int64_t col = j_off + j, lane = col % kQNr;
+    for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
+      const int64_t r0 = bb * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
+      const float* src = tile + r0 * ld + j;
+      __m512 amax = _mm512_setzero_ps(), poison = _mm512_setzero_ps();
+      for (int64_t r = 0; r < rows; ++r) {
+        const __m512 v = _mm512_maskz_loadu_ps(mask, src + r * ld);
+        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+        poison = _mm512_add_ps(poison, _mm512_sub_ps(v, v));
+      }
+      const __mmask16 finite_nonzero =
+          _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_NEQ_OQ) &
+          _mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ);
+      const __m512 inv = _mm512_maskz_div_ps(finite_nonzero, _mm512_set1_ps(127.0f), amax);
+      uint8_t* block = q_block_at(panel, blocks, col, b0 + bb);
+      for (int g = 0; g < kQBlock / 4; ++g) {
+        __m512i word = _mm512_setzero_si512();
+        for (int t = 0; t < 4; ++t) {
+          const int64_t r = 4 * g + t;
+          const __m512i code =
+              r < rows ? _mm512_add_epi32(round_scaled(_mm512_maskz_loadu_ps(mask, src + r * ld), inv), bias)
+                       : bias;
+          word = _mm512_or_si512(word, _mm512_slli_epi32(code, 8 * t));
+        }
+        _mm512_mask_storeu_epi32(block + (g * kQNr + lane) * 4, mask, word);
+      }
+      const __m512 dq = _mm512_add_ps(_mm512_div_ps(amax, _mm512_set1_ps(127.0f)), poison);
+      auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
+      _mm512_mask_storeu_ps(dc + lane, mask, dq);
+      _mm512_mask_storeu_ps(dc + kQNr + lane, mask, _mm512_mul_ps(dq, _mm512_set1_ps(-128.0f)));
+    }
+  }
+  return true;
+}
+
+}  // namespace ggtune::gemm
