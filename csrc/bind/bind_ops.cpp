@@ -8,6 +8,7 @@
 #include "ops/attention.h"
 #include "ops/embedding.h"
 #include "ops/loss.h"
+#include "ops/lora.h"
 #include "ops/norm.h"
 #include "ops/rope.h"
 
@@ -208,6 +209,39 @@ void scale_add(py::array& out, py::array& x, float alpha) {
   ops::activation_kernels().scale_add(po, px, alpha, n);
 }
 
+// z[T, r] = x[T, K] @ a[r, K]^T
+void lora_project(const py::array& x, const py::array& a, py::array& z) {
+  const float* px = cdata_of<float>(x, "x", {kAny, kAny});
+  const int64_t T = dim(x, 0), K = dim(x, 1);
+  const float* pa = cdata_of<float>(a, "a", {kAny, K});
+  const int64_t r = dim(a, 0);
+  float* pz = data_of<float>(z, "z", {T, r}, true);
+  py::gil_scoped_release nogil;
+  ops::lora_kernels().project(px, pa, pz, T, K, r);
+}
+
+// y[T, K] += scale * z[T, r] @ b[r, K]
+void lora_expand(const py::array& z, const py::array& b, py::array& y, float scale) {
+  const float* pz = cdata_of<float>(z, "z", {kAny, kAny});
+  const int64_t T = dim(z, 0), r = dim(z, 1);
+  const float* pb = cdata_of<float>(b, "b", {r, kAny});
+  const int64_t K = dim(b, 1);
+  float* py_ = data_of<float>(y, "y", {T, K}, true);
+  py::gil_scoped_release nogil;
+  ops::lora_kernels().expand(pz, pb, scale, py_, T, K, r);
+}
+
+// g[r, K] += scale * z[T, r]^T @ x[T, K]
+void lora_outer(const py::array& z, const py::array& x, py::array& g, float scale) {
+  const float* pz = cdata_of<float>(z, "z", {kAny, kAny});
+  const int64_t T = dim(z, 0), r = dim(z, 1);
+  const float* px = cdata_of<float>(x, "x", {T, kAny});
+  const int64_t K = dim(x, 1);
+  float* pg = data_of<float>(g, "g", {r, K}, true);
+  py::gil_scoped_release nogil;
+  ops::lora_kernels().outer(pz, px, scale, pg, T, K, r);
+}
+
 }  // namespace
 
 void bind_ops(py::module_& m) {
@@ -261,6 +295,12 @@ void bind_ops(py::module_& m) {
   m.def("embedding_backward", &embedding_backward, arg("dout"), arg("ids"), arg("dtable"),
         "dtable[ids[t]] += dout[t] (float32 [T,C], int32 [T], [V,C]); deterministic.");
   m.def("add", &add, arg("a"), arg("b"), arg("out"), "out = a + b, element-wise, same shapes.");
+  m.def("lora_project", &lora_project, arg("x"), arg("a"), arg("z"),
+        "z[T,r] = x[T,K] @ a[r,K]^T (overwritten): a LoRA down-projection, x streamed once.");
+  m.def("lora_expand", &lora_expand, arg("z"), arg("b"), arg("y"), arg("scale") = 1.0f,
+        "y[T,K] += scale * z[T,r] @ b[r,K]: a LoRA up-projection added into y.");
+  m.def("lora_outer", &lora_outer, arg("z"), arg("x"), arg("g"), arg("scale") = 1.0f,
+        "g[r,K] += scale * z[T,r]^T @ x[T,K]: a LoRA factor gradient, rows summed in order.");
   m.def("scale_add", &scale_add, arg("out"), arg("x"), arg("alpha"),
         "out += alpha * x, element-wise, same shapes.");
 }

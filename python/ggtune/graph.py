@@ -79,8 +79,8 @@ class Graph:
         if pair is None:
             return y, None
         z = _empty(x.shape[0], pair.a.shape[0])
-        self.k.gemm(x, pair.a, z, trans_b=True)
-        self.k.gemm(z, pair.b, y, trans_b=True, alpha=self.lora.scale(name), beta=1.0)
+        self.k.lora_project(x, pair.a, z)
+        self.k.lora_expand(z, np.ascontiguousarray(pair.b.T), y, self.lora.scale(name))
         return y, z
 
     def linear_backward(self, dy, x, z, weight, name, grads: Grads, dx, accumulate: bool):
@@ -92,11 +92,15 @@ class Graph:
             return
         s = self.lora.scale(name)
         g = grads.pairs[name]
-        dz = _empty(dy.shape[0], pair.a.shape[0])
-        self.k.gemm(dy, pair.b, dz, alpha=s)                       # dz = s·dy·B   [T, r]
-        self.k.gemm(dy, z, g.b, trans_a=True, alpha=s, beta=1.0)   # dB += s·dyᵀ·z [n_out, r]
-        self.k.gemm(dz, x, g.a, trans_a=True, beta=1.0)            # dA += dzᵀ·x   [r, n_in]
-        self.k.gemm(dz, pair.a, dx, beta=1.0)                      # dx += dz·A    [T, n_in]
+        r = pair.a.shape[0]
+        dz = _empty(dy.shape[0], r)
+        self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
+        dz *= s                                                    # dz = s·dy·B   [T, r]
+        db_t = np.zeros((r, dy.shape[1]), np.float32)
+        self.k.lora_outer(z, dy, db_t, s)
+        g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
+        self.k.lora_outer(dz, x, g.a)                              # dA += dzᵀ·x   [r, n_in]
+        self.k.lora_expand(dz, pair.a, dx)                         # dx += dz·A    [T, n_in]
 
     # ----------------------------------------------------------------- norms with LoRA
     def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:

@@ -1,0 +1,30 @@
+// LoRA products: one dimension is the adapter rank r (4 to 64), the others are large.
+// Legend: T tokens, K a large dimension (n_in or n_out of the adapted matrix), r the rank.
+//
+// The general GEMM would pack (copy) the large operand to do r multiply-adds per element of it;
+// these kernels stream it once. All three are memory bound.
+#pragma once
+
+#include <cstdint>
+
+namespace ggtune::ops {
+
+struct LoraKernels {
+  // z[T, r] = x[T, K] @ a[r, K]^T      (down-projection: x·Aᵀ; and dy·B with a = Bᵀ)
+  void (*project)(const float* x, const float* a, float* z, int64_t T, int64_t K, int64_t r);
+  // y[T, K] += scale * z[T, r] @ b[r, K]   (up-projection into y: s·z·Bᵀ with b = Bᵀ; dz·A)
+  void (*expand)(const float* z, const float* b, float scale, float* y, int64_t T, int64_t K,
+                 int64_t r);
+  // g[r, K] += scale * z[T, r]^T @ x[T, K]   (factor gradients: dzᵀ·x, zᵀ·dy); rows of x
+  // are summed in order, so results do not depend on the thread count
+  void (*outer)(const float* z, const float* x, float scale, float* g, int64_t T, int64_t K,
+                int64_t r);
+};
+
+const LoraKernels& lora_kernels();  // the active tier's kernels
+
+#if defined(__x86_64__)
+extern const LoraKernels lora_kernels_avx2, lora_kernels_avx512;
+#endif
+
+}  // namespace ggtune::ops

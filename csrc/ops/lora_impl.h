@@ -1,0 +1,80 @@
+// LoRA product kernels as templates over a vector type (see simd_vec.h); included once per tier.
+#pragma once
+
+#include <algorithm>
+
+#include "ops/lora.h"
+#include "ops/simd_vec.h"
+#include "parallel.h"
+
+namespace ggtune::ops {
+namespace {
+
+constexpr int64_t kLoraRowGrain = 16;
+constexpr int kRankGroup = 8;  // ranks accumulated at once by outer()
+
+template <class V>
+void project_v(const float* x, const float* a, float* z, int64_t T, int64_t K, int64_t r) {
+  parallel_for(T, kLoraRowGrain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const float* xr = x + t * K;
+      for (int64_t j = 0; j < r; ++j) {
+        const float* aj = a + j * K;
+        z[t * r + j] = reduce_sum<V>(K, [&](auto u, int64_t i) {
+          using U = decltype(u);
+          return U::mul(U::load(xr + i), U::load(aj + i));
+        });
+      }
+    }
+  });
+}
+
+template <class V>
+void expand_v(const float* z, const float* b, float scale, float* y, int64_t T, int64_t K,
+              int64_t r) {
+  parallel_for(T, kLoraRowGrain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* yr = y + t * K;
+      const float* zr = z + t * r;
+      for_chunks<V>(K, [&](auto u, int64_t i) {
+        using U = decltype(u);
+        auto acc = U::load(yr + i);
+        for (int64_t j = 0; j < r; ++j) acc = U::fmadd(U::set1(scale * zr[j]), U::load(b + j * K + i), acc);
+        U::store(yr + i, acc);
+      });
+    }
+  });
+}
+
+// Columns are split among threads; each column chunk sums over every row in order.
+template <class V>
+void outer_v(const float* z, const float* x, float scale, float* g, int64_t T, int64_t K,
+             int64_t r) {
+  parallel_for(K, 64, [&](int64_t k0, int64_t k1) {
+    for (int64_t j0 = 0; j0 < r; j0 += kRankGroup) {
+      const int64_t nj = std::min<int64_t>(kRankGroup, r - j0);
+      for_chunks<V>(k1 - k0, [&](auto u, int64_t i) {
+        using U = decltype(u);
+        const int64_t k = k0 + i;
+        typename U::T acc[kRankGroup];
+        for (int64_t jj = 0; jj < nj; ++jj) acc[jj] = U::zero();
+        for (int64_t t = 0; t < T; ++t) {
+          const auto xv = U::load(x + t * K + k);
+          for (int64_t jj = 0; jj < nj; ++jj) acc[jj] = U::fmadd(U::set1(z[t * r + j0 + jj]), xv, acc[jj]);
+        }
+        for (int64_t jj = 0; jj < nj; ++jj) {
+          float* gj = g + (j0 + jj) * K + k;
+          U::store(gj, U::fmadd(acc[jj], U::set1(scale), U::load(gj)));
+        }
+      });
+    }
+  });
+}
+
+template <class V>
+constexpr LoraKernels make_lora_kernels() {
+  return {&project_v<V>, &expand_v<V>, &outer_v<V>};
+}
+
+}  // namespace
+}  // namespace ggtune::ops
