@@ -7,4 +7,9 @@ cd "$(dirname "$0")/.."
 cmake -S . -B build/dev -G Ninja -DCMAKE_BUILD_TYPE=Release \
   -Dpybind11_DIR="$(python -m pybind11 --cmakedir)" > /dev/null
 cmake --build build/dev
-cp build/dev/_core*.so python/ggtune/
+# Copy then rename: a process still running the previous build keeps its mapped file (an
+# in-place overwrite would crash it).
+for so in build/dev/_core*.so; do
+  cp "$so" "python/ggtune/$(basename "$so").tmp"
+  mv "python/ggtune/$(basename "$so").tmp" "python/ggtune/$(basename "$so")"
+done

@@ -64,7 +64,6 @@ class Graph:
         self.lora = lora
         self.precision = precision
         self.head_chunk = head_chunk
-        self._logits = None  # the loss head's [chunk, V] buffer
         hp = self.hp
         self.head_dim = hp.n_embd // hp.n_head
         self.kv_dim = self.head_dim * hp.n_head_kv
@@ -234,13 +233,6 @@ class Graph:
         g.a += s * (pair.b[ids].T @ dx)
         self.k.embedding_backward(np.ascontiguousarray(s * (dx @ pair.a.T), np.float32), ids, g.b)
 
-    def _logits_buffer(self, rows: int, vocab: int) -> np.ndarray:
-        """[rows, V] kept across chunks and iterations: a fresh one (50 MB for SmolLM2) would be
-        mapped and page-faulted anew each time, which measured 6-100 ms per chunk."""
-        if self._logits is None or self._logits.shape[0] < rows:
-            self._logits = _empty(rows, vocab)
-        return self._logits
-
     def head_name(self) -> str:
         return "token_embd.weight" if self.model.tied_embeddings else "output.weight"
 
@@ -257,7 +249,9 @@ class Graph:
         T = x.shape[0]
         dh = _empty(T, hp.n_embd) if grads is not None else None
         loss_sum = 0.0
-        logits_buffer = self._logits_buffer(min(T, self.head_chunk), weight.n_out)
+        # One [chunk, V] buffer for every chunk (a fresh 50 MB array per chunk would be mapped
+        # and page-faulted anew: 6-100 ms each, measured); freed with the head, as memory.py plans.
+        logits_buffer = _empty(min(T, self.head_chunk), weight.n_out)
         for r0 in range(0, T, self.head_chunk):
             r1 = min(T, r0 + self.head_chunk)
             hc, tc = h[r0:r1], targets[r0:r1]

@@ -74,6 +74,9 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
     per_layer = layer_intermediates(hp, tokens)
     residual = tokens * hp.n_embd * F32
     head = (min(head_chunk, tokens) * hp.n_vocab + 3 * tokens * hp.n_embd) * F32  # logits, h, dh, dx
+    # The int8 matmul keeps its largest Q8 copy of an input (1 byte + 2 float scales per 32):
+    # the head's logits gradient, a chunk x V.
+    head += min(head_chunk, tokens) * hp.n_vocab * 5 // 4
     if checkpointing:
         activations, checkpoints = 0, hp.n_layer * residual
         work = per_layer + layer_backward_temporaries(hp, tokens) + head
