@@ -89,6 +89,14 @@ def test_every_lora_kind_gradient_tied_and_plain_attention(tmp_path, tied, n_hea
     finite_difference_check(*case, checkpointing=False)
 
 
+def test_mixed_ranks_within_shared_input_groups(tmp_path):
+    """q/k/v and gate/up stack their adapters into one product over the shared input: different
+    ranks, and members without an adapter, must come apart again in the gradients."""
+    ranks = {"attn_q": 3, "attn_v": 1, "ffn_up": 4, "ffn_down": 2}
+    case = make_case(tmp_path, T.Q4_1, n_head_kv=2, tied=True, ranks=ranks, seed=5)
+    finite_difference_check(*case, checkpointing=True)
+
+
 def test_checkpointing_gives_the_same_gradients(tmp_path):
     path, weights, lora, inputs, targets = make_case(tmp_path, T.Q4_1, 2, False, ALL_RANKS)
     results = []

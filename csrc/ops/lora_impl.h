@@ -2,6 +2,7 @@
 #pragma once
 
 #include <algorithm>
+#include <type_traits>
 
 #include "ops/lora.h"
 #include "ops/simd_vec.h"
@@ -13,17 +14,28 @@ namespace {
 constexpr int64_t kLoraRowGrain = 16;
 constexpr int kRankGroup = 8;  // ranks accumulated at once by outer()
 
+// Up to kRankGroup ranks at once, each its own accumulator: independent FMA chains (one
+// chain per rank would wait on the FMA latency at every step).
 template <class V>
 void project_v(const float* x, const float* a, float* z, int64_t T, int64_t K, int64_t r) {
   parallel_for(T, kLoraRowGrain, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const float* xr = x + t * K;
-      for (int64_t j = 0; j < r; ++j) {
-        const float* aj = a + j * K;
-        z[t * r + j] = reduce_sum<V>(K, [&](auto u, int64_t i) {
+      for (int64_t j0 = 0; j0 < r; j0 += kRankGroup) {
+        const int64_t nj = std::min<int64_t>(kRankGroup, r - j0);
+        typename V::T acc[kRankGroup];
+        float tail[kRankGroup] = {};
+        for (int64_t jj = 0; jj < nj; ++jj) acc[jj] = V::zero();
+        for_chunks<V>(K, [&](auto u, int64_t i) {
           using U = decltype(u);
-          return U::mul(U::load(xr + i), U::load(aj + i));
+          const auto xv = U::load(xr + i);
+          for (int64_t jj = 0; jj < nj; ++jj) {
+            const auto aj = U::load(a + (j0 + jj) * K + i);
+            if constexpr (std::is_same_v<U, V>) acc[jj] = V::fmadd(xv, aj, acc[jj]);
+            else tail[jj] += xv * aj;
+          }
         });
+        for (int64_t jj = 0; jj < nj; ++jj) z[t * r + j0 + jj] = V::hsum(acc[jj]) + tail[jj];
       }
     }
   });

@@ -26,6 +26,10 @@ def _empty(*shape: int) -> np.ndarray:
     return np.empty(shape, np.float32)
 
 
+def _stacked(factors: list[np.ndarray]) -> np.ndarray:
+    return factors[0] if len(factors) == 1 else np.concatenate(factors)
+
+
 @dataclass
 class GradPair:
     a: np.ndarray  # dL/dA [r, n_in]
@@ -70,36 +74,69 @@ class Graph:
         self.attn_scale = 1.0 / float(np.sqrt(self.head_dim))
 
     # ----------------------------------------------------------------- linear with LoRA
+    def linears_forward(self, x, items, outs=None):
+        """Matrices [(weight, name), ...] reading the same x [T, n_in] (q/k/v; gate/up) ->
+        [(y [T, n_out], z [T, r] or None)]; z = x·Aᵀ is kept for the backward. The adapters'
+        down-projections run as one pass over x, their A factors stacked."""
+        T = x.shape[0]
+        ys = [out if out is not None else _empty(T, weight.n_out)
+              for (weight, _), out in zip(items, outs or [None] * len(items))]
+        for (weight, _), y in zip(items, ys):
+            self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
+        zs = [None] * len(items)
+        adapted = self._adapted(items)
+        if adapted:
+            z_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
+            self.k.lora_project(x, _stacked([pair.a for _, pair, _ in adapted]), z_all)
+            for (i, pair, cols) in adapted:
+                zs[i] = np.ascontiguousarray(z_all[:, cols])
+                self.k.lora_expand(zs[i], np.ascontiguousarray(pair.b.T), ys[i], self.lora.scale(items[i][1]))
+        return list(zip(ys, zs))
+
+    def linears_backward(self, x, items, dys, zs, grads: Grads, dx, accumulate: bool):
+        """dx (= or +=) Σ dy·W + s·(dy·B)·A over matrices [(weight, name), ...] that read the same x;
+        dA += s·(dy·B)ᵀ·x and dB += s·dyᵀ·z for each adapter. One pass over x serves every
+        dA and one pass over dx every (dy·B)·A, the adapters stacked."""
+        for i, ((weight, _), dy) in enumerate(zip(items, dys)):
+            self.k.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate or i > 0,
+                                  precision=self.precision)
+        adapted = self._adapted(items)
+        if not adapted:
+            return
+        T = x.shape[0]
+        dz_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
+        for (i, pair, cols) in adapted:
+            name, dy, r = items[i][1], dys[i], pair.a.shape[0]
+            s, g = self.lora.scale(name), grads.pairs[name]
+            dz = _empty(T, r)
+            self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
+            dz_all[:, cols] = dz * s                                   # dz = s·dy·B   [T, r]
+            db_t = np.zeros((r, dy.shape[1]), np.float32)
+            self.k.lora_outer(zs[i], dy, db_t, s)
+            g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
+        da_all = np.zeros((dz_all.shape[1], x.shape[1]), np.float32)
+        self.k.lora_outer(dz_all, x, da_all)                           # dA += dzᵀ·x   [r, n_in]
+        for (i, pair, cols) in adapted:
+            grads.pairs[items[i][1]].a += da_all[cols]
+        self.k.lora_expand(dz_all, _stacked([pair.a for _, pair, _ in adapted]), dx)  # dx += dz·A
+
+    def _adapted(self, items):
+        """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
+        out, offset = [], 0
+        for i, (_, name) in enumerate(items):
+            pair = self.lora.get(name)
+            if pair is not None:
+                r = pair.a.shape[0]
+                out.append((i, pair, slice(offset, offset + r)))
+                offset += r
+        return out
+
     def linear_forward(self, x, weight, name, out=None):
-        """x [T, n_in] -> (y [T, n_out], z [T, r] or None); z = x·Aᵀ is kept for the backward."""
-        y = out if out is not None else _empty(x.shape[0], weight.n_out)
-        self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
-        pair = self.lora.get(name)
-        if pair is None:
-            return y, None
-        z = _empty(x.shape[0], pair.a.shape[0])
-        self.k.lora_project(x, pair.a, z)
-        self.k.lora_expand(z, np.ascontiguousarray(pair.b.T), y, self.lora.scale(name))
-        return y, z
+        """x [T, n_in] -> (y [T, n_out], z [T, r] or None)."""
+        return self.linears_forward(x, [(weight, name)], [out])[0]
 
     def linear_backward(self, dy, x, z, weight, name, grads: Grads, dx, accumulate: bool):
-        """dx (= or +=) dy·W + s·(dy·B)·A; dA += s·(dy·B)ᵀ·x; dB += s·dyᵀ·z."""
-        self.k.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate,
-                              precision=self.precision)
-        pair = self.lora.get(name)
-        if pair is None:
-            return
-        s = self.lora.scale(name)
-        g = grads.pairs[name]
-        r = pair.a.shape[0]
-        dz = _empty(dy.shape[0], r)
-        self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
-        dz *= s                                                    # dz = s·dy·B   [T, r]
-        db_t = np.zeros((r, dy.shape[1]), np.float32)
-        self.k.lora_outer(z, dy, db_t, s)
-        g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
-        self.k.lora_outer(dz, x, g.a)                              # dA += dzᵀ·x   [r, n_in]
-        self.k.lora_expand(dz, pair.a, dx)                         # dx += dz·A    [T, n_in]
+        self.linears_backward(x, [(weight, name)], [dy], [z], grads, dx, accumulate)
 
     # ----------------------------------------------------------------- norms with LoRA
     def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:
@@ -134,9 +171,7 @@ class Graph:
         w = {kind: self.matrices[name] for kind, name in names.items() if name in self.matrices}
         w_an = self.norm_weight(layer.attn_norm, names["attn_norm"])
         h, rstd1 = self.rms_norm(x, w_an)
-        q, zq = self.linear_forward(h, w["attn_q"], names["attn_q"])
-        k, zk = self.linear_forward(h, w["attn_k"], names["attn_k"])
-        v, zv = self.linear_forward(h, w["attn_v"], names["attn_v"])
+        (q, zq), (k, zk), (v, zv) = self.linears_forward(h, self._items(w, names, "attn_q", "attn_k", "attn_v"))
         pos = self._positions(batch, S)
         self._rope(q.reshape(T, Hq, D), pos, forward=True)
         self._rope(k.reshape(T, Hkv, D), pos, forward=True)
@@ -149,8 +184,7 @@ class Graph:
         self.k.add(x, o, x1)
         w_fn = self.norm_weight(layer.ffn_norm, names["ffn_norm"])
         h2, rstd2 = self.rms_norm(x1, w_fn)
-        gate, zg = self.linear_forward(h2, w["ffn_gate"], names["ffn_gate"])
-        up, zu = self.linear_forward(h2, w["ffn_up"], names["ffn_up"])
+        (gate, zg), (up, zu) = self.linears_forward(h2, self._items(w, names, "ffn_gate", "ffn_up"))
         act = _empty(T, gate.shape[1])
         self.k.swiglu_forward(gate, up, act)
         x2, zd = self.linear_forward(act, w["ffn_down"], names["ffn_down"])
@@ -173,8 +207,8 @@ class Graph:
         dgate, dup = _empty(*dact.shape), _empty(*dact.shape)
         self.k.swiglu_backward(dact, s["gate"], s["up"], dgate, dup)
         dh2 = _empty(T, hp.n_embd)
-        self.linear_backward(dgate, s["h2"], s["zg"], w["ffn_gate"], n["ffn_gate"], grads, dh2, False)
-        self.linear_backward(dup, s["h2"], s["zu"], w["ffn_up"], n["ffn_up"], grads, dh2, True)
+        self.linears_backward(s["h2"], self._items(w, n, "ffn_gate", "ffn_up"), [dgate, dup],
+                              [s["zg"], s["zu"]], grads, dh2, False)
         dx1 = self._norm_backward(dh2, s["x1"], s["w_fn"], s["rstd2"], n["ffn_norm"], grads)
         self.k.add(dx1, dx2, dx1)
         # attention block: x1 = x + wo(attention(rope(wq h), rope(wk h), wv h)), h = norm(x)
@@ -189,12 +223,15 @@ class Graph:
         self._rope(dq.reshape(T, Hq, D), s["pos"], forward=False)
         self._rope(dk.reshape(T, Hkv, D), s["pos"], forward=False)
         dh = _empty(T, hp.n_embd)
-        self.linear_backward(dq, s["h"], s["zq"], w["attn_q"], n["attn_q"], grads, dh, False)
-        self.linear_backward(dk, s["h"], s["zk"], w["attn_k"], n["attn_k"], grads, dh, True)
-        self.linear_backward(dv, s["h"], s["zv"], w["attn_v"], n["attn_v"], grads, dh, True)
+        self.linears_backward(s["h"], self._items(w, n, "attn_q", "attn_k", "attn_v"), [dq, dk, dv],
+                              [s["zq"], s["zk"], s["zv"]], grads, dh, False)
         dx = self._norm_backward(dh, s["x"], s["w_an"], s["rstd1"], n["attn_norm"], grads)
         self.k.add(dx, dx1, dx)
         return dx
+
+    @staticmethod
+    def _items(w, names, *kinds):
+        return [(w[kind], names[kind]) for kind in kinds]
 
     def _norm_backward(self, dout, x, weight, rstd, name, grads: Grads) -> np.ndarray:
         dx = _empty(*x.shape)
