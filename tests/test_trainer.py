@@ -110,6 +110,15 @@ def test_norm_adapters_need_a_format_that_carries_them(tmp_path, model_path, tex
     assert (tmp_path / "lora-LATEST.gguf").read_bytes()[:4] == (0x67676C61).to_bytes(4, "little")
 
 
+def test_keep_layers_trains_like_full_recompute(tmp_path, model_path, text_path):
+    """Keeping the last layers' intermediates changes the speed and the memory plan, not the result."""
+    full = run(model_path, text_path, tmp_path / "a", 2)
+    kept = run(model_path, text_path, tmp_path / "b", 2, keep_layers=1)
+    assert kept.losses == full.losses
+    with pytest.raises(ValueError, match="--keep-layers: expected >= 0, got -1"):
+        run(model_path, text_path, tmp_path / "c", 1, keep_layers=-1)
+
+
 def test_bad_data_is_refused_before_any_work(tmp_path, model_path):
     empty = tmp_path / "empty.txt"
     empty.write_text("")

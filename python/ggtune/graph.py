@@ -7,7 +7,8 @@ Every adapted matrix computes  Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ  with s = alpha/
 its GGUF type and the dense W + s·B·A is never built. Gradients flow to A and B only.
 
 Memory: with gradient checkpointing only each layer's input x [T, C] is kept through the
-forward; the backward recomputes one layer at a time. The loss head runs over row chunks so
+forward; the backward recomputes one layer at a time (but for the last keep_layers layers, which
+keep their intermediates: a trade of memory for speed). The loss head runs over row chunks so
 the [T, V] logits never sit in memory at once; forward and backward of the head are fused
 (the chunk's logits become its gradient in place).
 """
@@ -305,23 +306,26 @@ class Graph:
 
     # ----------------------------------------------------------------- whole model
     def loss_and_grads(self, inputs: np.ndarray, targets: np.ndarray, grads: Grads | None,
-                       *, checkpointing: bool = True, loss_scale: float | None = None):
+                       *, checkpointing: bool = True, keep_layers: int = 0,
+                       loss_scale: float | None = None):
         """inputs, targets int32 [B, S] (target < 0: masked). Returns (loss_sum, n_kept).
 
         With grads, adds d(loss_scale · loss_sum)/dθ into them; loss_scale defaults to 1/n_kept
-        (the mean over unmasked positions)."""
+        (the mean over unmasked positions). With checkpointing, the last keep_layers layers keep
+        their intermediates from the forward (the first ones the backward needs) and only the
+        others are recomputed."""
         batch = inputs.shape[0]
         ids = np.ascontiguousarray(inputs.reshape(-1), np.int32)
         tgt = np.ascontiguousarray(targets.reshape(-1), np.int32)
         n_kept = int((tgt >= 0).sum())
         if loss_scale is None:
             loss_scale = 1.0 / max(n_kept, 1)
-        keep_all = grads is not None and not checkpointing
+        first_kept = self.hp.n_layer - (self.hp.n_layer if not checkpointing else keep_layers)
         x = self.embed_forward(ids)
         layer_inputs, saved = [], []
         for li in range(self.hp.n_layer):
             layer_inputs.append(x)
-            x, s = self.layer_forward(li, x, batch, keep=keep_all)
+            x, s = self.layer_forward(li, x, batch, keep=grads is not None and li >= first_kept)
             saved.append(s)
         loss_sum, dx = self.head(x, tgt, grads, loss_scale)
         if grads is None:

@@ -68,7 +68,7 @@ def layer_backward_temporaries(hp, tokens: int) -> int:
 
 
 def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
-                head_chunk: int, runtime_bytes: int) -> MemoryPlan:
+                head_chunk: int, runtime_bytes: int, keep_layers: int = 0) -> MemoryPlan:
     hp = weights.hparams
     tokens = n_ctx * n_batch
     per_layer = layer_intermediates(hp, tokens)
@@ -78,7 +78,8 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
     # the head's logits gradient, a chunk x V.
     head += min(head_chunk, tokens) * hp.n_vocab * 5 // 4
     if checkpointing:
-        activations, checkpoints = 0, hp.n_layer * residual
+        kept = min(keep_layers, hp.n_layer)
+        activations, checkpoints = kept * per_layer, (hp.n_layer - kept) * residual
         work = per_layer + layer_backward_temporaries(hp, tokens) + head
     else:
         activations, checkpoints = hp.n_layer * per_layer, 0

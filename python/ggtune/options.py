@@ -50,6 +50,9 @@ class FinetuneOptions:
                                  "compatibility)", negation="--no-flash")
     use_checkpointing: bool = _opt(True, "gradient checkpointing (recompute each layer in the backward)",
                                    negation="--no-checkpointing")
+    keep_layers: int = _opt(0, "ggtune: with checkpointing, keep the last N layers' intermediates instead of "
+                               "recomputing them (faster; each costs one layer's activations, shown in the "
+                               "memory plan)")
     warmup: int = _opt(100, "learning-rate warmup iterations")
     cos_decay_steps: int = _opt(1000, "cosine decay length")
     cos_decay_restart: float = _opt(1.1, "cycle-length multiplier after each restart")
@@ -98,6 +101,8 @@ class FinetuneOptions:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ValueError(f"--{_dash(name)}: expected a positive integer, got {getattr(self, name)}")
+        if self.keep_layers < 0:
+            raise ValueError(f"--keep-layers: expected >= 0, got {self.keep_layers}")
         if self.adam_iter < 0:
             raise ValueError(f"--adam-iter: expected >= 0, got {self.adam_iter}")
         for name in ("rank_att_norm", "rank_ffn_norm", "rank_out_norm", "rank_tok_embd", "rank_out", "rank_wq",

@@ -101,7 +101,8 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
 
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
-                       checkpointing=opts.use_checkpointing, head_chunk=graph.head_chunk,
+                       checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
+                       head_chunk=graph.head_chunk,
                        runtime_bytes=runtime_bytes)
     log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
@@ -178,6 +179,7 @@ class _TrainState:
             with prof.phase("forward+backward"):
                 loss_sum, _ = self.graph.loss_and_grads(batch.inputs, batch.targets, self.grads,
                                                         checkpointing=opts.use_checkpointing,
+                                                        keep_layers=opts.keep_layers,
                                                         loss_scale=1.0 / (n_kept * opts.grad_acc))
             losses.append(loss_sum / n_kept)
             self.counters.sample_count += batch.used_samples
