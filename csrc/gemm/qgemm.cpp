@@ -164,6 +164,19 @@ void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float
   dc[kQNr + lane] = c;
 }
 
+void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, const uint8_t* codes,
+                   int64_t ld, const float* d, const float* c, int64_t ldd) {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512 &&
+      put_q_columns_avx512(panel, blocks, j, count, codes, ld, d, c, ldd))
+    return;
+#endif
+  for (int64_t i = 0; i < count; ++i)
+    for (int64_t b = 0; b < blocks; ++b)
+      put_q_column(q_block_at(panel, blocks, j + i, b), int((j + i) % kQNr),
+                   codes + i * ld + b * kQBlock, d[i * ldd + b], c[i * ldd + b]);
+}
+
 void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
                             uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
   uint8_t codes[kQBlock];

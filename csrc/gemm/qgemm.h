@@ -74,6 +74,15 @@ inline uint8_t* q_block_at(uint8_t* panel, int64_t blocks, int64_t j, int64_t b)
 // Writes one column's block: 32 codes (k order), its scale and offset; lane = column % kQNr.
 void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float c);
 
+// Writes `count` panel columns j.. from unpacked rows: column j + i has its codes at
+// codes[i * ld ...] (`blocks` blocks of 32) and its scales and offsets at d[i * ldd ...],
+// c[i * ldd ...]. Runs on active_isa(); the avx512 variant covers 16 columns from a multiple of 16.
+void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, const uint8_t* codes,
+                   int64_t ld, const float* d, const float* c, int64_t ldd);
+bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
+                          const uint8_t* codes, int64_t ld, const float* d, const float* c,
+                          int64_t ldd);
+
 // Requantizes rows [0, kc) x columns [0, nc) of a float tile, element (k, j) at
 // tile[k * rs + j * cs], into panel columns j_off.. of a panel with `blocks` blocks per strip,
 // starting at block b0: per column and 32 rows, d = amax / 127, codes = round(x / d) + 128,

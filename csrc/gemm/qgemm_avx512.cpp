@@ -118,6 +118,28 @@ bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, floa
   return true;
 }
 
+bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
+                          const uint8_t* codes, int64_t ld, const float* d, const float* c,
+                          int64_t ldd) {
+  if (count != 16 || j % 16 != 0 || ld % 4 != 0) return false;
+  // Lane i reads column j + i: dword offsets i * ld / 4 into the codes, i * ldd into d and c.
+  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
+                                          _mm512_set1_epi32(int32_t(ld / 4)));
+  const __m512i scale_rows = _mm512_mullo_epi32(
+      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(int32_t(ldd)));
+  const int64_t lane = j % kQNr;
+  for (int64_t b = 0; b < blocks; ++b) {
+    uint8_t* block = q_block_at(panel, blocks, j, b);
+    const auto* src = reinterpret_cast<const int*>(codes + b * kQBlock);
+    for (int g = 0; g < kQBlock / 4; ++g)
+      _mm512_storeu_si512(block + (g * kQNr + lane) * 4, _mm512_i32gather_epi32(rows, src + g, 4));
+    auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
+    _mm512_storeu_ps(dc + lane, _mm512_i32gather_ps(scale_rows, d + b, 4));
+    _mm512_storeu_ps(dc + kQNr + lane, _mm512_i32gather_ps(scale_rows, c + b, 4));
+  }
+  return true;
+}
+
 bool requantize_tile_avx512(const float* tile, int64_t ld, int64_t cs, int64_t kc, int64_t nc,
                             uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
   // Columns are vectorized: they must be contiguous, and a 16-column vector must not straddle

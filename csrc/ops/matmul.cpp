@@ -99,11 +99,13 @@ class WeightRows final : public gemm::BOperand {
 // int8 engine, forward: B[k, n] = W[n, k]. A column is one weight row over the panel's depth:
 // its own u8 codes where the type has them, else dequantized and requantized along k.
 class CodesTransposed final : public gemm::QuantBOperand {
+  static constexpr int64_t kColumns = 16;
+
  public:
   explicit CodesTransposed(const GgufMatrix& w) : w_(w), codes_(has_u8_codes(w.type)) {}
   int64_t k_align() const override { return std::lcm<int64_t>(gemm::kQBlock, w_.traits.block_size); }
   int64_t scratch_floats(int64_t kc, int64_t nc) const override {
-    return codes_ ? kc / 4 + 2 * gemm::q_blocks(kc) : kc * nc;
+    return codes_ ? kColumns * (kc / 4 + 2 * gemm::q_blocks(kc)) : kc * nc;
   }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
             float* scratch) const override {
@@ -113,15 +115,17 @@ class CodesTransposed final : public gemm::QuantBOperand {
       gemm::requantize_tile(scratch, 1, kc, kc, nc, panel, blocks, 0, 0);
       return;
     }
+    // kColumns weight rows at a time: unpacked one after the other, then written together.
     float* d = scratch;
-    float* c = d + blocks;
-    auto* u = reinterpret_cast<uint8_t*>(c + blocks);
-    for (int64_t n = 0; n < nc; ++n) {
-      const uint8_t* row = w_.data + (n0 + n) * w_.row_bytes;
-      unpack_row_u8(w_.type, row + k0 / w_.traits.block_size * w_.traits.type_size, kc, u, d, c);
-      for (int64_t b = 0; b < blocks; ++b)
-        gemm::put_q_column(gemm::q_block_at(panel, blocks, n, b), int(n % gemm::kQNr),
-                           u + b * gemm::kQBlock, d[b], c[b]);
+    float* c = d + kColumns * blocks;
+    auto* u = reinterpret_cast<uint8_t*>(c + kColumns * blocks);
+    const int64_t offset = k0 / w_.traits.block_size * w_.traits.type_size;
+    for (int64_t n = 0; n < nc; n += kColumns) {
+      const int64_t count = std::min(kColumns, nc - n);
+      for (int64_t i = 0; i < count; ++i)
+        unpack_row_u8(w_.type, w_.data + (n0 + n + i) * w_.row_bytes + offset, kc, u + i * kc,
+                      d + i * blocks, c + i * blocks);
+      gemm::put_q_columns(panel, blocks, n, count, u, kc, d, c, blocks);
     }
   }
 

@@ -5,6 +5,7 @@
 #include <stdexcept>
 #include <type_traits>
 
+#include "dispatch.h"
 #include "quant/blocks.h"
 
 namespace ggtune {
@@ -60,7 +61,8 @@ bool has_u8_codes(GgmlType type) {
   }
 }
 
-void unpack_row_u8(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d, float* c) {
+void unpack_row_u8_scalar(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d,
+                          float* c) {
   switch (type) {
     case GgmlType::Q4_0:
       return each_block<BlockQ4_0>(src, n, 32, [&](const BlockQ4_0& blk, int64_t b) {
@@ -97,6 +99,13 @@ void unpack_row_u8(GgmlType type, const void* src, int64_t n, uint8_t* u, float*
     default: break;
   }
   throw std::invalid_argument("unpack_row_u8: no u8 codes for this GGML type");
+}
+
+void unpack_row_u8(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d, float* c) {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512 && unpack_row_u8_avx512(type, src, n, u, d, c)) return;
+#endif
+  unpack_row_u8_scalar(type, src, n, u, d, c);
 }
 
 }  // namespace ggtune

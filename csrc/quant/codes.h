@@ -15,7 +15,10 @@ namespace ggtune {
 bool has_u8_codes(GgmlType type);
 
 // n elements of a row (n a multiple of the type's block size) -> codes u[n], d and c [n / 32].
-// Throws std::invalid_argument for a type without u8 codes.
+// Throws std::invalid_argument for a type without u8 codes. Runs on active_isa().
 void unpack_row_u8(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d, float* c);
+void unpack_row_u8_scalar(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d, float* c);
+// The 32-block types; false for the others (the caller runs the scalar reference).
+bool unpack_row_u8_avx512(GgmlType type, const void* src, int64_t n, uint8_t* u, float* d, float* c);
 
 }  // namespace ggtune
