@@ -3,6 +3,13 @@
     PYTHONPATH=python python benchmarks/bench_kernels.py [--tokens 1024] [--precision auto]
         [--types Q4_1,Q8_0,F32] [--repeats 7] [--threads N]
 
+On the 2-vCPU VMs ggtune is tuned on, a thread pool that slept through the 0.25 s settle time
+sometimes wakes its worker on the master's CPU and the two share it for several milliseconds
+(seen in /proc/<pid>/task/*/stat: every slow burst had both on one CPU), which makes short
+shapes measure 2-4x slow at random. Threads that keep spinning through the pauses take that
+out of the measurement:
+    GOMP_SPINCOUNT=2000000 PYTHONPATH=python python benchmarks/bench_kernels.py
+
 On a loaded machine a one-core comparison is steadier:
     OPENBLAS_NUM_THREADS=1 PYTHONPATH=python python benchmarks/bench_kernels.py --threads 1
 
