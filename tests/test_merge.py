@@ -151,7 +151,8 @@ def test_small_adapter_keeps_blocks_a_fresh_quantization_would_blur(tmp_path):
 
 # ---- training checkpoints: norm and token_embd adapters reach the model --------------------------
 
-def write_checkpoint(path, weights, ranks: dict[str, int], seed=0) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_checkpoint(path, weights, ranks: dict[str, int], seed=0,
+                     lora_alpha=None) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """A finetune_lora checkpoint with random adapters (checkpoint orientation) for `weights`."""
     hp = weights.hparams
     rng = np.random.default_rng(seed)
@@ -169,7 +170,8 @@ def write_checkpoint(path, weights, ranks: dict[str, int], seed=0) -> dict[str, 
                              rope_freq_base=hp.rope_freq_base, rope_freq_scale=hp.rope_freq_scale),
         ranks=ranks, lora=lora,
         optimizer=OptimizerCheckpoint(m=np.zeros(count, np.float32), v=np.zeros(count, np.float32)),
-        counters=TrainCounters(), shuffle=ShuffleState(rng_state="unused", samples_hash=0, sample_count=0, next_sample=0))
+        counters=TrainCounters(), shuffle=ShuffleState(rng_state="unused", samples_hash=0, sample_count=0, next_sample=0),
+        lora_alpha=lora_alpha)
     save_checkpoint(path, ckpt)
     return lora
 
@@ -221,6 +223,23 @@ def test_checkpoint_merge_equals_the_training_forward(tmp_path):
     merged = load_model(tmp_path / "m.gguf", precision="f32").token_losses(TOKENS[None, :]).sum(dtype=np.float64)
     assert abs(loss_sum - untrained) > 0.1
     assert merged == pytest.approx(loss_sum, abs=1e-4 * n)
+
+
+def test_checkpoint_alpha_recorded_by_ggtune_is_the_default(tmp_path):
+    """A ggtune checkpoint records its alpha (the original's do not): merge scales by it unless
+    --lora-alpha says otherwise, even for a checkpoint of norm adapters only."""
+    base = write_tiny_llama(tmp_path / "base.gguf")
+    weights = read_llama_gguf(base)
+    ranks = dict(dict.fromkeys(RANK_KINDS, 0), attn_norm=1, attn_q=2)
+    write_checkpoint(tmp_path / "ck.gguf", weights, ranks, lora_alpha=5.0)
+    merge(base, [(tmp_path / "ck.gguf", 1.0)], tmp_path / "default.gguf", outtype="f32")
+    merge(base, [(tmp_path / "ck.gguf", 1.0, 5.0)], tmp_path / "explicit.gguf", outtype="f32")
+    merge(base, [(tmp_path / "ck.gguf", 1.0, 2.0)], tmp_path / "rank.gguf", outtype="f32")
+    name = "blk.0.attn_q.weight"
+    np.testing.assert_array_equal(dequantized(tmp_path / "default.gguf", name),
+                                  dequantized(tmp_path / "explicit.gguf", name))
+    assert not np.array_equal(dequantized(tmp_path / "default.gguf", name),
+                              dequantized(tmp_path / "rank.gguf", name))
 
 
 def test_checkpoint_with_only_norm_adapters_needs_alpha(tmp_path):

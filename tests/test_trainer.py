@@ -84,6 +84,21 @@ def test_resume_is_exact(tmp_path, model_path, text_path):
     assert one.counters == two.counters and one.shuffle == two.shuffle
 
 
+def test_resume_keeps_the_checkpoints_alpha(tmp_path, model_path, text_path, capsys):
+    """The checkpoint records --lora-alpha: a resume without it continues at the same scale (the
+    original's files did not, and a resume silently fell back to alpha = rank); another value is
+    taken, with a note."""
+    straight = run(model_path, text_path, tmp_path / "a", 4, lora_alpha=8.0)
+    run(model_path, text_path, tmp_path / "b", 2, lora_alpha=8.0)
+    ck = str(tmp_path / "b" / "ck-LATEST.gguf")
+    assert load_checkpoint(ck).lora_alpha == 8.0
+    resumed = run(model_path, text_path, tmp_path / "b", 2, checkpoint_in=ck)
+    np.testing.assert_allclose(resumed.losses, straight.losses[2:], rtol=0, atol=1e-6)
+    other = run(model_path, text_path, tmp_path / "c", 2, checkpoint_in=ck, lora_alpha=2.0, verbose=True)
+    assert "trained with --lora-alpha 8; continuing with 2" in capsys.readouterr().err
+    assert abs(other.losses[0] - straight.losses[2]) > 1e-4
+
+
 def test_resume_with_other_ranks_or_opt_past_is_refused(tmp_path, model_path, text_path):
     run(model_path, text_path, tmp_path, 2)
     ck = str(tmp_path / "ck-LATEST.gguf")

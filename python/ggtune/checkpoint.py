@@ -28,6 +28,10 @@ TRAINING_TYPE = "finetune_lora"
 GLOBAL_KINDS = ("token_embd", "output_norm", "output")
 LAYER_KINDS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_down",
                "ffn_up")
+# The LoRA alpha the checkpoint was trained with: ggtune writes it (the original did not, so a
+# resume with another --lora-alpha silently changed the adapters' scale); the original's
+# converter and loader ignore keys they do not know.
+ALPHA_KEY = "ggtune.training.lora_alpha"
 RANK_KINDS = GLOBAL_KINDS + LAYER_KINDS  # order of the training.lora.rank.* keys
 NORM_KINDS = ("output_norm", "attn_norm", "ffn_norm")
 
@@ -85,6 +89,8 @@ class Checkpoint:
     optimizer: OptimizerCheckpoint
     counters: TrainCounters
     shuffle: ShuffleState
+    # ggtune's own key (ALPHA_KEY): the original's files do not record alpha; None for those
+    lora_alpha: float | None = None
 
 
 # ---- names ---------------------------------------------------------------------------------------
@@ -146,6 +152,8 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         w.add_string("training.shuffle.rng_state", shuffle.rng_state)
         w.add_uint64("training.shuffle.sample_count", shuffle.sample_count)
         w.add_uint64("training.shuffle.next_sample", shuffle.next_sample)
+        if ckpt.lora_alpha is not None:
+            w.add_float32(ALPHA_KEY, ckpt.lora_alpha)
         w.add_uint32("optimizer.file_version", 0)
         w.add_uint32("optimizer.convergence_past_count", opt.past)
         w.add_uint64("optimizer.parameter_count", len(opt.m))
@@ -261,7 +269,8 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
                            samples_hash=get.int("training.shuffle.samples_hash"),
                            sample_count=get.int("training.shuffle.sample_count"),
                            next_sample=get.int("training.shuffle.next_sample"))
-    ckpt = Checkpoint(hparams=hp, ranks=ranks, lora=lora, optimizer=opt, counters=counters, shuffle=shuffle)
+    ckpt = Checkpoint(hparams=hp, ranks=ranks, lora=lora, optimizer=opt, counters=counters, shuffle=shuffle,
+                      lora_alpha=get.float(ALPHA_KEY) if ALPHA_KEY in fields else None)
     if get.int("optimizer.parameter_count") != len(opt.m):
         raise CheckpointError(f"optimizer.parameter_count {get.int('optimizer.parameter_count')} does not "
                               f"match the {len(opt.m)} stored moments")

@@ -12,8 +12,9 @@ each adapter holds A (r, n_in), B (n_out, r) and the merged tensor is
   A_ck (n_in, r), B_ck (n_out, r), W' = W + scale · B_ck @ A_ck.T, i.e. A = A_ck.T, B = B_ck).
   It can carry norm adapters (A_ck (n_embd, r), B_ck (1, r): w' = w + scale · (B_ck @ A_ck.T)[0])
   and token_embd adapters (W numpy (n_vocab, n_embd): A_ck (n_embd, r), B_ck (n_vocab, r)), which
-  a GGUF adapter cannot carry to llama.cpp. Checkpoints do not record alpha: it is the caller's,
-  by default the LoRA rank of the matrices, as the trainer's default (--lora-alpha = --lora-r).
+  a GGUF adapter cannot carry to llama.cpp. ggtune's checkpoints record their alpha; the
+  original's do not: then it is the caller's, by default the LoRA rank of the matrices, as the
+  trainer's default (--lora-alpha = --lora-r).
 
 The output keeps every metadata key of the base (general.file_type is updated when --outtype
 changes the matrices' type) and its tensor order. Tensors are processed one at a time: dequantize,
@@ -98,8 +99,9 @@ def read_adapter_source(path: str | os.PathLike, user_scale: float = 1.0,
                         alpha: Optional[float] = None) -> dict[str, Delta]:
     """{base tensor name: Delta} of a GGUF LoRA adapter or a ggtune training checkpoint.
 
-    alpha: replaces the adapter's alpha; for a checkpoint (which does not record it) the default
-    is the rank of its matrix adapters (see :func:`default_checkpoint_alpha`)."""
+    alpha: replaces the adapter's alpha; for a checkpoint the default is the alpha it records, or
+    for the original's checkpoints (which do not) the rank of its matrix adapters (see
+    :func:`default_checkpoint_alpha`)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise MergeError(f"{path}: no such adapter file")
@@ -126,7 +128,7 @@ def _is_training_checkpoint(path: str) -> bool:
 def _checkpoint_deltas(path: str, user_scale: float, alpha: Optional[float]) -> dict[str, Delta]:
     ckpt = load_checkpoint(path)
     if alpha is None:
-        alpha = default_checkpoint_alpha(ckpt.ranks, path)
+        alpha = ckpt.lora_alpha if ckpt.lora_alpha is not None else default_checkpoint_alpha(ckpt.ranks, path)
     modern = checkpoint_to_modern(ckpt.lora)  # A = A_ck.T (r, n_in), B = B_ck (n_out, r)
     return {base: Delta(a, b, _scale(user_scale, alpha, a.shape[0]), path) for base, (a, b) in modern.items()}
 

@@ -59,8 +59,8 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     model = load_model(opts.model_base, n_threads=opts.threads or None, precision=opts.precision)
     _apply_overrides(model, opts)
     ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
-    alpha = float(opts.lora_alpha if opts.lora_alpha is not None else opts.lora_r)
     resumed = _read_checkpoint(opts, ranks)
+    alpha = _resolve_alpha(opts, resumed, log)
     if opts.only_write_lora:
         if resumed is None:
             raise ValueError(f"--only-write-lora: needs an existing --checkpoint-in, got {opts.checkpoint_in!r}")
@@ -229,7 +229,7 @@ class _TrainState:
                 best_loss=conv.best_loss, previous_loss=conv.previous_loss,
                 no_improvement_count=conv.no_improvement_count, past_loss_values=conv.past_loss_values.copy()),
             counters=ckpt_io.TrainCounters(**vars(self.counters)),
-            shuffle=self.stream.state)
+            shuffle=self.stream.state, lora_alpha=self.lora.alpha)
 
     def _on_sigint(self, signum, frame) -> None:
         if self.interrupted:  # a second Ctrl-C: the user really wants out now
@@ -286,6 +286,19 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
     if not opts.only_write_lora:
         ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
     return ck
+
+
+def _resolve_alpha(opts: FinetuneOptions, resumed, log) -> float:
+    """--lora-alpha; when resuming, the checkpoint's own alpha unless --lora-alpha says otherwise."""
+    stored = resumed.lora_alpha if resumed is not None else None
+    if opts.lora_alpha is None:
+        if stored is not None:
+            return float(stored)
+        return float(opts.lora_r)
+    if stored is not None and float(opts.lora_alpha) != stored:
+        log(f"note: {opts.checkpoint_in} was trained with --lora-alpha {stored:g}; continuing with "
+            f"{opts.lora_alpha:g} changes the adapters' scale")
+    return float(opts.lora_alpha)
 
 
 def _lora_from_checkpoint(ck, alpha: float) -> LoraSet:
