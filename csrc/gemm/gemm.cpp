@@ -11,14 +11,13 @@
 #include "gemm/gemm.h"
 
 #include <algorithm>
-#include <cstdlib>
-#include <memory>
 #include <numeric>
 #include <stdexcept>
 #include <vector>
 
 #include "gemm/kernels.h"
 #include "gemm/pack.h"
+#include "gemm/scratch.h"
 #include "parallel.h"
 
 namespace ggtune::gemm {
@@ -27,25 +26,7 @@ namespace {
 // A is packed once for the whole call when all its blocks fit in this (about L2).
 constexpr int64_t kResidentABytes = int64_t(1280) << 10;
 
-// Grow-only, 64-byte aligned buffers, one set per thread, reused across calls.
-class ScratchBuffer {
- public:
-  void* get(int64_t bytes) {
-    if (bytes > size_) {
-      ptr_.reset(static_cast<char*>(std::aligned_alloc(64, round_up(bytes, 64))));
-      size_ = bytes;
-    }
-    return ptr_.get();
-  }
-
- private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-  std::unique_ptr<char, Free> ptr_;
-  int64_t size_ = 0;
-};
-
+// One set of buffers per thread (scratch.h), reused across calls.
 struct ThreadBuffers {
   ScratchBuffer a_panel, b_panel, b_scratch;
 };

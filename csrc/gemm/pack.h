@@ -15,6 +15,7 @@
 #include <cstring>
 
 #include "gemm/gemm.h"
+#include "gemm/scratch.h"
 
 namespace ggtune::gemm {
 
@@ -36,8 +37,6 @@ struct PanelLayout {
     return (j / width) * strip_elems() + (k / g) * g * width + (j % width) * g + k % g;
   }
 };
-
-inline int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
 
 // float32 -> bfloat16 bits, round to nearest even, as VCVTNEPS2BF16 does (subnormals flush
 // to zero, NaN stays NaN).

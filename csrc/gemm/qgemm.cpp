@@ -12,12 +12,11 @@
 
 #include <algorithm>
 #include <cmath>
-#include <cstdlib>
 #include <cstring>
-#include <memory>
 #include <numeric>
 
 #include "dispatch.h"
+#include "gemm/scratch.h"
 #include "parallel.h"
 
 namespace ggtune::gemm {
@@ -29,25 +28,20 @@ constexpr int64_t kMaxKc = 1024;
 constexpr int64_t kNc = 256;
 constexpr int kScalarMr = 4;
 
-int64_t round_up(int64_t x, int64_t m) { return (x + m - 1) / m * m; }
-
-class Buffer {
- public:
-  void* get(int64_t bytes) {
-    if (bytes > size_) {
-      ptr_.reset(static_cast<char*>(std::aligned_alloc(64, round_up(bytes, 64))));
-      size_ = bytes;
-    }
-    return ptr_.get();
+// Q8 rounding of n <= kQBlock values x[i * stride], zero past n: codes q in [-127, 127] with
+// d = amax / 127, code = round-half-even(x * 127 / amax). Returns d; NaN (codes 0) when a value
+// is inf or NaN. The scalar reference of both activations and requantized weights.
+float round_q8_block(const float* x, int64_t stride, int64_t n, int32_t* q) {
+  float amax = 0.0f, poison = 0.0f;  // poison: NaN when the block holds an inf or NaN
+  for (int64_t i = 0; i < n; ++i) {
+    amax = std::fmax(amax, std::fabs(x[i * stride]));
+    poison += x[i * stride] - x[i * stride];
   }
-
- private:
-  struct Free {
-    void operator()(char* p) const { std::free(p); }
-  };
-  std::unique_ptr<char, Free> ptr_;
-  int64_t size_ = 0;
-};
+  const float inv = amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f;
+  for (int64_t i = 0; i < kQBlock; ++i)
+    q[i] = i < n && inv != 0.0f ? int32_t(std::nearbyint(x[i * stride] * inv)) : 0;
+  return amax / 127.0f + poison;
+}
 
 void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                      const float* as, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int m,
@@ -95,7 +89,7 @@ QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const Quan
 }
 
 void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
-  thread_local Buffer panel_buf, scratch_buf;
+  thread_local ScratchBuffer panel_buf, scratch_buf;
   const int64_t mr = p.ks->mr;
   for (int64_t jc = n0; jc < n1; jc += p.nc) {
     const int64_t ncur = std::min(p.nc, n1 - jc);
@@ -123,21 +117,15 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 }  // namespace
 
 void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+  int32_t codes[kQBlock];
   for (int64_t b = 0; b < q_blocks(K); ++b) {
-    const int64_t k0 = b * kQBlock, n = std::min<int64_t>(kQBlock, K - k0);
-    float amax = 0.0f, poison = 0.0f;  // poison: NaN when the block holds an inf or NaN
-    for (int64_t i = 0; i < n; ++i) {
-      amax = std::fmax(amax, std::fabs(x[k0 + i]));
-      poison += x[k0 + i] - x[k0 + i];
-    }
-    const float inv = amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f;
+    const int64_t k0 = b * kQBlock;
+    d[b] = round_q8_block(x + k0, 1, std::min<int64_t>(kQBlock, K - k0), codes);
     int32_t sum = 0;
-    for (int64_t i = 0; i < kQBlock; ++i) {
-      const int32_t v = i < n && inv != 0.0f ? int32_t(std::nearbyint(x[k0 + i] * inv)) : 0;
-      q[k0 + i] = int8_t(v);
-      sum += v;
+    for (int i = 0; i < kQBlock; ++i) {
+      q[k0 + i] = int8_t(codes[i]);
+      sum += codes[i];
     }
-    d[b] = amax / 127.0f + poison;
     s[b] = d[b] * float(sum);
   }
 }
@@ -179,23 +167,14 @@ void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, con
 
 void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
                             uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+  int32_t q[kQBlock];
   uint8_t codes[kQBlock];
   for (int64_t j = 0; j < nc; ++j) {
     const int64_t col = j_off + j;
     for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
-      const int64_t r0 = bb * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
-      float amax = 0.0f, poison = 0.0f;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float v = tile[(r0 + r) * rs + j * cs];
-        amax = std::fmax(amax, std::fabs(v));
-        poison += v - v;
-      }
-      const float inv = amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f;
-      for (int64_t r = 0; r < kQBlock; ++r)
-        codes[r] = uint8_t(128 + (r < rows && inv != 0.0f
-                                      ? int32_t(std::nearbyint(tile[(r0 + r) * rs + j * cs] * inv))
-                                      : 0));
-      const float dq = amax / 127.0f + poison;
+      const int64_t r0 = bb * kQBlock;
+      const float dq = round_q8_block(tile + r0 * rs + j * cs, rs, std::min<int64_t>(kQBlock, kc - r0), q);
+      for (int r = 0; r < kQBlock; ++r) codes[r] = uint8_t(128 + q[r]);
       put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, dq, -128.0f * dq);
     }
   }

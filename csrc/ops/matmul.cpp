@@ -35,9 +35,13 @@ struct GgufMatrix {
   const float* f32_row(int64_t r) const {
     return reinterpret_cast<const float*>(data + r * row_bytes);
   }
+  // The bytes of W[r, c0:]; c0 a multiple of the block size.
+  const uint8_t* at(int64_t r, int64_t c0) const {
+    return data + r * row_bytes + c0 / traits.block_size * traits.type_size;
+  }
   // dst[0:n] = W[r, c0 : c0 + n]; c0 and n multiples of the block size.
   void dequantize(int64_t r, int64_t c0, int64_t n, float* dst) const {
-    dequantize_row(type, data + r * row_bytes + c0 / traits.block_size * traits.type_size, dst, n);
+    dequantize_row(type, at(r, c0), dst, n);
   }
   // A quantized tile is dequantized, then packed: about twice the work of packing floats
   // (the SIMD dequantize_row runs at ~0.2 ns per element here, like the packing itself).
@@ -119,12 +123,10 @@ class CodesTransposed final : public gemm::QuantBOperand {
     float* d = scratch;
     float* c = d + kColumns * blocks;
     auto* u = reinterpret_cast<uint8_t*>(c + kColumns * blocks);
-    const int64_t offset = k0 / w_.traits.block_size * w_.traits.type_size;
     for (int64_t n = 0; n < nc; n += kColumns) {
       const int64_t count = std::min(kColumns, nc - n);
       for (int64_t i = 0; i < count; ++i)
-        unpack_row_u8(w_.type, w_.data + (n0 + n + i) * w_.row_bytes + offset, kc, u + i * kc,
-                      d + i * blocks, c + i * blocks);
+        unpack_row_u8(w_.type, w_.at(n0 + n + i, k0), kc, u + i * kc, d + i * blocks, c + i * blocks);
       gemm::put_q_columns(panel, blocks, n, count, u, kc, d, c, blocks);
     }
   }

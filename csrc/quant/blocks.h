@@ -174,6 +174,11 @@ inline half_bits fp32_to_fp16(float f) {
   return half_bits(sign | (ax >> 13));
 }
 
+// Q5_0 / Q5_1 fifth bits: qh read as a little-endian 32-bit word, bit i for element i.
+inline uint32_t load_qh(const uint8_t* qh) {
+  return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
+}
+
 // The i-th 16-bit value of a possibly unaligned array.
 inline uint16_t load_u16(const void* p, int64_t i) {
   uint16_t v;

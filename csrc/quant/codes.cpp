@@ -11,10 +11,6 @@
 namespace ggtune {
 namespace {
 
-uint32_t load_qh(const uint8_t* qh) {
-  return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
-}
-
 // Nibbles of a 32-block: element i in the low nibble of qs[i], i + 16 in the high one;
 // with qh, bit i of it is bit 4 of element i.
 void nibbles(const uint8_t* qs, const uint8_t* qh, uint8_t* u) {

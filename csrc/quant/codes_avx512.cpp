@@ -17,9 +17,7 @@ inline __m256i nibble_codes(const uint8_t* qs) {
 
 // Bit i of qh (little-endian 32 bits) as 16 in byte i.
 inline __m256i fifth_bits(const uint8_t* qh) {
-  uint32_t bits;
-  std::memcpy(&bits, qh, 4);
-  return _mm256_and_si256(_mm256_movm_epi8(bits), _mm256_set1_epi8(0x10));
+  return _mm256_and_si256(_mm256_movm_epi8(load_qh(qh)), _mm256_set1_epi8(0x10));
 }
 
 inline void store32(uint8_t* u, __m256i v) { _mm256_storeu_si256(reinterpret_cast<__m256i*>(u), v); }

@@ -46,10 +46,6 @@ void q4_1_block(const BlockQ4_1& b, float* y) {
 }
 
 // Q5_0 / Q5_1: as Q4, plus bit i of the little-endian 32-bit qh as bit 4 of element i.
-uint32_t load_qh(const uint8_t* qh) {
-  return uint32_t(qh[0]) | uint32_t(qh[1]) << 8 | uint32_t(qh[2]) << 16 | uint32_t(qh[3]) << 24;
-}
-
 void q5_0_block(const BlockQ5_0& b, float* y) {
   const float d = fp16_to_fp32(b.d);
   const uint32_t qh = load_qh(b.qh);
