@@ -18,4 +18,28 @@ void set_isa(Isa isa);       // throws std::invalid_argument above detected_isa(
 const char* isa_name(Isa isa);
 bool parse_isa(const char* name, Isa* out);
 
+// The kernel table of the active tier, for op families that compile one table per tier. The
+// avx2 / avx512 tables exist on x86-64 only: pass them through GGTUNE_X86(&table), which is
+// nullptr elsewhere (where active_isa() is always scalar).
+template <class T>
+struct NonDeduced {  // keeps a nullptr argument from taking part in deducing Table
+  using type = T;
+};
+template <class Table>
+const Table& active_table(const Table& scalar, const typename NonDeduced<Table>::type* avx2,
+                          const typename NonDeduced<Table>::type* avx512) {
+  switch (active_isa()) {
+    case Isa::avx512: return *avx512;
+    case Isa::avx2: return *avx2;
+    case Isa::scalar: break;
+  }
+  return scalar;
+}
+
 }  // namespace ggtune
+
+#if defined(__x86_64__)
+#define GGTUNE_X86(table) (table)
+#else
+#define GGTUNE_X86(table) nullptr
+#endif

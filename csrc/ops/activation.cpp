@@ -9,14 +9,8 @@ constexpr ActivationKernels activation_kernels_scalar = make_activation_kernels<
 }
 
 const ActivationKernels& activation_kernels() {
-#if defined(__x86_64__)
-  switch (active_isa()) {
-    case Isa::avx512: return activation_kernels_avx512;
-    case Isa::avx2: return activation_kernels_avx2;
-    case Isa::scalar: break;
-  }
-#endif
-  return activation_kernels_scalar;
+  return active_table(activation_kernels_scalar, GGTUNE_X86(&activation_kernels_avx2),
+                      GGTUNE_X86(&activation_kernels_avx512));
 }
 
 }  // namespace ggtune::ops

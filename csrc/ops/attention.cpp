@@ -9,14 +9,8 @@ constexpr AttentionKernels attention_kernels_scalar = make_attention_kernels<Sca
 }
 
 const AttentionKernels& attention_kernels() {
-#if defined(__x86_64__)
-  switch (active_isa()) {
-    case Isa::avx512: return attention_kernels_avx512;
-    case Isa::avx2: return attention_kernels_avx2;
-    case Isa::scalar: break;
-  }
-#endif
-  return attention_kernels_scalar;
+  return active_table(attention_kernels_scalar, GGTUNE_X86(&attention_kernels_avx2),
+                      GGTUNE_X86(&attention_kernels_avx512));
 }
 
 }  // namespace ggtune::ops

@@ -9,14 +9,8 @@ constexpr NormKernels norm_kernels_scalar = make_norm_kernels<Scalar>();
 }
 
 const NormKernels& norm_kernels() {
-#if defined(__x86_64__)
-  switch (active_isa()) {
-    case Isa::avx512: return norm_kernels_avx512;
-    case Isa::avx2: return norm_kernels_avx2;
-    case Isa::scalar: break;
-  }
-#endif
-  return norm_kernels_scalar;
+  return active_table(norm_kernels_scalar, GGTUNE_X86(&norm_kernels_avx2),
+                      GGTUNE_X86(&norm_kernels_avx512));
 }
 
 }  // namespace ggtune::ops
