@@ -73,13 +73,16 @@ def add_cli(subparsers) -> None:
 
 def run(args) -> int:
     from .cli import load_model_from_args, require_file
+    from .data import read_text
+    from .options import PERPLEXITY_RANGES, check_ranges
     from .progress import Progress
 
+    check_ranges(args, PERPLEXITY_RANGES)
     require_file(args.text, "--text")
+    text = read_text(args.text, "the text")
     model = load_model_from_args(args)
     ctx = min(args.ctx, model.hparams.n_ctx_train)
-    with open(args.text, encoding="utf-8") as f:
-        tokens = model.tokenize(f.read())
+    tokens = model.tokenize(text)
     bar = Progress(0, "perplexity")
     result = perplexity(model, tokens, ctx, progress=bar.update)
     bar.close()

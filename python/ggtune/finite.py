@@ -33,3 +33,18 @@ def require_finite(tensors: Iterable[tuple[str, np.ndarray]], source: str,
 def require_finite_value(value: float, what: str, error: Callable[[str], Exception] = ValueError) -> None:
     if not math.isfinite(value):
         raise error(f"{what} is {value}, expected a finite number")
+
+
+class TrainingDiverged(ValueError):
+    """A non-finite loss, gradient or parameter: training stops before it reaches any file."""
+
+
+def check_training_step(iteration: int, loss: float, arrays: dict[str, np.ndarray], what: str) -> None:
+    """Raises TrainingDiverged naming the iteration (and tensor) when the loss or one of
+    ``arrays`` (``what``: "gradient" or "parameter") is not finite."""
+    if not math.isfinite(loss):
+        raise TrainingDiverged(f"iteration {iteration}: the loss is {loss}")
+    for name, array in arrays.items():
+        problem = describe_non_finite(array)
+        if problem is not None:
+            raise TrainingDiverged(f"iteration {iteration}: the {what} of {name} holds {problem}")

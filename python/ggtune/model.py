@@ -55,6 +55,13 @@ def linear(x: np.ndarray, weight: Weight, lora: Optional[Sequence[LoraPair]] = N
     return out
 
 
+def add_embedding_lora(x: np.ndarray, ids: np.ndarray, pairs: Optional[Sequence[LoraPair]]) -> None:
+    """x f32 [T, C] += scale * B[ids] @ A for each token_embd adapter (A [r, C], B [V, r]): the rows
+    of W + scale * B @ A, as llama.cpp's input embedding applies them (untied models only)."""
+    for pair in pairs or ():
+        x += np.float32(pair.scale) * (pair.b[ids] @ pair.a)
+
+
 def round_f16(x: np.ndarray) -> np.ndarray:
     """x rounded to float16 and back, in place (llama.cpp's default F16 KV cache)."""
     _core.round_activations(x.reshape(-1, x.shape[-1]), F16, x.reshape(-1, x.shape[-1]))
@@ -123,6 +130,7 @@ class LlamaModel:
         pos = np.tile(np.arange(n_past, n_past + S, dtype=np.int32), B)  # [T]
         x = np.empty((T, hp.n_embd), dtype=np.float32)  # the residual stream [T, C]
         _core.get_rows(self.weights.token_embd.data, self.weights.token_embd.ggml_type, ids, x)
+        add_embedding_lora(x, ids, self.lora.get("token_embd.weight"))
         h = np.empty_like(x)
         rstd = np.empty(T, dtype=np.float32)
         att = np.empty((B, S, H, D), dtype=np.float32)
@@ -212,15 +220,15 @@ def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeigh
     from .adapters import read_gguf_adapter
 
     path = os.fspath(path)
-    alpha, pairs = read_gguf_adapter(path)
+    alpha, pairs = read_gguf_adapter(path, architecture=weights.metadata.get("general.architecture"))
     targets = weights.weights_by_name()
     adapted = {}
     for name, (a, b) in pairs.items():
         if name.endswith("_norm.weight"):
             continue
-        if name == "token_embd.weight":
-            raise GGUFError(f"{path}: adapters on token_embd.weight are not supported (llama.cpp rejects "
-                            "them on tied-embedding models); merge the adapter into the model instead")
+        if name == "token_embd.weight" and weights.tied_embeddings:
+            raise GGUFError(f"{path}: an adapter on token_embd.weight of a tied-embedding model (llama.cpp "
+                            "aborts on it: the output layer shares the tensor); merge it into the model instead")
         w = targets.get(name)
         if w is None:
             raise GGUFError(f"{path}: adapter tensor '{name}' has no matching weight in {weights.path}")

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .atomic import atomic_path, temporary_directory
+from .gguf_io import open_gguf
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -160,7 +161,7 @@ def read_model_heads(model_path: str | os.PathLike) -> tuple[int, int, dict[str,
     """(n_head, n_head_kv, {tensor name: ggml ne}) of a LLaMA GGUF model."""
     import gguf
 
-    reader = gguf.GGUFReader(model_path)
+    reader = open_gguf(model_path)
 
     def value(key):
         field = reader.fields.get(key)
@@ -209,14 +210,14 @@ def add_cli(subparsers) -> None:
 def _run_export_peft(args) -> int:
     from .adapters import read_gguf_adapter
 
-    try:
-        alpha, adapter = read_gguf_adapter(args.lora)
-        n_head, n_head_kv, shapes = read_model_heads(args.model)
-        check_adapter_fits(adapter, shapes, args.model)
-        config = export_peft(adapter, alpha, n_head, n_head_kv, args.output,
-                             args.base_model_name_or_path)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"ggtune export-peft: {error}") from error
+    from .cli import require_file
+
+    require_file(args.model, "--model")
+    require_file(args.lora, "--lora")
+    n_head, n_head_kv, shapes = read_model_heads(args.model)  # errors: one line by cli.main
+    alpha, adapter = read_gguf_adapter(args.lora, architecture="llama")
+    check_adapter_fits(adapter, shapes, args.model)
+    config = export_peft(adapter, alpha, n_head, n_head_kv, args.output, args.base_model_name_or_path)
     print(f"wrote {args.output}: {len(adapter)} LoRA modules ({', '.join(config['target_modules'])}), "
           f"r={config['r']}, lora_alpha={config['lora_alpha']}; attn_q/attn_k rows un-permuted "
           f"for n_head={n_head}, n_head_kv={n_head_kv}")

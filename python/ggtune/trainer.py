@@ -18,13 +18,15 @@ import numpy as np
 
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io
 from .graph import Graph, Grads
-from .lora import LoraSet, RANK_OPTIONS, init_lora
-from .memory import current_anon_rss, peak_rss, plan_memory
+from .lora import LoraSet, RANK_OPTIONS, init_lora, target_shapes
+from .memory import check_fits, current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
+from .finite import TrainingDiverged, check_training_step
 from .options import FinetuneOptions, options_from_kwargs
 from .progress import Progress
 from .profile import Profiler
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 MATRIX_DEFAULT_KINDS = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
                         "ffn_gate", "ffn_down", "ffn_up")
 
@@ -37,6 +39,7 @@ class FinetuneResult:
     written: list[str] = field(default_factory=list)           # paths of checkpoints and adapters
     iterations: int = 0                                        # global optimizer iteration at the end
     interrupted: bool = False
+    signal: int = 0                                            # the stop signal received (SIGINT, SIGTERM)
     stopped_by: str = ""                                       # why training ended early, if it did
     memory_plan_bytes: int = 0
     peak_rss_bytes: int = 0
@@ -60,6 +63,9 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     _apply_overrides(model, opts)
     ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
     resumed = _read_checkpoint(opts, ranks)
+    if resumed is not None:
+        fitted = resumed.ranks if opts.only_write_lora else ranks
+        ckpt_io.check_fits_model(resumed, target_shapes(model.weights, fitted), opts.checkpoint_in, opts.model_base)
     alpha = _resolve_alpha(opts, resumed, log)
     if opts.only_write_lora:
         if resumed is None:
@@ -108,6 +114,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
     for line in plan.lines():
         log(line)
+    check_fits(plan, f"--batch {opts.batch} --ctx {opts.ctx}")
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler)
@@ -125,13 +132,13 @@ class _TrainState:
         self.opts, self.model, self.lora, self.graph, self.grads = opts, model, lora, graph, grads
         self.adam, self.convergence, self.counters, self.stream = adam, convergence, counters, stream
         self.fresh = fresh
-        self.interrupted = False
+        self.interrupted = 0  # the number of the stop signal received (SIGINT, SIGTERM), 0 if none
         self.profiler = profiler
 
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
         progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose)
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS} if _main_thread() else {}
         epochs_done = 0
         try:
             for step in range(opts.adam_iter):
@@ -153,15 +160,20 @@ class _TrainState:
                 if not last and opts.save_every > 0 and self.counters.iteration_count % opts.save_every == 0:
                     result.written += self.save()
                 if stop or self.interrupted:
-                    result.stopped_by = "interrupted (SIGINT)" if self.interrupted else stop
+                    result.stopped_by = f"interrupted ({signal.Signals(self.interrupted).name})" if self.interrupted else stop
                     break
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}: training diverged and stopped; nothing of this iteration was saved"
+                                   f"{_last_saved(result.written)} (try a lower --adam-alpha, "
+                                   "--adam-gclip 1)") from None
         finally:
             progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         result.written = list(dict.fromkeys(result.written + self.save()))  # periodic saves reuse names
         result.iterations = self.counters.iteration_count
-        result.interrupted = self.interrupted
+        result.interrupted = bool(self.interrupted)
+        result.signal = self.interrupted
         if result.stopped_by:
             log(f"stopped: {result.stopped_by}")
         log(f"wrote {', '.join(result.written)}")
@@ -192,8 +204,11 @@ class _TrainState:
             self.adam.iteration, warmup=opts.warmup, cos_decay_steps=opts.cos_decay_steps,
             cos_decay_restart=opts.cos_decay_restart, cos_decay_min=opts.cos_decay_min,
             enable_restart=opts.enable_restart, alpha=opts.adam_alpha, min_alpha=opts.adam_min_alpha)
+        iteration = self.counters.iteration_count + 1
+        check_training_step(iteration, loss, self.grads.arrays(), "gradient")  # before Adam touches anything
         with prof.phase("optimizer"):
             self.adam.step(self.grads.arrays(), self.last_lr)
+        check_training_step(iteration, loss, self.lora.parameters(), "updated parameter")
         self.counters.iteration_count += 1
         self.counters.epoch_count += epochs
         self.last_loss = loss
@@ -231,12 +246,14 @@ class _TrainState:
             counters=ckpt_io.TrainCounters(**vars(self.counters)),
             shuffle=self.stream.state, lora_alpha=self.lora.alpha)
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.interrupted:  # a second Ctrl-C: the user really wants out now
+    def _on_signal(self, signum, frame) -> None:
+        """Ctrl-C (SIGINT) and SIGTERM (what schedulers and containers send): finish the
+        iteration, save, stop; a second one aborts at once."""
+        if self.interrupted:
             raise KeyboardInterrupt
-        self.interrupted = True
-        print("\nggtune: interrupted, finishing this iteration and saving (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        self.interrupted = signum
+        print(f"\nggtune: {signal.Signals(signum).name} received, finishing this iteration and saving "
+              "(send it again to abort)", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -340,6 +357,11 @@ def _apply_overrides(model, opts: FinetuneOptions) -> None:
         hp.rope_freq_scale = opts.rope_freq_scale
 
 
+def _last_saved(written: list[str]) -> str:
+    return f"; the last saved files are {', '.join(written[-4:])}" if written else \
+        "; no save point was reached before it (--save-every N)"
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -372,4 +394,4 @@ def _cli_finetune(args) -> int:
     if opts.n_gpu_layers:
         print("ggtune finetune: warning: --gpu-layers has no effect, ggtune trains on the CPU", file=sys.stderr)
     result = run(opts)  # input problems raise ValueError subclasses, which cli.main prints as one line
-    return 130 if result.interrupted else 0
+    return 128 + result.signal if result.interrupted else 0  # 130 after Ctrl-C, 143 after SIGTERM
