@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic import atomic_path
-from .data import ShuffleState
+from .data import ShuffleState, check_rng_state
 from .finite import require_finite
 
 TRAINING_TYPE = "finetune_lora"
@@ -214,6 +214,8 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
     except CheckpointError as e:
         message = str(e)
         raise CheckpointError(message if message.startswith(name) else f"{name}: {message}") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as e:  # values a damaged file holds
+        raise CheckpointError(f"{name}: damaged checkpoint ({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint_if_present(path: str | os.PathLike | None) -> Checkpoint | None:
@@ -271,6 +273,7 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
                            samples_hash=get.int("training.shuffle.samples_hash"),
                            sample_count=get.int("training.shuffle.sample_count"),
                            next_sample=get.int("training.shuffle.next_sample"))
+    check_rng_state(shuffle.rng_state)
     ckpt = Checkpoint(hparams=hp, ranks=ranks, lora=lora, optimizer=opt, counters=counters, shuffle=shuffle,
                       lora_alpha=get.float(ALPHA_KEY) if ALPHA_KEY in fields else None)
     if get.int("optimizer.parameter_count") != len(opt.m):

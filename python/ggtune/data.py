@@ -292,13 +292,21 @@ def _encode_state(state: dict) -> str:
     return "mt19937 " + str(int(state["pos"])) + " " + " ".join(str(int(k)) for k in state["key"])
 
 
+def check_rng_state(rng_state: str) -> None:
+    """DataError unless ``rng_state`` is a state string of :func:`seed_rng_state`."""
+    _generator(rng_state)
+
+
 def _generator(rng_state: str) -> np.random.MT19937:
     words = rng_state.split()
-    if len(words) != 626 or words[0] != "mt19937":
+    if len(words) != 626 or words[0] != "mt19937" or not all(w.isdigit() and int(w) < 2**32 for w in words[1:]):
         raise DataError("shuffle rng_state: not a ggtune mt19937 state string")
     bits = np.random.MT19937()
-    bits.state = {"bit_generator": "MT19937",
-                  "state": {"key": np.array([int(w) for w in words[2:]], np.uint32), "pos": int(words[1])}}
+    try:
+        bits.state = {"bit_generator": "MT19937",
+                      "state": {"key": np.array([int(w) for w in words[2:]], np.uint32), "pos": int(words[1])}}
+    except ValueError:  # a position outside the 624-word state
+        raise DataError("shuffle rng_state: not a valid mt19937 state") from None
     return bits
 
 

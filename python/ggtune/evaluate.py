@@ -15,7 +15,8 @@ import numpy as np
 
 from .model import LlamaModel
 
-DEFAULT_BATCH_TOKENS = 512  # tokens per forward batch, like llama.cpp's n_batch
+DEFAULT_BATCH_TOKENS = 512
+MAX_EXP_ARGUMENT = 709.0  # exp() of more overflows a float64: no working model is that far off  # tokens per forward batch, like llama.cpp's n_batch
 
 
 @dataclass
@@ -56,7 +57,16 @@ def perplexity(model: LlamaModel, tokens: Sequence[int], ctx: int, batch_tokens:
         i += len(group)
         if progress:
             progress(done, total)
+    if not math.isfinite(loss_sum) or loss_sum / count > MAX_EXP_ARGUMENT:
+        raise ValueError(non_finite_output_message(model))
     return PerplexityResult(loss_sum / count, count)
+
+
+def non_finite_output_message(model: LlamaModel) -> str:
+    adapters = f" or its adapters ({len(model.lora)} tensors)" if model.lora else ""
+    return (f"{model.weights.path}: the model computes non-finite logits (NaN or infinity) or an "
+            f"overflowing perplexity: its weights"
+            f"{adapters} hold values no trained model has; refusing to report a result")
 
 
 def add_cli(subparsers) -> None:

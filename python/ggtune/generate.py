@@ -56,7 +56,12 @@ def generate(model: LlamaModel, prompt: Sequence[int], n_predict: int = 128, *, 
     out: list[int] = []
     while len(out) < n_predict:
         h = model.hidden(step, cache)
-        token = sample_next(model.output_logits(h[-1:])[0], rng, temp, top_k, top_p)
+        logits = model.output_logits(h[-1:])[0]
+        if not np.isfinite(logits).all():
+            from .evaluate import non_finite_output_message
+
+            raise ValueError(non_finite_output_message(model))
+        token = sample_next(logits, rng, temp, top_k, top_p)
         if token in eog:
             break
         out.append(token)

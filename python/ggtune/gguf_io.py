@@ -152,7 +152,22 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     except Exception as e:  # gguf-py reports damage as ValueError, IndexError, struct or mmap errors...
         raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
     validate_tensor_table(path, reader)
+    _check_strings(path, reader)
     return reader
+
+
+def _check_strings(path: str, reader: gguf.GGUFReader) -> None:
+    """Every string key and tensor name decodes as UTF-8 (gguf-py decodes them lazily, raising
+    an error that names neither the file nor the key)."""
+    for key, f in reader.fields.items():
+        if gguf.GGUFValueType.STRING not in f.types:
+            continue
+        for index in f.data:
+            try:
+                bytes(f.parts[index]).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise GGUFError(f"{path}: metadata key '{key}' holds text that is not UTF-8 ({e.reason} "
+                                f"at byte {e.start})") from None
 
 
 GGML_MAX_DIMS = 4

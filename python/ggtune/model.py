@@ -105,7 +105,10 @@ class LlamaModel:
         if self._tokenizer is None:
             from .tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_metadata(self.weights.metadata)
+            try:
+                self._tokenizer = Tokenizer.from_metadata(self.weights.metadata)
+            except ValueError as e:  # a vocabulary that cannot work; the message names the key
+                raise GGUFError(f"{self.weights.path}: {e}") from None
         return self._tokenizer
 
     def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> list[int]:

@@ -301,7 +301,10 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
         return None
     ck = ckpt_io.load_checkpoint(opts.checkpoint_in)
     if not opts.only_write_lora:
-        ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
+        try:
+            ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
+        except ckpt_io.CheckpointError as e:
+            raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e}") from None
     return ck
 
 
