@@ -56,7 +56,7 @@ def judge(case: dict, code, out: str, err: str) -> str:
         return check_result(case, out)
     if code not in (1, 2):
         return f"exit code {code}"
-    lines = [line for line in err.replace("\r", "\n").splitlines() if line.strip() and not PROGRESS.match(line)]
+    lines = [line for line in err.replace("\r", "\n").split("\n") if line.strip() and not PROGRESS.match(line)]
     if len(lines) != 1 or not re.match(r"ggtune [\w-]+: error: ", lines[0]):
         return f"not one error line: {lines[-3:]}"
     if os.path.basename(case["file"]) not in lines[0]:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic import atomic_path
-from .data import ShuffleState, check_rng_state
+from .data import ShuffleState
 from .finite import require_finite
 
 TRAINING_TYPE = "finetune_lora"
@@ -273,7 +273,6 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
                            samples_hash=get.int("training.shuffle.samples_hash"),
                            sample_count=get.int("training.shuffle.sample_count"),
                            next_sample=get.int("training.shuffle.next_sample"))
-    check_rng_state(shuffle.rng_state)
     ckpt = Checkpoint(hparams=hp, ranks=ranks, lora=lora, optimizer=opt, counters=counters, shuffle=shuffle,
                       lora_alpha=get.float(ALPHA_KEY) if ALPHA_KEY in fields else None)
     if get.int("optimizer.parameter_count") != len(opt.m):

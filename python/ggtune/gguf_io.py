@@ -159,6 +159,9 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
 def _check_strings(path: str, reader: gguf.GGUFReader) -> None:
     """Every string key and tensor name decodes as UTF-8 (gguf-py decodes them lazily, raising
     an error that names neither the file nor the key)."""
+    for t in reader.tensors:
+        if not t.name.isprintable():
+            raise GGUFError(f"{path}: tensor name {t.name!r} holds control characters")
     for key, f in reader.fields.items():
         if gguf.GGUFValueType.STRING not in f.types:
             continue
@@ -174,31 +177,36 @@ GGML_MAX_DIMS = 4
 
 
 def validate_tensor_table(path: str, reader: gguf.GGUFReader) -> None:
-    """Every tensor's placement checked in exact integers before any byte of it is used: its
-    offset aligned to general.alignment, its extent (declared type x shape) inside the file and
-    clear of every other tensor, nothing wrapping past 2^64 (gguf-py adds offsets and multiplies
-    shapes in uint64, so a huge value silently turns into a view of other bytes), and the blk.N
-    layers named consistently with {arch}.block_count. GGUFError names the file and tensor."""
+    """Every tensor's placement checked in exact integers before any byte of it is used, with
+    ggml's own rule (gguf.cpp): tensors lie in table order, each at an offset that is a multiple
+    of general.alignment and equals the padded sizes (declared type x shape) of those before it,
+    so a wrong type, shape or offset cannot go unnoticed; nothing may wrap past 2^64 (gguf-py
+    adds offsets and multiplies shapes in uint64, so a huge value silently turns into a view of
+    other bytes); everything ends inside the file; the blk.N layers are named consistently with
+    {arch}.block_count. GGUFError names the file and tensor."""
     size = os.path.getsize(path)
     alignment = int(reader.alignment)
-    extents = []
+    expected = 0  # where the next tensor must start, relative to the data section
     for t in reader.tensors:
-        start, n_bytes = _tensor_extent(path, reader, t, alignment)
+        offset, n_bytes = _tensor_extent(path, t, alignment)
+        start = int(reader.data_offset) + offset
+        if start + n_bytes >= 2**64:
+            raise GGUFError(f"{path}: tensor '{t.name}': data offset {offset} + {n_bytes} bytes wraps past 2^64")
+        if offset != expected:
+            raise GGUFError(f"{path}: tensor '{t.name}' has data offset {offset}, expected {expected} (the "
+                            "tensors before it, by their declared types and shapes, end there): a damaged "
+                            "tensor table")
         if start + n_bytes > size:
             raise GGUFError(f"{path}: truncated GGUF file: tensor '{t.name}' ends at byte "
                             f"{start + n_bytes}, the file has {size}")
         if start != int(t.data_offset) or n_bytes != int(t.data.nbytes):
             raise GGUFError(f"{path}: tensor '{t.name}': its data offset or size overflows 64 bits")
-        extents.append((start, start + n_bytes, t.name))
-    extents.sort()
-    for (_, end, name), (start, _, other) in zip(extents, extents[1:]):
-        if start < end:
-            raise GGUFError(f"{path}: tensors '{name}' and '{other}' overlap in the file")
+        expected = offset + -(-n_bytes // alignment) * alignment
     _check_block_names(path, reader)
 
 
-def _tensor_extent(path: str, reader: gguf.GGUFReader, t, alignment: int) -> tuple[int, int]:
-    """(absolute start, byte count) of a tensor from its declared offset, type and shape."""
+def _tensor_extent(path: str, t, alignment: int) -> tuple[int, int]:
+    """(offset in the data section, byte count) of a tensor from its declared offset, type and shape."""
     ne = [int(n) for n in t.field.parts[3]]
     offset = int(t.field.parts[-1][0])
     if not 1 <= len(ne) <= GGML_MAX_DIMS or min(ne) < 1:
@@ -214,7 +222,7 @@ def _tensor_extent(path: str, reader: gguf.GGUFReader, t, alignment: int) -> tup
     n_elements = 1
     for n in ne:
         n_elements *= n
-    return int(reader.data_offset) + offset, n_elements // block_size * type_size
+    return offset, n_elements // block_size * type_size
 
 
 def _check_block_names(path: str, reader: gguf.GGUFReader) -> None:

@@ -305,6 +305,12 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
             ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
         except ckpt_io.CheckpointError as e:
             raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e}") from None
+        if ck.shuffle.rng_state and not opts.force_reshuffle:
+            try:
+                data_io.check_rng_state(ck.shuffle.rng_state)
+            except data_io.DataError as e:
+                raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e} (--force-reshuffle starts a new "
+                                              "shuffle)") from None
     return ck
 
 
