@@ -157,7 +157,7 @@ def _name_unnamed(fd: int, named: Path) -> None:
 
 
 def _output_error(final: Path, e: OSError) -> OutputError:
-    reason = e.strerror or str(e)
+    reason = e.strerror or f"the write stopped short ({e}): is the disk full or a file size limit reached?"
     return OutputError(e.errno, f"{final}: cannot write: {reason}" + (
         " (the disk is full; nothing was written)" if e.errno == errno.ENOSPC else ""))
 

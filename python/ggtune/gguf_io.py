@@ -148,7 +148,8 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     if magic != GGUF_MAGIC:
         raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     try:
-        reader = gguf.GGUFReader(path, "r")
+        with np.errstate(over="ignore"):  # gguf-py's uint64 offsets may wrap: validate_tensor_table reports it
+            reader = gguf.GGUFReader(path, "r")
     except Exception as e:  # gguf-py reports damage as ValueError, IndexError, struct or mmap errors...
         raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
     validate_tensor_table(path, reader)
