@@ -74,7 +74,7 @@ def one_error_line(capsys, *names: str) -> str:
     ("threads", -1, r"--threads: expected an integer in \[0, 512\], got -1"),
     ("threads", 10000, r"--threads: expected an integer in \[0, 512\], got 10000"),
     ("cos_decay_min", 2.0, r"--cos-decay-min: expected a number in \[0, 1\]"),
-    ("epochs", 0, "--epochs: expected an integer >= 1 or -1, got 0"),
+    ("epochs", -2, "--epochs: expected an integer >= -1, got -2"),
     ("ctx", 1.5, "--ctx: expected an integer >= 1, got 1.5"),
 ])
 def test_finetune_refuses_values_outside_their_range(model, text, option, value, expected):

@@ -169,7 +169,7 @@ FINETUNE_RANGES: dict[str, Range] = {
     "threads": THREADS, "keep_layers": COUNT, "adam_iter": COUNT, "save_every": ANY_INT, "seed": ANY_INT,
     "warmup": COUNT, "cos_decay_steps": POSITIVE_INT, "cos_decay_restart": POSITIVE, "cos_decay_min": UNIT,
     "opt_past": COUNT, "opt_delta": NON_NEGATIVE, "opt_max_no_improvement": COUNT,
-    "epochs": Range(low=1, integer=True, special=(-1,)),
+    "epochs": Range(low=-1, integer=True),  # <= 0: no limit, as the original
     "adam_alpha": NON_NEGATIVE, "adam_min_alpha": NON_NEGATIVE, "adam_decay": NON_NEGATIVE,
     "adam_decay_min_ndim": COUNT, "adam_beta1": BETA, "adam_beta2": BETA, "adam_gclip": NON_NEGATIVE,
     "adam_epsf": FINITE, "norm_rms_eps": POSITIVE, "rope_freq_base": POSITIVE, "rope_freq_scale": POSITIVE,
