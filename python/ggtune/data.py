@@ -292,11 +292,6 @@ def _encode_state(state: dict) -> str:
     return "mt19937 " + str(int(state["pos"])) + " " + " ".join(str(int(k)) for k in state["key"])
 
 
-def check_rng_state(rng_state: str) -> None:
-    """DataError unless ``rng_state`` is a state string of :func:`seed_rng_state`."""
-    _generator(rng_state)
-
-
 def _generator(rng_state: str) -> np.random.MT19937:
     words = rng_state.split()
     if len(words) != 626 or words[0] != "mt19937" or not all(w.isdigit() and int(w) < 2**32 for w in words[1:]):

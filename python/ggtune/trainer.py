@@ -96,13 +96,16 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         _restore_convergence(convergence, resumed.optimizer)
         counters = resumed.counters
         log(f"resuming from {opts.checkpoint_in} at iteration {counters.iteration_count}")
-    stream = data_io.BatchStream(
-        samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
-                                      separate_with_bos=opts.separate_with_bos,
-                                      fill_with_next_samples=opts.fill_with_next_samples,
-                                      sample_random_offsets=opts.sample_random_offsets),
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
-        state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
+    try:
+        stream = data_io.BatchStream(
+            samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
+                                          separate_with_bos=opts.separate_with_bos,
+                                          fill_with_next_samples=opts.fill_with_next_samples,
+                                          sample_random_offsets=opts.sample_random_offsets),
+            bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
+            state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
+    except data_io.DataError as e:  # the checkpoint's shuffle state, reused for the same data
+        raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e} (--force-reshuffle starts a new shuffle)") from None
     if resumed and stream.reshuffled:
         log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
 
@@ -305,12 +308,6 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
             ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
         except ckpt_io.CheckpointError as e:
             raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e}") from None
-        if ck.shuffle.rng_state and not opts.force_reshuffle:
-            try:
-                data_io.check_rng_state(ck.shuffle.rng_state)
-            except data_io.DataError as e:
-                raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e} (--force-reshuffle starts a new "
-                                              "shuffle)") from None
     return ck
 
 
