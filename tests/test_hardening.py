@@ -373,18 +373,20 @@ def test_kill_9_leaves_no_temporary_for_long(tmp_path, how):
     if how == "unnamed":  # O_TMPFILE: nothing ever had a name
         assert left == []
     else:  # the next write of the file removes what the dead process left
-        assert len(left) == 1 and left[0].startswith(".out.bin.ggtune-") and left[0].endswith(".partial")
+        assert len(left) == 1 and left[0].startswith(f".out.bin.ggtune-{atomic._host()}-") and left[0].endswith(".partial")
         with atomic.atomic_path(target) as tmp:
             Path(tmp).write_bytes(b"whole")
         assert [p.name for p in tmp_path.iterdir()] == ["out.bin"]
 
 
 def test_a_live_writers_temporary_is_not_removed(tmp_path):
-    live = tmp_path / f".out.bin.ggtune-{os.getppid()}-abcd1234.partial"
-    live.write_bytes(b"someone else's")
+    live = tmp_path / f".out.bin.ggtune-{atomic._host()}-{os.getppid()}-abcd1234.partial"
+    remote = tmp_path / ".out.bin.ggtune-othermachine-999999999-abcd1234.partial"
+    for path in (live, remote):
+        path.write_bytes(b"someone else's")
     with atomic.atomic_path(tmp_path / "out.bin") as tmp:
         Path(tmp).write_bytes(b"x")
-    assert live.exists()
+    assert live.exists() and remote.exists()
 
 
 @pytest.mark.parametrize("unnamed", [True, False])

@@ -12,10 +12,11 @@ How the temporary is made, and why:
   refuse with EXDEV); where neither does, the data is copied once into a named temporary and
   that filesystem uses named temporaries from then on.
 - Elsewhere it is a named file in the same directory (rename is only atomic within one filesystem).
-In both cases the temporary's name says who made it: ``.<final name>.ggtune-<pid>-<random>.partial``.
-Each write first removes temporaries of the same final name whose process is gone, so what a
-crash leaves is cleaned up by the next write of that file; a running writer's files are never
-touched (its pid is alive).
+In both cases the temporary's name says who made it: ``.<final name>.ggtune-<host>-<pid>-<random>.partial``.
+Each write first removes temporaries of the same final name made on this host by a process that is
+gone, so what a crash leaves is cleaned up by the next write of that file; a running writer's
+files are never touched (its pid is alive), nor another machine's (on a shared filesystem its pids
+mean nothing here).
 
 Permissions: a new file is created 0666 & ~umask, as `open` and shell redirections make them;
 an existing file that is overwritten keeps its mode.
@@ -29,6 +30,7 @@ import os
 import re
 import secrets
 import shutil
+import socket
 import stat
 from pathlib import Path
 
@@ -43,8 +45,12 @@ class OutputError(OSError):
         return self.strerror or super().__str__()
 
 
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9]", "", socket.gethostname())[:32] or "host"
+
+
 def _temporary_name(final: Path) -> Path:
-    return final.with_name(f".{final.name}.ggtune-{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
+    return final.with_name(f".{final.name}.ggtune-{_host()}-{os.getpid()}-{secrets.token_hex(4)}{PARTIAL_SUFFIX}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -60,7 +66,8 @@ def _pid_alive(pid: int) -> bool:
 def remove_stale_temporaries(final: Path) -> list[Path]:
     """Removes the temporaries (files or directories) left beside ``final`` by ggtune processes
     that no longer run; returns what it removed."""
-    pattern = re.compile(re.escape(f".{final.name}.ggtune-") + r"(\d+)-[0-9a-f]+" + re.escape(PARTIAL_SUFFIX) + "$")
+    pattern = re.compile(re.escape(f".{final.name}.ggtune-{_host()}-") + r"(\d+)-[0-9a-f]+"
+                         + re.escape(PARTIAL_SUFFIX) + "$")
     removed = []
     try:
         entries = list(os.scandir(final.parent))
