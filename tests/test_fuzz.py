@@ -217,6 +217,9 @@ def fuzz(seeds: Seeds, tmp_path: Path, counts: dict[str, int], seed: int) -> Non
     summary = tally(cases, results)
     print(f"fuzz tally ({len(cases)} cases): {summary}")
     (tmp_path / "tally.txt").write_text(summary + "\n")
+    if os.environ.get("GGTUNE_FUZZ_TALLY"):  # a file to collect the counts of runs in
+        with open(os.environ["GGTUNE_FUZZ_TALLY"], "a") as f:
+            f.write(f"seed {seed}, {len(cases)} cases: {summary}\n")
     by_id = {c["id"]: c for c in cases}
     problems = [f"{r['id']} {by_id.get(r['id'], {}).get('argv')}: {r['problem']}\n{r['err'][-600:]}"
                 for r in results if r["problem"]]
