@@ -51,6 +51,36 @@ void scale_row(float* row, int64_t n, float alpha) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The smallest and largest first_key of every query tile (0 and 0 without bounds): the key
+// tiles below a query tile's smallest bound are skipped (the speed of sliding windows and
+// packed samples), and only tiles reaching above some query's bound need a per-entry mask.
+struct QueryTileBounds {
+  int32_t* minmax;  // [B, n_qblocks, 2]
+  int64_t n_qblocks;
+  QueryTileBounds(const int32_t* first_key /*[B,S] or null*/, int64_t B, int64_t S)
+      : minmax(new int32_t[std::max<int64_t>(2 * B * ceil_div(S, kQueryBlock), 1)]()),
+        n_qblocks(ceil_div(S, kQueryBlock)) {
+    if (!first_key) return;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+        const int32_t* lo = first_key + b * S + qb * kQueryBlock;
+        const int64_t nr = std::min(kQueryBlock, S - qb * kQueryBlock);
+        int32_t lo_min = lo[0], lo_max = lo[0];
+        for (int64_t r = 1; r < nr; ++r) {
+          lo_min = lo[r] < lo_min ? lo[r] : lo_min;
+          lo_max = lo[r] > lo_max ? lo[r] : lo_max;
+        }
+        minmax[2 * (b * n_qblocks + qb)] = lo_min;
+        minmax[2 * (b * n_qblocks + qb) + 1] = lo_max;
+      }
+  }
+  ~QueryTileBounds() { delete[] minmax; }
+  QueryTileBounds(const QueryTileBounds&) = delete;
+  QueryTileBounds& operator=(const QueryTileBounds&) = delete;
+  int64_t min(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb)]; }
+  int64_t max(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb) + 1]; }
+};
+
 // One task = one query block of one head: the tile's rows of `out` accumulate P.V under an
 // online softmax (running max m and sum l per row), then are normalised by l.
 template <class V>
@@ -61,6 +91,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
   Scratch k_t(s.B * s.Hkv * D * s.Skv);
   transpose_heads(k, s.B, s.Skv, s.Hkv, D, k_t.p);
+  const QueryTileBounds bounds(first_key, s.B, s.S);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -78,7 +109,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
       l.p[r] = 0.0f;
     }
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
-    for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
+    for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
       gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, s.Skv, scores.p, kKeyBlock, scale,
                     false);
@@ -131,12 +162,9 @@ void attention_delta(const float* dout, const float* out, float* delta, const At
 
 // Zeroes P^T and dS^T where key j0 + c lies below query r's first key. The lower bounds of a
 // tile's queries need not be monotonic (random bounds, packed samples), so this goes entry
-// by entry; it runs only on tiles some query of which starts inside or after the key tile.
+// by entry; the caller runs it only on tiles some query of which starts after key j0.
 inline void mask_below_first_key(const int32_t* lo /*[nr]*/, int64_t nr, int64_t j0, int64_t nc,
                                  float* pt /*[nc, kQueryBlock]*/, float* dst /*[nc, kQueryBlock]*/) {
-  int32_t lo_max = 0;
-  for (int64_t r = 0; r < nr; ++r) lo_max = lo[r] > lo_max ? lo[r] : lo_max;
-  if (lo_max <= j0) return;  // every query sees every key of the tile its causal bound allows
   for (int64_t c = 0; c < nc; ++c)
     for (int64_t r = 0; r < nr; ++r)
       if (lo[r] > j0 + c) pt[c * kQueryBlock + r] = dst[c * kQueryBlock + r] = 0.0f;
@@ -171,6 +199,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   transpose_heads(dout, s.B, s.S, s.Hq, D, dout_t.p);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
+  const QueryTileBounds bounds(first_key, s.B, s.S);
 
   parallel_for_each(s.B * s.Hkv * n_chunks, [&](int64_t task) {
     const int64_t chunk = task % n_chunks, b = task / n_chunks / s.Hkv,
@@ -188,6 +217,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
       const int64_t first_query = std::max<int64_t>(0, j0 - off);  // first row seeing key j0
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         for (int64_t qb = first_query / kQueryBlock; qb < n_qblocks; ++qb) {
+          if (bounds.min(b, qb) >= j0 + nc) continue;  // no query of the tile sees these keys
           const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
           const int64_t q_row = (b * s.S + i0) * s.Hq + h;
           const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
@@ -213,7 +243,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
               U::store(dsrow + r, U::mul(p, U::sub(U::load(dsrow + r), U::load(delta_tile + r))));
             });
           }
-          if (lo_tile) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
+          if (bounds.max(b, qb) > j0) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
           gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, 1, do_tile, ldq, dv_acc.p, D, 1.0f, true);
           gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, 1, q_tile, ldq, dk_acc.p, D, scale, true);
           // dS = (dS^T)^T, read through swapped strides
