@@ -27,16 +27,23 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// dst[b,h,d,l] = src[b,l,h,d]: every head as a [D, L] matrix, so tiles of its transpose are
-// row-major operands of gemm_block. Done once per call (memory of the size of src).
+// dst[b,h,d,l - l0] = src[b,l,h,d] for l in [l0, L): every head as a [D, L - l0] matrix, so
+// tiles of its transpose are row-major operands of gemm_block. Done once per call, in blocks of
+// kTransposeRows source rows (whose cache lines stay in L1 while each d writes one run of the
+// block's length; one row at a time would write D scattered floats per row read).
+constexpr int64_t kTransposeRows = 16;
+
 inline void transpose_heads(const float* src /*[B,L,H,D]*/, int64_t B, int64_t L, int64_t H,
-                            int64_t D, float* dst /*[B,H,D,L]*/) {
+                            int64_t D, int64_t l0, float* dst /*[B,H,D,L-l0]*/) {
+  const int64_t Lt = L - l0;
   parallel_for_each(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    float* head = dst + bh * D * L;
-    for (int64_t l = 0; l < L; ++l) {
-      const float* row = src + ((b * L + l) * H + h) * D;
-      for (int64_t d = 0; d < D; ++d) head[d * L + l] = row[d];
+    float* head = dst + bh * D * Lt;
+    for (int64_t lb = l0; lb < L; lb += kTransposeRows) {
+      const int64_t le = std::min(lb + kTransposeRows, L);
+      const float* rows = src + ((b * L + lb) * H + h) * D;  // row l at rows + (l - lb) * H * D
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = lb; l < le; ++l) head[d * Lt + (l - l0)] = rows[(l - lb) * H * D + d];
     }
   });
 }
@@ -56,10 +63,11 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // packed samples), and only tiles reaching above some query's bound need a per-entry mask.
 struct QueryTileBounds {
   int32_t* minmax;  // [B, n_qblocks, 2]
-  int64_t n_qblocks;
+  int64_t n_qblocks, n_batches;
   QueryTileBounds(const int32_t* first_key /*[B,S] or null*/, int64_t B, int64_t S)
       : minmax(new int32_t[std::max<int64_t>(2 * B * ceil_div(S, kQueryBlock), 1)]()),
-        n_qblocks(ceil_div(S, kQueryBlock)) {
+        n_qblocks(ceil_div(S, kQueryBlock)),
+        n_batches(B) {
     if (!first_key) return;
     for (int64_t b = 0; b < B; ++b)
       for (int64_t qb = 0; qb < n_qblocks; ++qb) {
@@ -78,6 +86,11 @@ struct QueryTileBounds {
   QueryTileBounds(const QueryTileBounds&) = delete;
   QueryTileBounds& operator=(const QueryTileBounds&) = delete;
   int64_t min(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb)]; }
+  int64_t lowest() const {  // the smallest bound of all (0 without queries)
+    int64_t lo = n_qblocks * n_batches > 0 ? minmax[0] : 0;
+    for (int64_t t = 0; t < n_qblocks * n_batches; ++t) lo = minmax[2 * t] < lo ? minmax[2 * t] : lo;
+    return lo;
+  }
   int64_t max(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb) + 1]; }
 };
 
@@ -89,9 +102,12 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
-  Scratch k_t(s.B * s.Hkv * D * s.Skv);
-  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k_t.p);
+  // Only keys some query sees are transposed: a sliding window's decode step reads the last
+  // `window` keys of a long cache.
   const QueryTileBounds bounds(first_key, s.B, s.S);
+  const int64_t k0 = bounds.lowest(), n_kt = s.Skv - k0;
+  Scratch k_t(s.B * s.Hkv * D * n_kt);
+  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k0, k_t.p);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -99,7 +115,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * s.Skv;          // [D, Skv]
+    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * n_kt - k0;     // [D, Skv], ld n_kt
     const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
@@ -111,7 +127,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
     for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, s.Skv, scores.p, kKeyBlock, scale,
+      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, n_kt, scores.p, kKeyBlock, scale,
                     false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
@@ -195,8 +211,8 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
   Scratch q_t(dq_size), dout_t(dq_size);  // [B,Hq,D,S]
   attention_delta<V>(dout, out, delta.p, s);
-  transpose_heads(q, s.B, s.S, s.Hq, D, q_t.p);
-  transpose_heads(dout, s.B, s.S, s.Hq, D, dout_t.p);
+  transpose_heads(q, s.B, s.S, s.Hq, D, 0, q_t.p);
+  transpose_heads(dout, s.B, s.S, s.Hq, D, 0, dout_t.p);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
   const QueryTileBounds bounds(first_key, s.B, s.S);
