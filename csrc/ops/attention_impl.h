@@ -27,26 +27,31 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// dst[b,h,d,l - l0] = src[b,l,h,d] for l in [l0, L): every head as a [D, L - l0] matrix, so
-// tiles of its transpose are row-major operands of gemm_block. Done once per call, in blocks of
-// kTransposeRows source rows (whose cache lines stay in L1 while each d writes one run of the
-// block's length; one row at a time would write D scattered floats per row read).
+// dst[b,h,d,l - l0] = src[b,l,h,d] for l in [l0, L): every head as a [D, L - l0] matrix with
+// rows of `ld` floats, so tiles of its transpose are row-major operands of gemm_block. Done
+// once per call, in blocks of kTransposeRows source rows (whose cache lines stay in L1 while
+// each d writes one run of the block's length; one row at a time would write D scattered
+// floats per row read).
 constexpr int64_t kTransposeRows = 16;
 
 inline void transpose_heads(const float* src /*[B,L,H,D]*/, int64_t B, int64_t L, int64_t H,
-                            int64_t D, int64_t l0, float* dst /*[B,H,D,L-l0]*/) {
-  const int64_t Lt = L - l0;
+                            int64_t D, int64_t l0, int64_t ld, float* dst /*[B,H,D,ld]*/) {
   parallel_for_each(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    float* head = dst + bh * D * Lt;
+    float* head = dst + bh * D * ld;
     for (int64_t lb = l0; lb < L; lb += kTransposeRows) {
       const int64_t le = std::min(lb + kTransposeRows, L);
       const float* rows = src + ((b * L + lb) * H + h) * D;  // row l at rows + (l - lb) * H * D
       for (int64_t d = 0; d < D; ++d)
-        for (int64_t l = lb; l < le; ++l) head[d * Lt + (l - l0)] = rows[(l - lb) * H * D + d];
+        for (int64_t l = lb; l < le; ++l) head[d * ld + (l - l0)] = rows[(l - lb) * H * D + d];
     }
   });
 }
+
+// Row length of a transposed head of n columns: padded off the powers of two, whose strides
+// map a tile's D rows onto the same few cache sets (a 4096-key cache ran 40x slower per key
+// than a 512-key window).
+inline int64_t transposed_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
 
 template <class V>
 void scale_row(float* row, int64_t n, float alpha) {
@@ -105,9 +110,9 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
   // Only keys some query sees are transposed: a sliding window's decode step reads the last
   // `window` keys of a long cache.
   const QueryTileBounds bounds(first_key, s.B, s.S);
-  const int64_t k0 = bounds.lowest(), n_kt = s.Skv - k0;
-  Scratch k_t(s.B * s.Hkv * D * n_kt);
-  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k0, k_t.p);
+  const int64_t k0 = bounds.lowest(), ld_kt = transposed_ld(s.Skv - k0);
+  Scratch k_t(s.B * s.Hkv * D * ld_kt);
+  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k0, ld_kt, k_t.p);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -115,7 +120,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * n_kt - k0;     // [D, Skv], ld n_kt
+    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * ld_kt - k0;    // [D, Skv], ld ld_kt
     const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
@@ -127,7 +132,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
     for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, n_kt, scores.p, kKeyBlock, scale,
+      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, ld_kt, scores.p, kKeyBlock, scale,
                     false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
@@ -209,10 +214,11 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t dq_size = s.B * s.S * s.Hq * D;
 
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
-  Scratch q_t(dq_size), dout_t(dq_size);  // [B,Hq,D,S]
+  const int64_t ld_t = transposed_ld(s.S);
+  Scratch q_t(s.B * s.Hq * D * ld_t), dout_t(s.B * s.Hq * D * ld_t);  // [B,Hq,D,ld_t]
   attention_delta<V>(dout, out, delta.p, s);
-  transpose_heads(q, s.B, s.S, s.Hq, D, 0, q_t.p);
-  transpose_heads(dout, s.B, s.S, s.Hq, D, 0, dout_t.p);
+  transpose_heads(q, s.B, s.S, s.Hq, D, 0, ld_t, q_t.p);
+  transpose_heads(dout, s.B, s.S, s.Hq, D, 0, ld_t, dout_t.p);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
   const QueryTileBounds bounds(first_key, s.B, s.S);
@@ -238,13 +244,13 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
           const int64_t q_row = (b * s.S + i0) * s.Hq + h;
           const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
           const float* do_tile = dout + q_row * D;
-          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * s.S + i0;  // [D, nr], ld S
-          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * s.S + i0;
+          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * ld_t + i0;  // [D, nr], ld ld_t
+          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * ld_t + i0;
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
           const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;
-          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, s.S, pt.p, kQueryBlock, scale, false);
-          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, s.S, dst.p, kQueryBlock, 1.0f, false);
+          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, ld_t, pt.p, kQueryBlock, scale, false);
+          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, ld_t, dst.p, kQueryBlock, 1.0f, false);
           for (int64_t c = 0; c < nc; ++c) {
             float* prow = pt.p + c * kQueryBlock;
             float* dsrow = dst.p + c * kQueryBlock;
