@@ -91,12 +91,13 @@ struct QueryTileBounds {
   QueryTileBounds(const QueryTileBounds&) = delete;
   QueryTileBounds& operator=(const QueryTileBounds&) = delete;
   int64_t min(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb)]; }
+  int64_t max(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb) + 1]; }
   int64_t lowest() const {  // the smallest bound of all (0 without queries)
-    int64_t lo = n_qblocks * n_batches > 0 ? minmax[0] : 0;
-    for (int64_t t = 0; t < n_qblocks * n_batches; ++t) lo = minmax[2 * t] < lo ? minmax[2 * t] : lo;
+    const int64_t n_tiles = n_batches * n_qblocks;
+    int64_t lo = n_tiles > 0 ? minmax[0] : 0;
+    for (int64_t t = 1; t < n_tiles; ++t) lo = minmax[2 * t] < lo ? minmax[2 * t] : lo;
     return lo;
   }
-  int64_t max(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb) + 1]; }
 };
 
 // One task = one query block of one head: the tile's rows of `out` accumulate P.V under an
