@@ -121,7 +121,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * ld_kt - k0;    // [D, Skv], ld ld_kt
+    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * ld_kt;  // keys k0.., [D, *], ld ld_kt
     const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
@@ -133,8 +133,8 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
     for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, ld_kt, scores.p, kKeyBlock, scale,
-                    false);
+      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + (j0 - k0), ld_kt, scores.p, kKeyBlock,
+                    scale, false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
         // The row's keys in this tile are [c_lo, c_hi); the others are masked (p = 0).
