@@ -100,7 +100,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
                        checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
-                       head_chunk=graph.head_chunk,
+                       head_chunk=graph.head_chunk, lora_ranks=lora.ranks_by_kind(),
                        runtime_bytes=runtime_bytes)
     log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
@@ -265,7 +265,7 @@ def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int) -
     tensors = {name: (p.a, p.b) for name, p in lora.pairs.items()}
     for path in names:
         if opts.lora_format == "gguf":
-            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha,
+            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha, architecture=model.weights.arch.name,
                                         tied_embeddings=model.weights.tied_embeddings)
         else:
             ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
