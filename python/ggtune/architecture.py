@@ -223,7 +223,7 @@ def read_hparams(path: str, meta: dict[str, Any], n_vocab_default: int) -> HPara
         n_ctx_orig=int(key("rope.scaling.original_context_length", n_ctx_train)),
         yarn_beta_fast=float(key("rope.scaling.yarn_beta_fast", 32.0)),
         yarn_beta_slow=float(key("rope.scaling.yarn_beta_slow", 1.0)),
-        yarn_attn_factor=float(key("rope.scaling.yarn_attn_factor", 1.0)),
+        yarn_attn_factor=float(key("rope.scaling.yarn_attn_factor", key("rope.scaling.attn_factor", 1.0))),
         n_swa=n_swa, swa_layers=swa_layers,
         rope_freq_base_swa=float(key("rope.freq_base_swa", family.swa_rope_base)) if n_swa else 0.0)
 
