@@ -206,7 +206,7 @@ def adapter_commands(model, adapter, text, tmp_path):
     ("nan alpha", "adapter.lora.alpha is nan, expected a finite number"),
     ("inf alpha", "adapter.lora.alpha is inf"),
     ("rank 0", "blk.0.attn_q.weight.lora_a' has shape"),
-    ("architecture", "the adapter is for architecture 'gemma3', the model is 'llama'"),
+    ("architecture", "an adapter for general.architecture 'gemma3', the model is 'llama'"),
 ])
 def test_damaged_adapters_are_refused_by_every_command(model, text, tmp_path, capsys, damage, expected):
     a, b = good_pair()
