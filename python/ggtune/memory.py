@@ -93,7 +93,16 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in bytes: Linux's VmHWM, which starts afresh
+    at exec (getrusage's ru_maxrss survives exec, so a child started by a large parent reported
+    the parent's peak); elsewhere ru_maxrss (Linux reports KiB)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
