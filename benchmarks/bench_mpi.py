@@ -137,7 +137,7 @@ def main() -> None:
             t_ar = ring_allreduce_seconds(n, n_bytes, bandwidth, args.latency_us * 1e-6)
             step = one["step"] + t_ar
             print(f"  {n:2d} machines: all-reduce {t_ar * 1e3:6.1f} ms, {n * TOKENS_PER_STEP / step:8.0f} tok/s, "
-                  f"efficiency {100 * one['step'] / step:5.1f}%")
+                  f"efficiency {100 * one['step'] / step:6.2f}%")
 
 
 if __name__ == "__main__":

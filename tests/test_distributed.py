@@ -64,7 +64,7 @@ def test_one_process_without_a_launcher(monkeypatch):
 def test_launched_as_several_processes_without_mpi4py_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "4")
     monkeypatch.setitem(sys.modules, "mpi4py", None)  # import mpi4py now raises ImportError
-    with pytest.raises(distributed.DistributedError, match="4 processes.*mpi4py is not invictim"):
+    with pytest.raises(distributed.DistributedError, match="4 processes.*mpi4py is not installed"):
         distributed.connect(10.0)
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # mpirun -n 1: one process, as today
     assert isinstance(distributed.connect(10.0), distributed.Solo)

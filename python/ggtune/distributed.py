@@ -126,9 +126,10 @@ def arrays_digest(arrays) -> str:
 
 def input_digest(opts) -> dict[str, object]:
     """What must be the same on every rank, by the name the user knows it by."""
-    digest = {"--model-base": file_digest(opts.model_base)}
-    if os.path.isfile(opts.train_data):  # a missing file is reported by the data loader, alike everywhere
-        digest["--train-data"] = file_digest(opts.train_data)
+    digest = {}
+    for option, path in (("--model-base", opts.model_base), ("--train-data", opts.train_data)):
+        # what is wrong with a file that is not there is the loaders' to say, as in one process
+        digest[option] = file_digest(path) if os.path.isfile(path) else "not a file"
     for f in fields(opts):
         if f.name not in RANK_LOCAL_OPTIONS:
             digest["--" + f.name.replace("_", "-")] = getattr(opts, f.name)
@@ -204,10 +205,10 @@ class MpiRanks:
             try:
                 payload = pickle.dumps(("ok", compute()))
             except (ValueError, OSError) as error:
-                payload = pickle.dumps(("error", error))
+                payload = pickle.dumps(("error", str(error)))
         status, value = pickle.loads(self._allgather_bytes(payload, "the broadcast from rank 0")[0])
         if status == "error":  # the same error on every rank, so none of them aborts the job
-            raise DistributedError(str(value))
+            raise DistributedError(value)
         return value
 
     def sum_step(self, grads: dict[str, np.ndarray], loss_sums: list[float], interrupted: bool):

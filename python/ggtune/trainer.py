@@ -91,9 +91,6 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
     runtime_bytes = current_anon_rss()  # before any training buffer exists
     seed = dist.from_root(lambda: opts.seed if opts.seed >= 0 else int(time.time()))
     lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
-    dist.agree("the tokenized data and the adapters", lambda: {
-        "tokenized training data": samples.samples_hash(),
-        "initial adapters": distributed.arrays_digest(lora.parameters().values())})
     profiler = Profiler(enabled=opts.profile)
     graph = Graph(model.weights, lora, precision=opts.precision, kernels=profiler.wrap(_core))
     grads = Grads.like(lora)
@@ -116,6 +113,9 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
     if resumed and stream.reshuffled:
         log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
+    dist.agree("the tokenized data and the adapters", lambda: {
+        "tokenized training data": stream.state.samples_hash,
+        "initial adapters": distributed.arrays_digest(lora.parameters().values())})
 
     local_rows = dist.rows(opts.batch)
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, local_rows.stop - local_rows.start,
