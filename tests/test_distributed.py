@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import pytest
@@ -68,6 +69,17 @@ def test_launched_as_several_processes_without_mpi4py_is_a_clear_error(monkeypat
         distributed.connect(10.0)
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "1")  # mpirun -n 1: one process, as today
     assert isinstance(distributed.connect(10.0), distributed.Solo)
+
+
+def test_a_launcher_whose_processes_each_see_mpi_alone_is_a_clear_error(monkeypatch):
+    # an mpi4py bound to another MPI than the launcher's (or srun without --mpi=pmix): N lone processes
+    alone = types.SimpleNamespace(COMM_WORLD=types.SimpleNamespace(Get_size=lambda: 1),
+                                  Get_library_version=lambda: "Some MPI 1.0\nbuilt somewhere")
+    monkeypatch.setitem(sys.modules, "mpi4py", types.SimpleNamespace(MPI=alone))
+    monkeypatch.setitem(sys.modules, "mpi4py.MPI", alone)
+    monkeypatch.setenv("PMI_SIZE", "3")
+    with pytest.raises(distributed.DistributedError, match="started 3 processes but MPI sees each one alone.*Some MPI"):
+        distributed.connect(10.0)
 
 
 def test_file_digest_tells_files_apart(tmp_path):

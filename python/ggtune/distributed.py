@@ -28,6 +28,7 @@ import os
 import pickle
 import signal
 import sys
+import threading
 import time
 from dataclasses import fields
 
@@ -172,7 +173,8 @@ class MpiRanks:
         self.steps = 0  # gradient exchanges so far
         self.exchange_seconds = 0.0
         self.gradient_buffer = None  # [n_params] float32, allocated at the first step
-        self.previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm) if _main_thread() else None
+        in_main_thread = threading.current_thread() is threading.main_thread()  # signals need it
+        self.previous_sigterm = signal.signal(signal.SIGTERM, self._on_sigterm) if in_main_thread else None
 
     # ------------------------------------------------------------------ what the trainer calls
     def rows(self, n_rows: int) -> slice:
@@ -319,8 +321,3 @@ def _ranks_by_message(failures: list[tuple[int, str]]) -> dict[str, str]:
         grouped.setdefault(message, []).append(rank)
     return {m: ("ranks " if len(r) > 1 else "rank ") + ", ".join(map(str, r)) for m, r in grouped.items()}
 
-
-def _main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
