@@ -104,9 +104,9 @@ def inputs(tmp_path_factory):
 
 def _kwargs(inputs, out, iterations, **extra):
     os.makedirs(out, exist_ok=True)
-    return dict(model_base=inputs[0], train_data=inputs[1], lora_out=os.path.join(out, "lora-ITERATION.gguf"),
-                checkpoint_out=os.path.join(out, "ck-ITERATION.gguf"), adam_iter=iterations,
-                **{**COMMON, "checkpoint_in": "", **extra})
+    return {"model_base": inputs[0], "train_data": inputs[1], "lora_out": os.path.join(out, "lora-ITERATION.gguf"),
+            "checkpoint_out": os.path.join(out, "ck-ITERATION.gguf"), "checkpoint_in": "", "adam_iter": iterations,
+            **COMMON, **extra}
 
 
 def _mpirun(tmp_path, n, kwargs, per_rank=None, cli=False):
@@ -217,3 +217,16 @@ def test_sigint_to_one_rank_stops_every_rank_after_the_same_step_with_a_save(tmp
     ck = load_checkpoint(tmp_path / "out" / "ck-LATEST.gguf")
     assert ck.counters.iteration_count >= 1 and (tmp_path / "out" / "lora-LATEST.gguf").exists()
     assert f"wrote {tmp_path / 'out' / 'ck-'}" in err
+
+
+@needs_mpi
+def test_an_error_on_rank_0_alone_stops_the_job_at_once(tmp_path, inputs):
+    # only rank 0 writes, so only rank 0 finds that the checkpoint's "directory" is a file
+    (tmp_path / "a-file").write_text("")
+    kwargs = _kwargs(inputs, str(tmp_path / "out"), 2, checkpoint_out=str(tmp_path / "a-file" / "ck-ITERATION.gguf"))
+    started = time.time()
+    proc, _ = _mpirun(tmp_path, 2, kwargs)
+    _, err = proc.communicate(timeout=240)
+    assert proc.returncode != 0 and "Traceback" not in err, err
+    assert "rank 0 of 2:" in err and "a-file" in err and "stopping every rank" in err, err
+    assert time.time() - started < COMMON.get("mpi_timeout", 300.0)  # not the timeout: an abort at once
