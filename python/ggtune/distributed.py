@@ -127,7 +127,9 @@ def arrays_digest(arrays) -> str:
 
 def input_digest(opts) -> dict[str, object]:
     """What must be the same on every rank, by the name the user knows it by."""
-    digest = {}
+    from . import __version__
+
+    digest: dict[str, object] = {"ggtune version": __version__}
     for option, path in (("--model-base", opts.model_base), ("--train-data", opts.train_data)):
         # what is wrong with a file that is not there is the loaders' to say, as in one process
         digest[option] = file_digest(path) if os.path.isfile(path) else "not a file"
@@ -150,6 +152,9 @@ class Solo:
 
     def rows(self, n_rows: int) -> slice:
         return slice(0, n_rows)
+
+    def describe(self, n_batch: int, n_params: int, threads: int) -> list[str]:
+        return []
 
     def sum_step(self, grads: dict[str, np.ndarray], loss_sums: list[float], interrupted: bool):
         return loss_sums, interrupted
@@ -179,6 +184,17 @@ class MpiRanks:
     # ------------------------------------------------------------------ what the trainer calls
     def rows(self, n_rows: int) -> slice:
         return split_rows(n_rows, self.size, self.rank)
+
+    def describe(self, n_batch: int, n_params: int, threads: int) -> list[str]:
+        """What rank 0 says at start: the split, the traffic, and threads that would oversubscribe."""
+        lines = [f"data-parallel over {self.size} MPI ranks: {n_batch} sequences per batch split by rank, "
+                 f"{n_params * 4 / 2**20:.1f} MiB of gradients exchanged per step"]
+        local = _ranks_on_this_machine()
+        mine = threads or len(os.sched_getaffinity(0))  # --threads 0: the cores this rank may run on
+        if local > 1 and local * mine > (os.cpu_count() or 1):
+            lines.append(f"note: {local} ranks on this machine with {mine} threads each oversubscribe its "
+                         f"{os.cpu_count()} cores; --threads {max(1, (os.cpu_count() or 1) // local)} would not")
+        return lines
 
     def agree(self, what: str, compute):
         """Runs compute() -> dict on every rank and checks that all ranks got rank 0's values; an
@@ -298,6 +314,14 @@ class MpiRanks:
         print(f"ggtune: rank {self.rank} of {self.size}: terminated by the MPI launcher (another rank "
               f"failed or the job was cancelled; see its message)", file=sys.stderr, flush=True)
         os._exit(143)
+
+
+def _ranks_on_this_machine() -> int:
+    """As the launcher says (Open MPI, MPICH's hydra); 1 when it does not."""
+    for var in ("OMPI_COMM_WORLD_LOCAL_SIZE", "MPI_LOCALNRANKS"):
+        if os.environ.get(var, "").isdigit():
+            return int(os.environ[var])
+    return 1
 
 
 def _pack(arrays, flat: np.ndarray) -> None:

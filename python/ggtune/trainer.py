@@ -126,9 +126,8 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
     for line in plan.lines():
         log(line)
-    if dist.size > 1:
-        log(f"data-parallel over {dist.size} MPI ranks: {opts.batch} sequences per batch split by rank, "
-            f"{lora.n_parameters() * 4 / 2**20:.1f} MiB of gradients exchanged per step")
+    for line in dist.describe(opts.batch, lora.n_parameters(), opts.threads):
+        log(line)
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler, dist)
