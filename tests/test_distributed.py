@@ -151,13 +151,20 @@ def test_two_ranks_train_like_one_process(tmp_path, inputs, extra):
 
 
 @needs_mpi
-def test_a_checkpoint_of_two_ranks_resumes_on_one(tmp_path, inputs):
-    _mpirun_ok(tmp_path, 2, _kwargs(inputs, str(tmp_path / "two"), 2))
-    resumed = ggtune.finetune(**_kwargs(inputs, str(tmp_path / "resumed"), 2,
-                                        checkpoint_in=str(tmp_path / "two" / "ck-LATEST.gguf")))
-    straight = ggtune.finetune(**_kwargs(inputs, str(tmp_path / "straight"), 4))
-    assert resumed.iterations == 4
-    assert np.abs(np.array(resumed.losses) - straight.losses[2:]).max() <= 1e-5
+@pytest.mark.parametrize("first, then", [(2, 1), (1, 2)], ids=["2-ranks-then-1", "1-then-2-ranks"])
+def test_a_checkpoint_resumes_on_another_number_of_ranks(tmp_path, inputs, first, then):
+    def train(n_ranks, out, iterations, **extra):
+        kwargs = _kwargs(inputs, str(tmp_path / out), iterations, **extra)
+        if n_ranks == 1:
+            return ggtune.finetune(**kwargs).losses
+        return _mpirun_ok(tmp_path, n_ranks, kwargs)["losses"]
+
+    train(first, "first", 2)
+    # on 2 ranks, rank 0 alone reads the checkpoint and sends it to rank 1
+    resumed = train(then, "resumed", 2, checkpoint_in=str(tmp_path / "first" / "ck-LATEST.gguf"))
+    straight = train(1, "straight", 4)
+    assert load_checkpoint(tmp_path / "resumed" / "ck-LATEST.gguf").counters.iteration_count == 4
+    assert np.abs(np.array(resumed) - straight[2:]).max() <= 1e-5
     assert _max_lora_difference(tmp_path / "resumed" / "ck-LATEST.gguf",
                                 tmp_path / "straight" / "ck-LATEST.gguf") <= 1e-5
 
