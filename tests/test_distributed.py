@@ -237,3 +237,20 @@ def test_an_error_on_rank_0_alone_stops_the_job_at_once(tmp_path, inputs):
     assert proc.returncode != 0 and "Traceback" not in err, err
     assert "rank 0 of 2:" in err and "a-file" in err and "stopping every rank" in err, err
     assert time.time() - started < COMMON.get("mpi_timeout", 300.0)  # not the timeout: an abort at once
+
+
+@needs_mpi
+def test_a_rank_that_never_starts_training_stops_the_others_within_the_timeout(tmp_path, inputs):
+    spec = {"kwargs": _kwargs(inputs, str(tmp_path / "out"), 2, mpi_timeout=5.0), "result": str(tmp_path / "r.json")}
+    (tmp_path / "spec.json").write_text(json.dumps(spec))
+    root = ["--allow-run-as-root"] if os.geteuid() == 0 else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(ggtune.__path__[0]), HERE])}
+    started = time.time()
+    # MPMD: rank 0 trains, rank 1 joins MPI and then sleeps instead
+    done = subprocess.run([MPIRUN, *root, "--oversubscribe", "-n", "1", sys.executable,
+                           os.path.join(HERE, "mpi_driver.py"), str(tmp_path / "spec.json"), ":", "-n", "1",
+                           sys.executable, "-c", "from mpi4py import MPI; import time; time.sleep(120)"],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode != 0 and "Traceback" not in done.stderr
+    assert "rank 0 of 2: not every rank started training within 5 s" in done.stderr, done.stderr
+    assert time.time() - started < 5.0 + 30.0

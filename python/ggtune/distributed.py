@@ -78,7 +78,7 @@ def connect(timeout: float):
                 f"library ({MPI.Get_library_version().splitlines()[0][:60]}) is not the launcher's "
                 f"(under SLURM: srun --mpi=pmix)")
         return Solo()
-    return MpiRanks(MPI, world.Dup(), timeout)
+    return MpiRanks(MPI, world, timeout)
 
 
 @contextlib.contextmanager
@@ -169,10 +169,11 @@ class Solo:
 class MpiRanks:
     """Ranks of an MPI job. Every exchange is non-blocking and polled against ``timeout`` seconds."""
 
-    def __init__(self, MPI, comm, timeout: float):
-        self.MPI, self.comm, self.timeout = MPI, comm, timeout
-        self.notices = comm.Dup()  # arrival notices travel apart from the collectives
-        self.rank, self.size = comm.Get_rank(), comm.Get_size()
+    def __init__(self, MPI, world, timeout: float):
+        self.MPI, self.timeout = MPI, timeout
+        self.rank, self.size = world.Get_rank(), world.Get_size()
+        self.comm = self._duplicate(world)  # private: a user's own MPI traffic cannot mix with ours
+        self.notices = self._duplicate(world)  # arrival notices travel apart from the collectives
         self.is_root = self.rank == 0
         self.exchanges = 0  # collectives so far (their arrival notices are numbered by it)
         self.steps = 0  # gradient exchanges so far
@@ -258,6 +259,13 @@ class MpiRanks:
         self.comm.Free()
 
     # ------------------------------------------------------------------ exchanges with a deadline
+    def _duplicate(self, world):
+        """A duplicate of `world`, made without blocking: a rank that never gets here cannot hang the others."""
+        comm, request = world.Idup()
+        self._wait(request.Test, time.monotonic() + self.timeout, lambda: self._abort(
+            f"not every rank started training within {self.timeout:g} s (--mpi-timeout); stopping every rank"))
+        return comm
+
     def _allgather_bytes(self, payload: bytes, what: str) -> list[bytes]:
         """Every rank's payload (of any length, empty allowed), in rank order."""
         lengths = np.zeros(self.size, np.int64)
