@@ -82,6 +82,11 @@ def test_a_launcher_whose_processes_each_see_mpi_alone_is_a_clear_error(monkeypa
         distributed.connect(10.0)
 
 
+def test_mpi_timeout_must_be_positive(tmp_path, inputs):
+    with pytest.raises(ValueError, match="--mpi-timeout: expected a positive number of seconds, got 0"):
+        ggtune.finetune(**_kwargs(inputs, str(tmp_path), 1, mpi_timeout=0))
+
+
 def test_file_digest_tells_files_apart(tmp_path):
     a, b, c = tmp_path / "a", tmp_path / "b", tmp_path / "c"
     data = os.urandom(3 << 20)

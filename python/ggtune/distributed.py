@@ -59,6 +59,8 @@ def launcher_size() -> int | None:
 def connect(timeout: float):
     """The ranks of this run: ``Solo`` outside an MPI launcher, else ``MpiRanks`` over a private
     duplicate of MPI_COMM_WORLD."""
+    if not timeout > 0:  # NaN too; inf is allowed: wait for ever
+        raise DistributedError(f"--mpi-timeout: expected a positive number of seconds, got {timeout}")
     announced = launcher_size()
     if announced is None:
         return Solo()
