@@ -93,18 +93,31 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in bytes.
+
+    Linux's VmHWM of /proc/self/status: getrusage's ru_maxrss keeps the peak of the process
+    before exec, so a child started by a large parent (a test runner) would report the parent's
+    peak. Elsewhere, ru_maxrss (KiB on Linux, bytes on macOS: close enough for a report)."""
+    hwm = _proc_status_kib("VmHWM:")
+    if hwm is not None:
+        return hwm * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _proc_status_kib(field: str) -> int | None:
+    """A KiB figure of /proc/self/status (None where there is no such file or field)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def current_anon_rss() -> int:
     """Resident memory of this process that is not a file mapping (the interpreter, libraries'
     heaps, the tokenizer, the data), in bytes. Linux's /proc/self/status; elsewhere the peak RSS."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss()
+    anon = _proc_status_kib("RssAnon:")
+    return anon * 1024 if anon is not None else peak_rss()
