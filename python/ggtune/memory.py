@@ -14,7 +14,7 @@ import os
 import resource
 from dataclasses import dataclass
 
-from ._core import num_threads as n_threads
+from . import _core
 from .block import Block
 from .names import MATRIX_KINDS
 
@@ -63,9 +63,10 @@ def layer_intermediates(weights, n_batch: int, n_ctx: int, lora_ranks: dict[str,
 
 def layer_backward_temporaries(weights, n_batch: int, n_ctx: int) -> int:
     """Peak bytes of gradient temporaries inside Block.backward, with the attention backward's
-    scratch: q and dout transposed, one partial dq per thread."""
+    scratch (q and dout transposed, partial dq per key chunk) as the kernel sizes it."""
     hp = weights.hparams
-    attention_scratch = (2 + n_threads()) * n_batch * n_ctx * hp.n_embd_q * F32
+    attention_scratch = _core.attention_backward_scratch_bytes(n_batch, n_ctx, n_ctx, hp.n_head,
+                                                               hp.n_head_kv, hp.head_dim)
     return _bytes(Block(weights, None, None).backward_temporary_shapes(n_batch, n_ctx)) + attention_scratch
 
 
