@@ -162,7 +162,10 @@ class _TrainState:
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
         progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose and self.dist.is_root)
-        previous = {signum: signal.signal(signum, self._on_signal) for signum in STOP_SIGNALS} if _main_thread() else {}
+        # Under MPI, SIGTERM is the launcher stopping the ranks because one failed: distributed.py
+        # keeps its own handler for it; a single process saves on it as on Ctrl-C.
+        caught = STOP_SIGNALS if self.dist.size == 1 else (signal.SIGINT,)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in caught} if _main_thread() else {}
         epochs_done = 0
         try:
             for step in range(opts.adam_iter):
