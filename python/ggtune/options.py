@@ -19,7 +19,7 @@ def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: s
 
 @dataclass
 class FinetuneOptions:
-    model_base: str = _opt("", "base model GGUF (architecture llama)")
+    model_base: str = _opt("", "base model GGUF (llama, qwen2, qwen3 or gemma3)")
     train_data: str = _opt("shakespeare.txt", "training data: raw text, or JSONL with --train-format chat")
     train_format: str = _opt("text", "ggtune: 'text' (the original's) or 'chat' (JSONL of messages, "
                                      "loss on assistant tokens only)")
@@ -93,6 +93,8 @@ class FinetuneOptions:
     precision: str = _opt("auto", "ggtune: matmul precision 'auto' (int8 for quantized weights where the "
                                   "CPU has AVX512-VNNI, else f32), 'f32', 'bf16' or 'int8'")
     profile: bool = _opt(False, "ggtune: print the time share of each phase and kernel per iteration")
+    mpi_timeout: float = _opt(300.0, "ggtune: under mpirun, seconds a rank waits for the others at an exchange "
+                                     "before stopping the job, naming the ranks that never came")
     verbose: bool = _opt(True, "progress bar and messages on stderr", negation="--quiet")
 
     def check(self) -> None:
