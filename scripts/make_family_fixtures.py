@@ -5,7 +5,9 @@ Needs llama-cpp-python. Writes tests/fixtures/model/families.npz: per case `<cas
 [32]) and `<case>.logits` (float32 [32, V], llama.cpp with an F32 KV cache, 2 threads, every
 position's logits), and for FIXTURE_LORA_CASE `<case>.lora_logits` with the fixture adapter
 (tiny_models.write_fixture_adapter, general.architecture set to the family) at scale
-`lora_user_scale`. The tests rebuild every model and adapter bit-identically from tiny_models.py.
+`lora_user_scale`. For TOKENIZED_CASES, `<case>.text_tokens`: llama.cpp's tokens of TOKENIZER_TEXT
+(with the vocabulary's default BOS, specials parsed). The tests rebuild every model and adapter
+bit-identically from tiny_models.py.
 The Gemma 3 270M fixture is scripts/make_gemma3_fixtures.py.
 """
 
@@ -22,20 +24,31 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests"))
 sys.path.insert(0, HERE)
 from make_model_fixtures import LORA_USER_SCALE, llama_cpp_logits  # noqa: E402
-from tiny_models import (FIXTURE_ADAPTER, FIXTURE_CASES, FIXTURE_LORA_CASE, fixture_tokens,  # noqa: E402
-                         write_fixture_adapter, write_fixture_model)
+from tiny_models import (FIXTURE_ADAPTER, FIXTURE_CASES, FIXTURE_LORA_CASE, TOKENIZED_CASES,  # noqa: E402
+                         TOKENIZER_TEXT, fixture_tokens, write_fixture_adapter, write_fixture_model)
 
 FIXTURE = os.path.join(HERE, "..", "tests", "fixtures", "model", "families.npz")
 
 
+def llama_cpp_tokens(model: str, text: str) -> list[int]:
+    import llama_cpp
+
+    vocab = llama_cpp.Llama(model, vocab_only=True, verbose=False)
+    return vocab.tokenize(text.encode("utf-8"), add_bos=vocab.metadata.get("tokenizer.ggml.add_bos_token") == "true",
+                          special=True)
+
+
 def record(tmp: str) -> dict[str, np.ndarray]:
     """Every case's tokens and llama.cpp logits, keyed as the fixture file stores them."""
-    out = {"lora_user_scale": np.float32(LORA_USER_SCALE), "adapter": np.array(repr(FIXTURE_ADAPTER))}
+    out = {"lora_user_scale": np.float32(LORA_USER_SCALE), "adapter": np.array(repr(FIXTURE_ADAPTER)),
+           "tokenizer_text": np.array(TOKENIZER_TEXT)}
     for name in FIXTURE_CASES:
         model = write_fixture_model(os.path.join(tmp, f"{name}.gguf"), name)
         tokens = [int(t) for t in fixture_tokens(name)]
         out[f"{name}.tokens"] = np.array(tokens, dtype=np.int32)
         out[f"{name}.logits"] = llama_cpp_logits(model, tokens)
+        if name in TOKENIZED_CASES:
+            out[f"{name}.text_tokens"] = np.array(llama_cpp_tokens(model, TOKENIZER_TEXT), dtype=np.int32)
         if name == FIXTURE_LORA_CASE:
             adapter = os.path.join(tmp, f"{name}.lora.gguf")
             write_fixture_adapter(adapter, model)

@@ -29,11 +29,65 @@ FAMILIES = ("llama", "qwen2", "qwen3", "gemma3")
 YARN_BETA_FAST, YARN_BETA_SLOW = 32.0, 1.0
 
 
-def _dequantize(reader_tensor) -> np.ndarray:
-    """float64 numpy array in numpy order (n_out, n_in) or (n,)."""
+def _dequantize(reader_tensor, rows: slice | np.ndarray | None = None) -> np.ndarray:
+    """float64 numpy array in numpy order (n_out, n_in) or (n,); `rows`: only those rows of a matrix."""
     t = reader_tensor
-    values = gguf.quants.dequantize(t.data, t.tensor_type)
-    return np.asarray(values, dtype=np.float64).reshape(tuple(int(n) for n in reversed(t.shape)))
+    shape = tuple(int(n) for n in reversed(t.shape))
+    data = t.data if rows is None else t.data[rows]
+    values = np.asarray(gguf.quants.dequantize(data, t.tensor_type), dtype=np.float64)
+    return values.reshape(shape if rows is None else (-1,) + shape[1:])
+
+
+class Weights:
+    """The model's tensors by name, dequantized to float64 on first use (plus LoRA deltas), so a
+    262k-row embedding or head is never expanded whole: `rows` and `row_chunks` read parts of it."""
+
+    def __init__(self, reader: gguf.GGUFReader, deltas: dict[str, list[tuple[np.ndarray, np.ndarray, float]]]):
+        self._tensors = {t.name: t for t in reader.tensors}
+        self._deltas = deltas  # name -> [(A, B, scale)]
+        self._cache: dict[str, np.ndarray] = {}
+
+    def alias(self, name: str, target: str) -> None:
+        self._tensors[name] = self._tensors[target]
+        if target in self._deltas:
+            self._deltas[name] = self._deltas[target]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._tensors
+
+    def __iter__(self):
+        return iter(list(self._tensors))
+
+    def __delitem__(self, name: str) -> None:
+        del self._tensors[name]
+        self._cache.pop(name, None)
+
+    def type_of(self, name: str) -> int:
+        return int(self._tensors[name].tensor_type)
+
+    def get(self, name: str, default=None):
+        return self[name] if name in self._tensors else default
+
+    def __getitem__(self, name: str) -> np.ndarray:
+        if name not in self._cache:
+            self._cache[name] = self._with_delta(name, _dequantize(self._tensors[name]), slice(None))
+        return self._cache[name]
+
+    def rows(self, name: str, index: np.ndarray) -> np.ndarray:
+        if name in self._cache:
+            return self._cache[name][index]
+        return self._with_delta(name, _dequantize(self._tensors[name], index), index)
+
+    def row_chunks(self, name: str, size: int = 16384):
+        """(start, float64 rows [start, start + size)) over a matrix."""
+        n = int(self._tensors[name].shape[-1])
+        for start in range(0, n, size):
+            yield start, self.rows(name, slice(start, min(n, start + size)))
+
+    def _with_delta(self, name: str, value: np.ndarray, rows) -> np.ndarray:
+        for a, b, scale in self._deltas.get(name, ()):
+            value = value + scale * (b[rows].astype(np.float64) @ a.astype(np.float64))
+        return value
 
 
 def gelu_tanh(x: np.ndarray) -> np.ndarray:
@@ -51,27 +105,72 @@ def silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
 
 
+_Q = gguf.GGMLQuantizationType
+# ggml-cpu's vec_dot_type: the type a weight's activations are rounded to before the product
+# (type_traits_cpu); F32 weights multiply float32 activations.
+_ACTIVATION_ROUNDING = {
+    **dict.fromkeys((_Q.Q4_0, _Q.Q5_0, _Q.Q8_0, _Q.IQ4_NL), "q8_0"), **dict.fromkeys((_Q.Q4_1, _Q.Q5_1), "q8_1"),
+    **dict.fromkeys((_Q.Q2_K, _Q.Q3_K, _Q.Q4_K, _Q.Q5_K, _Q.Q6_K, _Q.IQ4_XS), "q8_k"),
+    _Q.F16: "f16", _Q.BF16: "bf16",
+}
+
+
+def round_activations(x: np.ndarray, weight_type: int) -> np.ndarray:
+    """x [.., n] as ggml-cpu rounds it before a product with a weight of `weight_type`: 8-bit blocks of
+    32 with a float16 scale (q8_0, q8_1), blocks of 256 scaled by their signed extreme (q8_k,
+    quantize_row_q8_K_ref), float16 or bfloat16; unchanged for F32 weights."""
+    kind = _ACTIVATION_ROUNDING.get(_Q(weight_type))
+    if kind is None:
+        return x
+    if kind == "f16":
+        return x.astype(np.float16).astype(np.float64)
+    if kind == "bf16":
+        bits = x.astype(np.float32).view(np.uint32).astype(np.uint64)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) >> 16 << 16  # round to nearest even
+        return bits.astype(np.uint32).view(np.float32).astype(np.float64)
+    block = 256 if kind == "q8_k" else 32
+    b = x.astype(np.float32).reshape(-1, block).astype(np.float64)
+    if kind == "q8_k":
+        extreme = b[np.arange(len(b)), np.abs(b).argmax(axis=1)][:, None]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            iscale = np.where(extreme != 0, -127.0 / extreme, 0.0)
+            q = np.minimum(127, np.rint(iscale * b))
+            out = np.where(extreme != 0, q / iscale, 0.0)
+    else:
+        d = np.abs(b).max(axis=1, keepdims=True) / 127.0
+        with np.errstate(divide="ignore", invalid="ignore"):
+            q = np.where(d > 0, np.rint(b / d), 0.0)
+        out = q * d.astype(np.float16).astype(np.float64)
+    return out.reshape(x.shape)
+
+
 class ReferenceModel:
     """Reads a GGUF model of a supported family (plus optional LoRA pairs) and runs the forward pass
-    in float64. ggml_gelu_table=True reproduces llama.cpp's float16 GELU table (for diagnosing where
-    llama.cpp and an exact forward part)."""
+    in float64: the exact math by default. Two of llama.cpp's CPU roundings can be reproduced, to tell
+    them apart from errors: ggml_gelu, its float16 GELU table (about 2e-3 of the logits' std on the
+    tiny gemma3 and on Gemma 3 270M); ggml_activations, activations rounded to 8-bit blocks (or
+    float16) before each product with a quantized weight. The latter reproduces llama.cpp to 1e-6
+    for K-quant, Q5_0 and head weights, but not its repacked Q4_0/Q4_1/Q8_0/F16 layer products (a
+    mean KL near 1e-5 remains on the tiny models)."""
 
     def __init__(self, path: str, lora: list[tuple[dict[str, tuple[np.ndarray, np.ndarray]], float]] = (),
-                 ggml_gelu_table: bool = False):
+                 ggml_gelu: bool = False, ggml_activations: bool = False):
         """lora: [(pairs {base name: (A [r, n_in], B [n_out, r])}, scale)], applied as W + scale * B @ A."""
         reader = gguf.GGUFReader(path)
-        meta = {k: f.contents() for k, f in reader.fields.items()}
+        meta = {k: f.contents() for k, f in reader.fields.items() if not k.startswith("tokenizer.ggml.")}
         self.arch = meta["general.architecture"]
         if self.arch not in FAMILIES:
             raise ValueError(f"{path}: architecture {self.arch!r} not in the reference ({', '.join(FAMILIES)})")
-        self.w = {t.name: _dequantize(t) for t in reader.tensors}
+        deltas: dict[str, list] = {}
         for pairs, scale in lora:
             for name, (a, b) in pairs.items():
-                self.w[name] = self.w[name] + scale * (b.astype(np.float64) @ a.astype(np.float64))
+                deltas.setdefault(name, []).append((a, b, scale))
+        self.w = Weights(reader, deltas)
         if "output.weight" not in self.w:
-            self.w["output.weight"] = self.w["token_embd.weight"]
+            self.w.alias("output.weight", "token_embd.weight")
         self._read_hparams(meta)
-        self.act = (gelu_ggml_table if ggml_gelu_table else gelu_tanh) if self.arch == "gemma3" else silu
+        self.ggml_activations = ggml_activations
+        self.act = (gelu_ggml_table if ggml_gelu else gelu_tanh) if self.arch == "gemma3" else silu
 
     def _read_hparams(self, meta: dict) -> None:
         """The hyper-parameters as llama_model_base::load_hparams and the arch's load_arch_hparams read them."""
@@ -95,6 +194,7 @@ class ReferenceModel:
         self.rope_attn_factor = g("rope.scaling.attn_factor", 1.0)
         self.neox = self.arch != "llama"
         self.rope_factors = self.w.get("rope_freqs.weight")
+        self.n_vocab = int(self.w._tensors["token_embd.weight"].shape[-1])
         self.n_swa = g("attention.sliding_window", 0) if self.arch == "gemma3" else 0
         pattern = g("attention.sliding_window_pattern", 6)
         # llama_hparams::set_swa_pattern (dense last): layer il slides unless il % pattern == pattern - 1
@@ -172,9 +272,12 @@ class ReferenceModel:
         p /= p.sum(axis=-1, keepdims=True)
         return np.einsum("hts,shd->thd", p, v).reshape(q.shape[0], -1)
 
+    def rounded(self, x: np.ndarray, weight: str) -> np.ndarray:
+        return round_activations(x, self.w.type_of(weight)) if self.ggml_activations else x
+
     def linear(self, x: np.ndarray, name: str) -> np.ndarray:
         """x @ W.T (+ bias when the file has one)."""
-        y = x @ self.w[name + ".weight"].T
+        y = self.rounded(x, name + ".weight") @ self.w[name + ".weight"].T
         bias = self.w.get(name + ".bias")
         return y if bias is None else y + bias
 
@@ -199,13 +302,13 @@ class ReferenceModel:
         weight = self.w.get(name)
         return y if weight is None else self.rms_norm(y, weight)
 
-    def logits(self, tokens, trace: dict | None = None) -> np.ndarray:
-        """tokens [T] -> float64 [T, V]. trace: filled with every layer's output ("blk.{i}.out") and the
-        final norm's ("result_norm"), names as llama.cpp's graph callbacks give them."""
+    def hidden(self, tokens, trace: dict | None = None) -> np.ndarray:
+        """tokens [T] -> the final norm's output float64 [T, C]. trace: filled with every layer's output
+        ("blk.{i}.out"), names as llama.cpp's graph callbacks give them."""
         tokens = np.asarray(tokens)
         pos = np.arange(len(tokens), dtype=np.float64)
         w = self.w
-        x = w["token_embd.weight"][tokens] * self.embd_scale
+        x = w.rows("token_embd.weight", tokens) * self.embd_scale
         for i in range(self.n_layer):
             p = f"blk.{i}."
             att = self.attention_block(self.rms_norm(x, w[p + "attn_norm.weight"]), i, pos)
@@ -214,19 +317,52 @@ class ReferenceModel:
             x = x + self._post_norm(ffn, p + "post_ffw_norm.weight")
             if trace is not None:
                 trace[p + "out"] = x
-        x = self.rms_norm(x, w["output_norm.weight"])
-        if trace is not None:
-            trace["result_norm"] = x
-        out = x @ w["output.weight"].T
+        return self.rms_norm(x, w["output_norm.weight"])
+
+    def logits(self, tokens, trace: dict | None = None, positions=None) -> np.ndarray:
+        """tokens [T] -> float64 [T, V], or [len(positions), V] for those positions only."""
+        x = self.hidden(tokens, trace)
+        if positions is not None:
+            x = x[np.asarray(positions)]
+        out = np.empty((len(x), self.n_vocab))
+        x = self.rounded(x, "output.weight")
+        for start, rows in self.w.row_chunks("output.weight"):
+            out[:, start:start + len(rows)] = x @ rows.T
         return self.softcap * np.tanh(out / self.softcap) if self.softcap else out
+
+    def token_losses(self, tokens) -> np.ndarray:
+        """-log p(tokens[t+1] | tokens[:t+1]) for t < T-1, float64 [T-1], without a [T, V] matrix."""
+        tokens = np.asarray(tokens)
+        x = self.rounded(self.hidden(tokens)[:-1], "output.weight")
+        m = np.full(len(x), -np.inf)
+        total = np.zeros(len(x))
+        target = np.empty(len(x))
+        for start, rows in self.w.row_chunks("output.weight"):
+            z = x @ rows.T
+            if self.softcap:
+                z = self.softcap * np.tanh(z / self.softcap)
+            new_m = np.maximum(m, z.max(axis=1))
+            total = total * np.exp(m - new_m) + np.exp(z - new_m[:, None]).sum(axis=1)
+            m = new_m
+            inside = (tokens[1:] >= start) & (tokens[1:] < start + len(rows))
+            target[inside] = z[inside, tokens[1:][inside] - start]
+        return m + np.log(total) - target
 
     def cross_entropy(self, tokens) -> float:
         """Mean next-token cross-entropy (nats) of tokens [T]."""
-        logits = self.logits(tokens)[:-1]
-        m = logits.max(axis=-1, keepdims=True)
-        lse = (m + np.log(np.exp(logits - m).sum(axis=-1, keepdims=True)))[:, 0]
-        targets = np.asarray(tokens)[1:]
-        return float(np.mean(lse - logits[np.arange(len(targets)), targets]))
+        return float(np.mean(self.token_losses(tokens)))
 
 
 ReferenceLlama = ReferenceModel  # the name the llama-only tests know
+
+
+def log_softmax(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    x = x - x.max(axis=-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(axis=-1, keepdims=True))
+
+
+def mean_kl(reference: np.ndarray, other: np.ndarray) -> float:
+    """Mean over positions of KL(softmax(reference) || softmax(other)), in nats."""
+    p, q = log_softmax(reference), log_softmax(other)
+    return float((np.exp(p) * (p - q)).sum(axis=-1).mean())

@@ -223,3 +223,19 @@ def test_an_adapter_of_another_architecture_is_refused(tmp_path):
     with pytest.raises(AdapterError, match=r"llama-adapter\.gguf: an adapter for general.architecture 'llama', "
                                            r"the model is 'qwen2'"):
         load_model(path, lora=[(str(adapter), 1.0)])
+
+
+@pytest.mark.parametrize("scaling, factor, expected", [("linear", 4.0, 0.25), ("none", 4.0, 1.0)])
+def test_rope_scaling_type_none_never_scales(tmp_path, scaling, factor, expected):
+    """As llama.cpp: a factor applies with type linear (the default) or yarn, never with none."""
+    path = write_tiny_model(tmp_path / "m.gguf", family_config("qwen2", extra_keys={
+        "qwen2.rope.scaling.type": scaling, "qwen2.rope.scaling.factor": factor}))
+    assert read_model_gguf(path).hparams.rope_freq_scale == expected
+
+
+def test_unimplemented_rope_scaling_is_refused(tmp_path):
+    path = write_tiny_model(tmp_path / "m.gguf", family_config("llama", extra_keys={
+        "llama.rope.scaling.type": "longrope"}))
+    with pytest.raises(GGUFError, match=r"llama.rope.scaling.type 'longrope' is not supported \(ggtune "
+                                        r"implements none, linear and yarn\)"):
+        read_model_gguf(path)

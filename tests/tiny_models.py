@@ -485,6 +485,11 @@ FIXTURE_CASES: dict[str, TinyConfig] = {
                                   types={"attn_v": T.Q8_0, "attn_output": T.Q4_K, "ffn_down": T.Q6_K,
                                          "token_embd": T.Q8_0}),
 }
+# One case per vocabulary kind: GPT-2 bytes with the llama-bpe and qwen2 pre-tokenizers, Gemma's SentencePiece.
+TOKENIZED_CASES = ("llama3_f32", "qwen2_f32", "gemma3_f32")
+TOKENIZER_TEXT = ("The GNU General Public License is a free, copyleft license for\nsoftware and other kinds "
+                  "of works.  It's   1234567 \t tabs,\n\n caf\u00e9 \u65e5\u672c <|im_start|>user "
+                  "<start_of_turn>model\n")
 # The case whose logits are also recorded with the fixture adapter (write_fixture_adapter) applied.
 FIXTURE_LORA_CASE = "gemma3_f32"
 

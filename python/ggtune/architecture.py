@@ -51,7 +51,7 @@ class HParams:
     rope_freq_scale: float  # 1 / linear scaling factor
     rms_eps: float
     head_dim: int = 0  # attention.key_length; 0: n_embd / n_head
-    rope_scaling: str = "none"  # rope.scaling.type: none, linear or yarn
+    rope_scaling: str = "linear"  # rope.scaling.type: none, linear or yarn
     n_ctx_orig: int = 0  # rope.scaling.original_context_length (yarn)
     yarn_beta_fast: float = 32.0
     yarn_beta_slow: float = 1.0
@@ -205,11 +205,13 @@ def read_hparams(path: str, meta: dict[str, Any], n_vocab_default: int) -> HPara
     n_rot = int(key("rope.dimension_count", head_dim))
     if n_rot > head_dim or n_rot % 2:
         raise GGUFError(f"{path}: rope.dimension_count {n_rot} must be even and <= head size {head_dim}")
-    scaling = str(key("rope.scaling.type", "none"))
+    scaling = str(key("rope.scaling.type", "linear"))  # llama.cpp's default when the key is absent
     if scaling not in ("none", "linear", "yarn"):
         raise GGUFError(f"{path}: {prefix}.rope.scaling.type {scaling!r} is not supported "
                                 "(ggtune implements none, linear and yarn)")
     factor = float(key("rope.scaling.factor", key("rope.scale_linear", 1.0)))
+    if scaling == "none":  # llama.cpp never scales then, whatever the factor says
+        factor = 1.0
     n_layer = int(key("block_count"))
     n_ctx_train = int(key("context_length", DEFAULT_CONTEXT_LENGTH))
     n_swa, swa_layers = _sliding_window(path, meta, family, n_layer)

@@ -41,7 +41,7 @@ from .adapters import checkpoint_to_modern, read_gguf_adapter
 from .atomic import atomic_path
 from .checkpoint import TRAINING_TYPE, load_checkpoint
 from .names import NORM_KINDS
-from .gguf_io import open_gguf, read_llama_gguf, row_bytes, type_name
+from .gguf_io import open_gguf, read_model_gguf, row_bytes, type_name
 from .model import InferenceLinears, Model, LoraPair
 from .options import MERGE_RANGES, check_ranges
 
@@ -319,7 +319,7 @@ def _gptq_requantize(model_path: str, plans: list[_TensorPlan], gptq_plans: list
                      calibration: str) -> tuple[dict[str, np.ndarray], int]:
     """({tensor name: raw bytes} of each of gptq_plans, calibration tokens): runs base + adapters once over
     the calibration text; each linear layer's H = XᵀX (float64) feeds GPTQ as soon as it is seen."""
-    weights = read_llama_gguf(model_path)
+    weights = read_model_gguf(model_path)
     lora = {p.tensor.name: [LoraPair(d.a, d.b, d.scale) for d in p.deltas]
             for p in plans if p.tensor.name.startswith("blk.") or p.tensor.name == "output.weight"}
     by_name = {p.tensor.name: p for p in gptq_plans}
