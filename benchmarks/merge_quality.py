@@ -29,7 +29,7 @@ import numpy as np
 
 from ggtune.adapters import write_gguf_adapter
 from ggtune.fetch import smollm2_path
-from ggtune.gguf_io import read_llama_gguf
+from ggtune.gguf_io import read_model_gguf
 from ggtune.demo import heldout_cross_entropy, split_by_tokens
 from ggtune.merge import OUTTYPE_CHOICES, REQUANTIZE_CHOICES, merge
 from ggtune.model import load_model
@@ -42,7 +42,7 @@ def write_seeded_adapter(path, model_path, layers=None, rank: int = 4, a_std: fl
                          b_std: float = 0.02, seed: int = 0) -> str:
     """A random GGUF adapter on TARGETS of `layers` (default all), alpha = rank (scale 1)."""
     rng = np.random.default_rng(seed)
-    weights = read_llama_gguf(model_path)
+    weights = read_model_gguf(model_path)
     matrices = weights.weights_by_name()
     layers = range(weights.hparams.n_layer) if layers is None else layers
     pairs = {}

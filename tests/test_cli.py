@@ -12,7 +12,7 @@ import ggtune
 from ggtune.cli import main
 from ggtune.evaluate import chunk_tokens, perplexity
 from ggtune.generate import chat_prompt, generate, sample_next
-from ggtune.gguf_io import read_llama_gguf
+from ggtune.gguf_io import read_model_gguf
 from reference_model import ReferenceLlama
 from tiny_models import write_random_adapter, write_tiny_llama
 
@@ -71,7 +71,7 @@ def test_perplexity_command(tiny, text_file, capsys):
 
 
 def test_perplexity_with_adapter(tiny, text_file, tmp_path, capsys):
-    shapes = {name: (w.n_out, w.n_in) for name, w in read_llama_gguf(tiny).weights_by_name().items()
+    shapes = {name: (w.n_out, w.n_in) for name, w in read_model_gguf(tiny).weights_by_name().items()
               if name.startswith("blk.")}
     adapter = str(tmp_path / "adapter.gguf")
     write_random_adapter(adapter, shapes, rank=2, alpha=4.0, std=0.3)

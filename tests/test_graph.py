@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from ggtune.gguf_io import read_llama_gguf
+from ggtune.gguf_io import read_model_gguf
 from ggtune.graph import Graph, Grads
 from ggtune.lora import init_lora
 from ggtune.names import ALL_KINDS
@@ -34,7 +34,7 @@ def make_case(tmp_path, weight_type, n_head_kv, tied, ranks, seed=0):
     width = 256 if weight_type >= T.Q2_K and weight_type <= T.Q6_K else 64  # K-quant rows: 256-blocks
     path = write_tiny_llama(tmp_path / "m.gguf", weight_type=weight_type, n_head_kv=n_head_kv, tied=tied,
                             n_embd=width, n_ff=max(96, width), n_head=4, n_layer=2, seed=seed)
-    weights = read_llama_gguf(path)
+    weights = read_model_gguf(path)
     lora = init_lora(weights, ranks, alpha=3.0, seed=seed)
     rng = np.random.default_rng(seed + 1)
     for pair in lora.pairs.values():  # B = 0 would make every dA zero: use a trained-looking B

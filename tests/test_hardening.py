@@ -28,7 +28,7 @@ from ggtune.adapters import AdapterError, read_gguf_adapter
 from ggtune.checkpoint import CheckpointError, load_checkpoint
 from ggtune.cli import main as cli
 from ggtune.finite import TrainingDiverged
-from ggtune.gguf_io import GGUFError, read_llama_gguf
+from ggtune.gguf_io import GGUFError, read_model_gguf
 from ggtune.graph import Graph
 from ggtune.options import options_from_kwargs
 from tiny_models import tensor_shapes, TinyConfig, write_random_adapter, write_tiny_llama
@@ -268,12 +268,12 @@ def test_structurally_broken_models_are_refused(model, text, tmp_path, capsys):
     }
     for label, (path, expected) in cases.items():
         with pytest.raises(GGUFError, match=re.escape(expected)):
-            read_llama_gguf(path)
+            read_model_gguf(path)
         assert cli(["perplexity", "-m", path, "--text", text]) == 1, label
         one_error_line(capsys, os.path.basename(path), expected.split(",")[0])
     no_blocks = patch_bytes(model, tmp_path / "blocks0.gguf", reader, reader.fields["llama.block_count"].parts[-1], 0, 4)
     with pytest.raises(GGUFError, match=r"tensor 'blk.0.attn_norm.weight' does not fit block_count 0"):
-        read_llama_gguf(no_blocks)
+        read_model_gguf(no_blocks)
 
 
 # ---- merge must not overwrite its inputs ---------------------------------------------------------

@@ -20,7 +20,7 @@ from ggtune.checkpoint import (Checkpoint, OptimizerCheckpoint, TrainCounters,
                                save_checkpoint)
 from ggtune.names import ALL_KINDS as RANK_KINDS, lora_base_names
 from ggtune.data import ShuffleState
-from ggtune.gguf_io import GGUFError, read_llama_gguf
+from ggtune.gguf_io import GGUFError, read_model_gguf
 from ggtune.graph import Graph
 from ggtune.lora import LoraSet
 from ggtune.merge import MergeError, add_cli, default_checkpoint_alpha, merge
@@ -183,7 +183,7 @@ CHECKPOINT_RANKS = dict(dict.fromkeys(RANK_KINDS, 0), token_embd=3, output_norm=
 @pytest.mark.parametrize("tied", [False, True])
 def test_checkpoint_source_matches_numpy_expectation(tmp_path, tied):
     base = write_tiny_llama(tmp_path / "base.gguf", tied=tied)
-    weights = read_llama_gguf(base)
+    weights = read_model_gguf(base)
     ranks = dict(CHECKPOINT_RANKS, output=0 if tied else 3)
     lora = write_checkpoint(tmp_path / "ck.gguf", weights, ranks)
     merge(base, [(tmp_path / "ck.gguf", 0.5, 6.0)], tmp_path / "m.gguf", outtype="f32")
@@ -207,7 +207,7 @@ def test_checkpoint_merge_equals_the_training_forward(tmp_path):
     """The merged model's loss equals the training graph's loss with the checkpoint's adapters:
     the orientation and scale of every kind (norms and token_embd on a tied model) are the trainer's."""
     base = write_tiny_llama(tmp_path / "base.gguf", tied=True)
-    weights = read_llama_gguf(base)
+    weights = read_model_gguf(base)
     ranks = dict(CHECKPOINT_RANKS, output=0, attn_k=2, ffn_gate=2)
     lora = write_checkpoint(tmp_path / "ck.gguf", weights, ranks, seed=7)
     alpha = default_checkpoint_alpha(ranks)
@@ -229,7 +229,7 @@ def test_checkpoint_alpha_recorded_by_ggtune_is_the_default(tmp_path):
     """A ggtune checkpoint records its alpha (the original's do not): merge scales by it unless
     --lora-alpha says otherwise, even for a checkpoint of norm adapters only."""
     base = write_tiny_llama(tmp_path / "base.gguf")
-    weights = read_llama_gguf(base)
+    weights = read_model_gguf(base)
     ranks = dict(dict.fromkeys(RANK_KINDS, 0), attn_norm=1, attn_q=2)
     write_checkpoint(tmp_path / "ck.gguf", weights, ranks, lora_alpha=5.0)
     merge(base, [(tmp_path / "ck.gguf", 1.0)], tmp_path / "default.gguf", outtype="f32")
@@ -244,7 +244,7 @@ def test_checkpoint_alpha_recorded_by_ggtune_is_the_default(tmp_path):
 
 def test_checkpoint_with_only_norm_adapters_needs_alpha(tmp_path):
     base = write_tiny_llama(tmp_path / "base.gguf")
-    write_checkpoint(tmp_path / "ck.gguf", read_llama_gguf(base), dict(dict.fromkeys(RANK_KINDS, 0), attn_norm=1))
+    write_checkpoint(tmp_path / "ck.gguf", read_model_gguf(base), dict(dict.fromkeys(RANK_KINDS, 0), attn_norm=1))
     with pytest.raises(MergeError, match="--lora-alpha"):
         merge(base, [(tmp_path / "ck.gguf", 1.0)], tmp_path / "m.gguf")
     merge(base, [(tmp_path / "ck.gguf", 1.0, 4.0)], tmp_path / "m.gguf")

@@ -8,7 +8,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import ggtune
-from ggtune.gguf_io import GGUFError, read_llama_gguf
+from ggtune.gguf_io import GGUFError, read_model_gguf
 from ggtune.model import LoraPair, linear
 from reference_model import ReferenceLlama
 from tiny_models import FIXTURE_ADAPTER, write_f32_copy, write_fixture_adapter, write_random_adapter, write_tiny_llama
@@ -130,7 +130,7 @@ def test_bad_tokens(tmp_path):
 
 def test_linear_applies_lora_without_materialising(tmp_path):
     """linear = x W^T + sum scale (x A^T) B^T, for several adapters on one weight."""
-    w = read_llama_gguf(tiny_path(tmp_path, T.Q8_0)).layers[0].matrices["ffn_gate"]  # [96, 64]
+    w = read_model_gguf(tiny_path(tmp_path, T.Q8_0)).layers[0].matrices["ffn_gate"]  # [96, 64]
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 64)).astype(np.float32)
     pairs = [LoraPair(rng.standard_normal((r, 64)).astype(np.float32),
@@ -143,7 +143,7 @@ def test_linear_applies_lora_without_materialising(tmp_path):
 # ----- GGUF LoRA adapters at inference -----
 
 def _adapter_shapes(path):
-    return {name: (w.n_out, w.n_in) for name, w in read_llama_gguf(path).weights_by_name().items()
+    return {name: (w.n_out, w.n_in) for name, w in read_model_gguf(path).weights_by_name().items()
             if name.startswith("blk.")}
 
 

@@ -272,7 +272,6 @@ def read_model_gguf(path: str | os.PathLike) -> ModelWeights:
                         layers=layers, metadata=meta)
 
 
-read_llama_gguf = read_model_gguf  # the name from when llama was the only family
 
 
 def _read_layer(table: "_TensorTable", arch: Architecture, i: int) -> LayerWeights:
