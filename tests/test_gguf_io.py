@@ -10,7 +10,7 @@ import pytest
 import gguf
 from gguf import GGMLQuantizationType as T
 
-from ggtune.gguf_io import GGUFError, read_llama_gguf
+from ggtune.gguf_io import GGUFError, read_model_gguf
 from reference_model import ReferenceLlama
 from tiny_models import write_tiny_llama
 
@@ -25,7 +25,7 @@ def tiny(tmp_path, name="m.gguf", **kw):
 def test_hparams_read(tmp_path):
     path = tiny(tmp_path, n_embd=64, n_ff=96, n_head=4, n_head_kv=2, n_layer=3, n_ctx=40, n_rot=8,
                 freq_base=5000.0, rope_scale_linear=4.0, rms_eps=1e-6)
-    hp = read_llama_gguf(path).hparams
+    hp = read_model_gguf(path).hparams
     assert (hp.n_vocab, hp.n_ctx_train, hp.n_embd, hp.n_ff) == (80, 40, 64, 96)
     assert (hp.n_head, hp.n_head_kv, hp.n_layer, hp.n_rot, hp.head_dim) == (4, 2, 3, 8, 16)
     assert hp.rope_freq_base == 5000.0 and hp.rope_freq_scale == 0.25
@@ -38,7 +38,7 @@ def test_defaults_for_missing_optional_keys(tmp_path):
                                      "rope.freq_base", "rope.dimension_count",
                                      "attention.layer_norm_rms_epsilon"),
                 n_head=4, n_head_kv=4)
-    hp = read_llama_gguf(path).hparams
+    hp = read_model_gguf(path).hparams
     assert hp.n_vocab == 80  # from token_embd's shape
     assert hp.n_head_kv == 4 and hp.n_rot == 16
     assert hp.n_ctx_train == 2048 and hp.rope_freq_base == 10000.0 and hp.rms_eps == 1e-5
@@ -46,14 +46,14 @@ def test_defaults_for_missing_optional_keys(tmp_path):
 
 def test_old_rope_scale_linear_key(tmp_path):
     path = tiny(tmp_path, extra_keys={"llama.rope.scale_linear": 2.0})
-    assert read_llama_gguf(path).hparams.rope_freq_scale == 0.5
+    assert read_model_gguf(path).hparams.rope_freq_scale == 0.5
 
 
 def test_tied_and_untied_embeddings(tmp_path):
-    tied = read_llama_gguf(tiny(tmp_path, "t.gguf", tied=True))
+    tied = read_model_gguf(tiny(tmp_path, "t.gguf", tied=True))
     assert tied.tied_embeddings and tied.output is tied.token_embd
     assert "output.weight" not in tied.weights_by_name()
-    untied = read_llama_gguf(tiny(tmp_path, "u.gguf", tied=False))
+    untied = read_model_gguf(tiny(tmp_path, "u.gguf", tied=False))
     assert not untied.tied_embeddings and "output.weight" in untied.weights_by_name()
 
 
@@ -61,7 +61,7 @@ def test_tied_and_untied_embeddings(tmp_path):
 def test_weights_are_views_of_the_file_and_decode_like_gguf(tmp_path, wtype):
     big = wtype in K_QUANTS
     path = tiny(tmp_path, weight_type=wtype, n_embd=256 if big else 64, n_ff=512 if big else 96, n_layer=1)
-    m = read_llama_gguf(path)
+    m = read_model_gguf(path)
     ref = ReferenceLlama(path)
     for name, w in m.weights_by_name().items():
         assert w.data.dtype == np.uint8 and w.data.shape[0] == w.n_out
@@ -72,7 +72,7 @@ def test_weights_are_views_of_the_file_and_decode_like_gguf(tmp_path, wtype):
 
 
 def test_metadata_is_plain_python(tmp_path):
-    m = read_llama_gguf(tiny(tmp_path, byte_vocab=True))
+    m = read_model_gguf(tiny(tmp_path, byte_vocab=True))
     assert m.metadata["tokenizer.ggml.model"] == "gpt2"
     assert isinstance(m.metadata["tokenizer.ggml.tokens"], list)
     assert m.hparams.n_vocab == len(m.metadata["tokenizer.ggml.tokens"])
@@ -82,14 +82,14 @@ def test_metadata_is_plain_python(tmp_path):
 
 def test_missing_file(tmp_path):
     with pytest.raises(GGUFError, match="nope.gguf: no such file"):
-        read_llama_gguf(tmp_path / "nope.gguf")
+        read_model_gguf(tmp_path / "nope.gguf")
 
 
 def test_not_gguf(tmp_path):
     path = tmp_path / "text.gguf"
     path.write_text("hello, this is not a model")
     with pytest.raises(GGUFError, match=r"text\.gguf: not a GGUF file"):
-        read_llama_gguf(path)
+        read_model_gguf(path)
 
 
 @pytest.mark.parametrize("keep", [0.3, 0.9])
@@ -99,7 +99,7 @@ def test_truncated(tmp_path, keep):
     cut = tmp_path / "cut.gguf"
     cut.write_bytes(data[: int(len(data) * keep)])
     with pytest.raises(GGUFError, match=r"cut\.gguf: truncated"):
-        read_llama_gguf(cut)
+        read_model_gguf(cut)
 
 
 def test_other_architecture(tmp_path):
@@ -108,7 +108,7 @@ def test_other_architecture(tmp_path):
     w.add_tensor("token_embd.weight", np.zeros((4, 8), np.float32))
     w.write_header_to_file(); w.write_kv_data_to_file(); w.write_tensors_to_file(); w.close()
     with pytest.raises(GGUFError, match=r"gpt2\.gguf: general.architecture is 'gpt2'"):
-        read_llama_gguf(path)
+        read_model_gguf(path)
 
 
 def test_adapter_is_not_a_model(tmp_path):
@@ -117,13 +117,13 @@ def test_adapter_is_not_a_model(tmp_path):
     path = tmp_path / "a.gguf"
     write_random_adapter(path, {"blk.0.attn_q.weight": (64, 64)}, rank=2)
     with pytest.raises(GGUFError, match="is a LoRA adapter"):
-        read_llama_gguf(path)
+        read_model_gguf(path)
 
 
 def test_unsupported_tensor_type(tmp_path):
     path = _retype_first_weight(tmp_path, T.IQ4_NL)
     with pytest.raises(GGUFError, match=r"tensor 'blk\.0\.attn_q\.weight' has unsupported type IQ4_NL"):
-        read_llama_gguf(path)
+        read_model_gguf(path)
 
 
 def _retype_first_weight(tmp_path, qtype) -> str:
@@ -149,20 +149,20 @@ def test_missing_tensor(tmp_path):
     path = tiny(tmp_path, n_layer=2)
     bad = _rewrite_key(tmp_path, path, "llama.block_count", 3)
     with pytest.raises(GGUFError, match=r"missing tensor 'blk\.2\.attn_norm\.weight'"):
-        read_llama_gguf(bad)
+        read_model_gguf(bad)
 
 
 def test_wrong_shape(tmp_path):
     path = tiny(tmp_path, n_ff=96)
     bad = _rewrite_key(tmp_path, path, "llama.feed_forward_length", 128)
     with pytest.raises(GGUFError, match=r"bad\.gguf: tensor 'blk\.0\.ffn_gate\.weight' has shape \[64, 96\]"):
-        read_llama_gguf(bad)
+        read_model_gguf(bad)
 
 
 def test_missing_required_key(tmp_path):
     path = tiny(tmp_path, omit_keys=("feed_forward_length",))
     with pytest.raises(GGUFError, match=r"m\.gguf: missing metadata key 'llama\.feed_forward_length'"):
-        read_llama_gguf(path)
+        read_model_gguf(path)
 
 
 def _rewrite_key(tmp_path, path, key, value) -> str:
@@ -190,7 +190,7 @@ def rss():
         return int(f.read().split()[1]) * resource.getpagesize()
 import ggtune.gguf_io as io
 before = rss()
-m = io.read_llama_gguf(sys.argv[1])
+m = io.read_model_gguf(sys.argv[1])
 print(rss() - before)
 """
 
@@ -206,7 +206,7 @@ def test_smollm2_loads_with_small_resident_memory(smollm2_path):
 
 
 def test_smollm2_hparams(smollm2_path):
-    m = read_llama_gguf(smollm2_path)
+    m = read_model_gguf(smollm2_path)
     hp = m.hparams
     assert (hp.n_vocab, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.n_layer) == (49152, 576, 1536, 9, 3, 30)
     assert hp.n_rot == 64 and hp.rope_freq_base == 100000.0 and hp.n_ctx_train == 8192
