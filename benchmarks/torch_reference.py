@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -80,10 +79,6 @@ def heldout_text() -> str:
 def windows(tokens: list[int], ctx: int) -> list[list[int]]:
     """The non-overlapping ctx-token windows the held-out score averages over (a last one of at least 2)."""
     return [list(tokens[s:s + ctx]) for s in range(0, len(tokens), ctx) if len(tokens[s:s + ctx]) >= 2]
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
 # ----------------------------------------------------------------------------- data (ggtune's sampling)
@@ -158,6 +153,7 @@ def run_torch_lora(model_path: str, batches_npz: str, heldout: list[int], **fiel
     and after; see the module docstring."""
     import torch
     import torch.nn.functional as F
+    from ggtune.memory import peak_rss
 
     run = TorchRun(**fields)
     torch.set_num_threads(run.threads)
@@ -190,7 +186,7 @@ def run_torch_lora(model_path: str, batches_npz: str, heldout: list[int], **fiel
     timed = seconds[run.warmup:]
     tokens = inputs[0].numel()
     return dict(before=before, after=after, losses=losses, seconds=sum(seconds),
-                tokens_per_second=len(timed) * tokens / sum(timed), peak_rss=peak_rss_bytes(),
+                tokens_per_second=len(timed) * tokens / sum(timed), peak_rss=peak_rss(),
                 n_params=sum(p.numel() for p in params), run=asdict(run), versions=_versions())
 
 

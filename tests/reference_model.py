@@ -40,47 +40,71 @@ def _dequantize(reader_tensor, rows: slice | np.ndarray | None = None) -> np.nda
 
 class Weights:
     """The model's tensors by name, dequantized to float64 on first use (plus LoRA deltas), so a
-    262k-row embedding or head is never expanded whole: `rows` and `row_chunks` read parts of it."""
+    262k-row embedding or head is never expanded whole: `rows` and `row_chunks` read parts of it.
+    A mapping otherwise: tests read, replace (w[name] = array) and delete tensors."""
 
-    def __init__(self, reader: gguf.GGUFReader, deltas: dict[str, list[tuple[np.ndarray, np.ndarray, float]]]):
-        self._tensors = {t.name: t for t in reader.tensors}
-        self._deltas = deltas  # name -> [(A, B, scale)]
+    def __init__(self, reader: gguf.GGUFReader | None, deltas: dict[str, list[tuple[np.ndarray, np.ndarray, float]]]):
+        self._source = {t.name: t for t in reader.tensors} if reader is not None else {}
+        self._types = {name: int(t.tensor_type) for name, t in self._source.items()}
+        self._deltas = deltas  # name -> [(A, B, scale)], applied when a source tensor is read
         self._cache: dict[str, np.ndarray] = {}
+        self._aliases: dict[str, str] = {}
+
+    def replaced_by(self, arrays: dict[str, np.ndarray]) -> "Weights":
+        """Weights holding exactly `arrays` (already final), with this file's tensor types."""
+        out = Weights(None, {})
+        out._types, out._cache = dict(self._types), dict(arrays)
+        return out
 
     def alias(self, name: str, target: str) -> None:
-        self._tensors[name] = self._tensors[target]
-        if target in self._deltas:
-            self._deltas[name] = self._deltas[target]
+        """`name` reads `target` (a tied head): the same array object, as a tied model shares it."""
+        self._aliases[name] = target
+        self._types[name] = self._types[target]
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._tensors
+    def keys(self) -> list[str]:
+        return list(dict.fromkeys([*self._source, *self._aliases, *self._cache]))
 
     def __iter__(self):
-        return iter(list(self._tensors))
+        return iter(self.keys())
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._cache or name in self._source or name in self._aliases
 
     def __delitem__(self, name: str) -> None:
-        del self._tensors[name]
-        self._cache.pop(name, None)
+        for table in (self._source, self._cache, self._aliases):
+            table.pop(name, None)
+
+    def _resolve(self, name: str) -> str:
+        return name if name in self._cache else self._aliases.get(name, name)
+
+    def __setitem__(self, name: str, value: np.ndarray) -> None:
+        self._cache[name] = value
 
     def type_of(self, name: str) -> int:
-        return int(self._tensors[name].tensor_type)
+        return self._types.get(name, int(gguf.GGMLQuantizationType.F32))
 
     def get(self, name: str, default=None):
-        return self[name] if name in self._tensors else default
+        return self[name] if name in self else default
 
     def __getitem__(self, name: str) -> np.ndarray:
+        name = self._resolve(name)
         if name not in self._cache:
-            self._cache[name] = self._with_delta(name, _dequantize(self._tensors[name]), slice(None))
+            self._cache[name] = self._with_delta(name, _dequantize(self._source[name]), slice(None))
         return self._cache[name]
 
-    def rows(self, name: str, index: np.ndarray) -> np.ndarray:
+    def rows(self, name: str, index) -> np.ndarray:
+        name = self._resolve(name)
         if name in self._cache:
             return self._cache[name][index]
-        return self._with_delta(name, _dequantize(self._tensors[name], index), index)
+        return self._with_delta(name, _dequantize(self._source[name], index), index)
+
+    def n_rows(self, name: str) -> int:
+        name = self._resolve(name)
+        return len(self._cache[name]) if name in self._cache else int(self._source[name].shape[-1])
 
     def row_chunks(self, name: str, size: int = 16384):
         """(start, float64 rows [start, start + size)) over a matrix."""
-        n = int(self._tensors[name].shape[-1])
+        n = self.n_rows(name)
         for start in range(0, n, size):
             yield start, self.rows(name, slice(start, min(n, start + size)))
 
@@ -165,12 +189,21 @@ class ReferenceModel:
         for pairs, scale in lora:
             for name, (a, b) in pairs.items():
                 deltas.setdefault(name, []).append((a, b, scale))
-        self.w = Weights(reader, deltas)
+        self._w = Weights(reader, deltas)
         if "output.weight" not in self.w:
             self.w.alias("output.weight", "token_embd.weight")
         self._read_hparams(meta)
         self.ggml_activations = ggml_activations
         self.act = (gelu_ggml_table if ggml_gelu else gelu_tanh) if self.arch == "gemma3" else silu
+
+    @property
+    def w(self) -> Weights:
+        return self._w
+
+    @w.setter
+    def w(self, arrays) -> None:
+        """Tests swap in modified weights: a plain {name: array} keeps the file's tensor types."""
+        self._w = arrays if isinstance(arrays, Weights) else self._w.replaced_by(arrays)
 
     def _read_hparams(self, meta: dict) -> None:
         """The hyper-parameters as llama_model_base::load_hparams and the arch's load_arch_hparams read them."""
@@ -194,7 +227,7 @@ class ReferenceModel:
         self.rope_attn_factor = g("rope.scaling.attn_factor", 1.0)
         self.neox = self.arch != "llama"
         self.rope_factors = self.w.get("rope_freqs.weight")
-        self.n_vocab = int(self.w._tensors["token_embd.weight"].shape[-1])
+        self.n_vocab = self.w.n_rows("token_embd.weight")
         self.n_swa = g("attention.sliding_window", 0) if self.arch == "gemma3" else 0
         pattern = g("attention.sliding_window_pattern", 6)
         # llama_hparams::set_swa_pattern (dense last): layer il slides unless il % pattern == pattern - 1
