@@ -11,6 +11,7 @@
 
 #include "dispatch.h"
 #include "gemm/qgemm.h"
+#include "gemm/qgemv.h"
 #include "quant/codes.h"
 #include "quant/dequant.h"
 
@@ -190,6 +191,11 @@ gemm::Precision auto_matmul_precision(GgmlType type) {
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
                     int64_t N, float* out, bool accumulate, gemm::Precision precision) {
   const GgufMatrix weight(w, type, K);
+  if (precision == gemm::Precision::int8 && gemm::gemv_covers(type, T)) {
+    const gemm::GemvWeight gw{w, type, N, weight.row_bytes, out, N};
+    gemm::run_q8_gemv(T, K, thread_rows().view(x, T, K), &gw, 1, accumulate);
+    return;
+  }
   if (precision == gemm::Precision::int8) {
     const CodesTransposed b(weight);
     gemm::run_q8(T, N, K, thread_rows().view(x, T, K), b, out, N, accumulate);
@@ -197,6 +203,25 @@ void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, Ggml
   }
   const WeightTransposed b(weight);
   gemm::run(T, N, K, {x, K, 1}, b, {out, N, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
+}
+
+void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight* weights,
+                         int64_t count, bool accumulate, gemm::Precision precision) {
+  bool gemv = precision == gemm::Precision::int8;
+  for (int64_t i = 0; i < count; ++i) gemv = gemv && gemm::gemv_covers(weights[i].type, T);
+  if (!gemv) {
+    for (int64_t i = 0; i < count; ++i)
+      matmul_forward(x, T, K, weights[i].w, weights[i].type, weights[i].n, weights[i].out,
+                     accumulate, precision);
+    return;
+  }
+  std::vector<gemm::GemvWeight> gw;
+  for (int64_t i = 0; i < count; ++i) {
+    const GgufMatrix weight(weights[i].w, weights[i].type, K);
+    gw.push_back({weights[i].w, weights[i].type, weights[i].n, weight.row_bytes, weights[i].out,
+                  weights[i].n});
+  }
+  gemm::run_q8_gemv(T, K, thread_rows().view(x, T, K), gw.data(), count, accumulate);
 }
 
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,
