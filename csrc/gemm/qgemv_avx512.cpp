@@ -4,6 +4,8 @@
 // dot * dw * da, and the offsets cw * sa add up in a scalar.
 #include <immintrin.h>
 
+#include <cmath>
+
 #include "gemm/qgemv.h"
 #include "quant/codes.h"
 #include "quant/codes_simd.h"
@@ -64,7 +66,7 @@ void rows_kernel(const Src& src, int64_t r, int64_t blocks, const QuantizedA& a,
       for (int m = 0; m < M; ++m) {
         const __m256i dot = _mm256_dpbusd_epi32(_mm256_setzero_si256(), u, qa[m]);
         acc[i][m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d * da[m]), acc[i][m]);
-        off[i][m] += c * sa[m];
+        off[i][m] = std::fma(c, sa[m], off[i][m]);  // fused in every instance: same bits
       }
     }
   }
