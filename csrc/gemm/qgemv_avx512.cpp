@@ -27,7 +27,11 @@ struct BlockRows {
   const uint8_t* w;
   int64_t row_bytes;
   __m256i codes(int64_t r, int64_t b, float* d, float* c) const {
-    return block_codes(reinterpret_cast<const Block*>(w + r * row_bytes)[b], d, c);
+    const Block* row = reinterpret_cast<const Block*>(w + r * row_bytes);
+    // The same block of the next pass's row: weights stream from memory once per token, and
+    // the hardware prefetcher alone kept them at 6 GB/s (head replay: 5.0 -> 3.2 ms with this).
+    _mm_prefetch(reinterpret_cast<const char*>(row + b) + kRows * row_bytes, _MM_HINT_T0);
+    return block_codes(row[b], d, c);
   }
 };
 
