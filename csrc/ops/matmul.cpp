@@ -108,6 +108,14 @@ class CodesTransposed final : public gemm::QuantBOperand {
 
  public:
   explicit CodesTransposed(const GgufMatrix& w) : w_(w), codes_(has_u8_codes(w.type)) {}
+  int offset_code() const override {
+    switch (w_.type) {
+      case GgmlType::Q4_0: return 8;
+      case GgmlType::Q5_0: return 16;
+      case GgmlType::Q8_0: return 128;
+      default: return codes_ ? 0 : 128;  // requantized: c = -128 d
+    }
+  }
   int64_t k_align() const override { return std::lcm<int64_t>(gemm::kQBlock, w_.traits.block_size); }
   int64_t scratch_floats(int64_t kc, int64_t nc) const override {
     return codes_ ? kColumns * (kc / 4 + 2 * gemm::q_blocks(kc)) : kc * nc;
@@ -142,6 +150,7 @@ class CodesTransposed final : public gemm::QuantBOperand {
 class CodesRows final : public gemm::QuantBOperand {
  public:
   explicit CodesRows(const GgufMatrix& w) : w_(w) {}
+  int offset_code() const override { return 128; }  // requantized: c = -128 d
   int64_t n_align() const override { return w_.traits.block_size; }
   int64_t scratch_floats(int64_t, int64_t nc) const override { return gemm::kQBlock * nc; }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
@@ -162,13 +171,15 @@ class CodesRows final : public gemm::QuantBOperand {
 struct QuantizedRows {
   std::vector<int8_t> q;
   std::vector<float> d, s;
+  std::vector<int32_t> sum;
   gemm::QuantizedA view(const float* x, int64_t T, int64_t K) {
     const int64_t blocks = gemm::q_blocks(K), ldq = blocks * gemm::kQBlock;
     q.resize(std::max<size_t>(q.size(), T * ldq));
     d.resize(std::max<size_t>(d.size(), T * blocks));
     s.resize(std::max<size_t>(s.size(), T * blocks));
-    gemm::quantize_rows_q8(x, T, K, K, q.data(), ldq, d.data(), s.data(), blocks);
-    return {q.data(), ldq, d.data(), s.data(), blocks};
+    sum.resize(std::max<size_t>(sum.size(), T * blocks));
+    gemm::quantize_rows_q8(x, T, K, K, q.data(), ldq, d.data(), s.data(), sum.data(), blocks);
+    return {q.data(), ldq, d.data(), s.data(), sum.data(), blocks};
   }
 };
 
