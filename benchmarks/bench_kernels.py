@@ -36,22 +36,25 @@ LARGE = {(576, 1536), (1536, 576), (576, 49152)}  # the issue's "large shapes" (
 LAYER_WEIGHTS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
 
 
-def best_seconds(fns, repeats, burst=4, settle=0.25):
+def best_seconds(fns, repeats, burst=4, settle=0.25, clocks=None):
     """Best time per call of each callable; they take turns. Each turn waits `settle` seconds, then
     times `burst` calls in a row: numpy's OpenBLAS threads keep spinning on the cores for about 0.1 s
     after a call, so a call timed right after the other library's would measure the hand-over between
-    thread pools, not the kernel."""
+    thread pools, not the kernel. clocks: {name: clock function} for callables timed by another clock
+    than time.perf_counter (--cpu-time)."""
     for fn in fns.values():
         fn()  # warm-up: page faults, thread start
     best = {name: float("inf") for name in fns}
+    clocks = clocks or {}
     for _ in range(repeats):
         for name, fn in fns.items():
             if settle:
                 time.sleep(settle)
-            start = time.perf_counter()
+            clock = clocks.get(name, time.perf_counter)
+            start = clock()
             for _ in range(burst):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / burst)
+            best[name] = min(best[name], (clock() - start) / burst)
     return best
 
 
@@ -68,10 +71,11 @@ def with_threads(n, fn):
     return call
 
 
-def measure_peaks(thread_counts):
-    """{(kind, threads): ops/s} for the kinds the active tier has."""
+def measure_peaks(thread_counts, cpu_time=False):
+    """{(kind, threads): ops/s} for the kinds the active tier has (1 thread: per CPU second with
+    cpu_time)."""
     kinds = ["int8", "bf16", "f32"] if _core.active_isa() == "avx512" else ["f32"]
-    peaks = {(k, n): _core.peak_rate(k, n, 0.5) for k in kinds for n in thread_counts}
+    peaks = {(k, n): _core.peak_rate(k, n, 0.5, cpu_time=cpu_time and n == 1) for k in kinds for n in thread_counts}
     print("peaks (register-only loops, GOP/s): " + ", ".join(
         f"{k} " + " / ".join(f"{peaks[k, n] / 1e9:.0f}" for n in thread_counts) for k in kinds)
         + f"  at {' / '.join(map(str, thread_counts))} threads")
@@ -88,8 +92,9 @@ def engine_of(qtype, precision):
 def bench_shapes(args, types, thread_counts, peaks):
     rng = np.random.default_rng(0)
     T, full = args.tokens, thread_counts[-1]
-    print(f"\nT = {T}, precision {args.precision}; GOP/s at {' / '.join(map(str, thread_counts))} threads, "
-          f"% of the engine's peak at {full}, parallel efficiency{', ratio to numpy float32' if args.numpy else ''}")
+    print(f"\nT = {T}, precision {args.precision}; GOP/s and % of the engine's peak at "
+          f"{' / '.join(map(str, thread_counts))} threads{' (1 thread: CPU time)' if args.cpu_time else ''}, "
+          f"parallel efficiency{', ratio to numpy float32' if args.numpy else ''}")
     fractions = {}
     for n_in, n_out in SHAPES:
         gop = 2 * T * n_in * n_out / 1e9
@@ -108,7 +113,8 @@ def bench_shapes(args, types, thread_counts, peaks):
                     x, wq, t, y, precision=args.precision))
                 fns[qtype.name, "bwd", n] = with_threads(n, lambda wq=wq, t=t: _core.matmul_backward(
                     dy, wq, t, dx, precision=args.precision))
-        best = best_seconds(fns, args.repeats, settle=0.25 if args.numpy else 0.02)
+        clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
+        best = best_seconds(fns, args.repeats, settle=0.25 if args.numpy else 0.02, clocks=clocks)
         _core.set_num_threads(full)
         if args.numpy:
             print(f"{n_in:>5} -> {n_out:<6} numpy   fwd {gop / best['np', 'fwd']:6.1f}   "
@@ -120,12 +126,13 @@ def bench_shapes(args, types, thread_counts, peaks):
             cells = []
             for d in ("fwd", "bwd"):
                 rates = [gop / best[qtype.name, d, n] for n in thread_counts]
-                frac = rates[-1] * 1e9 / peaks.get((engine, full), float("nan"))
+                fracs = [r * 1e9 / peaks.get((engine, n), float("nan")) for r, n in zip(rates, thread_counts)]
+                frac = fracs[-1]
                 eff = rates[-1] / (full * rates[0]) if len(rates) > 1 else 1.0
                 fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE), []).append(frac)
                 ratio = f" {best['np', d] / best[qtype.name, d, full]:4.2f}x np" if args.numpy else ""
-                cells.append(f"{d} {' / '.join(f'{r:5.0f}' for r in rates)} {100 * frac:3.0f}% "
-                             f"eff {eff:4.2f}{ratio}")
+                cells.append(f"{d} {' / '.join(f'{r:4.0f}' for r in rates)} "
+                             f"{' / '.join(f'{100 * f:3.0f}%' for f in fracs)} eff {eff:4.2f}{ratio}")
             print(f"{'':>15} {qtype.name:<5} {engine:<4} " + "   ".join(cells))
     print(f"\nmean fraction of peak at {full} threads (issue target: >= 75% large shapes, >= 60% 576-wide):")
     for qtype in types:
@@ -212,13 +219,16 @@ def main():
     parser.add_argument("--no-numpy", dest="numpy", action="store_false", help="skip the numpy comparison")
     parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode replay")
     parser.add_argument("--decode-only", action="store_true", help="only the peaks and the decode replay")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time 1-thread kernels and peaks by the thread's CPU time (immune to other "
+                             "processes' time slices on a loaded machine)")
     parser.add_argument("--model", default=None, help="GGUF for the decode replay (default: cached SmolLM2)")
     args = parser.parse_args()
     _core.set_num_threads(args.threads)
     full = _core.num_threads()
     thread_counts = [1, full] if full > 1 else [1]
     print(f"isa {_core.active_isa()}, threads {' and '.join(map(str, thread_counts))}")
-    peaks = measure_peaks(thread_counts)
+    peaks = measure_peaks(thread_counts, args.cpu_time)
     if not args.decode_only:
         bench_shapes(args, [GGMLQuantizationType[name] for name in args.types.split(",")], thread_counts, peaks)
     if args.decode or args.decode_only:

@@ -20,7 +20,9 @@ int64_t peak_loop_avx512(PeakKind kind, int64_t iterations);
 int64_t peak_loop_avx2(PeakKind kind, int64_t iterations);
 
 // Ops per second of `threads` threads running the loop at once for about `seconds`:
-// the best of a few rounds. Throws std::invalid_argument when the tier lacks the kind.
-double peak_rate(PeakKind kind, int threads, double seconds);
+// the best of a few rounds. cpu_time (one thread only): per second of the thread's CPU time,
+// which time slices given to other processes do not count. Throws std::invalid_argument when
+// the tier lacks the kind.
+double peak_rate(PeakKind kind, int threads, double seconds, bool cpu_time = false);
 
 }  // namespace ggtune::bench

@@ -141,7 +141,7 @@ void gemm(const py::array& a, const py::array& b, py::array& out, bool trans_a, 
 }
 
 // Ops per second of the machine's own peak loop (bench/peaks.h).
-double peak_rate(const std::string& kind, int threads, double seconds) {
+double peak_rate(const std::string& kind, int threads, double seconds, bool cpu_time) {
   bench::PeakKind k;
   if (kind == "int8") k = bench::PeakKind::int8;
   else if (kind == "bf16") k = bench::PeakKind::bf16;
@@ -149,11 +149,12 @@ double peak_rate(const std::string& kind, int threads, double seconds) {
   else fail("kind", "expected 'int8', 'bf16' or 'f32', got '" + kind + "'");
   if (!(seconds > 0 && seconds <= 60)) fail("seconds", "expected a duration in (0, 60]");
   if (threads <= 0) threads = num_threads();
+  if (cpu_time && threads != 1) fail("cpu_time", "only with threads=1 (one thread's CPU time)");
   if (bench::peak_loop(k, 1) == 0)
     fail("kind", "the " + std::string(isa_name(active_isa())) + " tier has no '" + kind +
                      "' instruction the kernels use");
   py::gil_scoped_release release;
-  return bench::peak_rate(k, threads, seconds);
+  return bench::peak_rate(k, threads, seconds, cpu_time);
 }
 
 }  // namespace
@@ -184,11 +185,12 @@ void bind_matmul(py::module_& m) {
         "alpha"_a = 1.0f, "beta"_a = 0.0f,
         "Plain float32 out[M, N] = alpha * op(a) @ op(b) + beta * out, op = transpose when "
         "trans_* (beta = 0: out is only written). out must not overlap a or b.");
-  m.def("peak_rate", &peak_rate, "kind"_a, "threads"_a = 0, "seconds"_a = 0.5,
+  m.def("peak_rate", &peak_rate, "kind"_a, "threads"_a = 0, "seconds"_a = 0.5, "cpu_time"_a = false,
         "Operations per second (a multiply-add counts 2) of `threads` threads (0: num_threads()) "
         "running a register-only loop of the widest instruction the active tier has for `kind`: "
         "'int8' vpdpbusd zmm, 'bf16' vdpbf16ps zmm (avx512 only), 'f32' FMA (zmm, ymm or "
-        "scalar). Best of 5 rounds lasting about seconds / 5 each.");
+        "scalar). Best of 5 rounds lasting about seconds / 5 each. cpu_time (threads=1 only): per second "
+        "of the thread's CPU time, so time slices of other processes do not count.");
 }
 
 }  // namespace ggtune::bind
