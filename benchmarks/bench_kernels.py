@@ -129,18 +129,20 @@ def bench_shapes(args, types, thread_counts, peaks):
                 fracs = [r * 1e9 / peaks.get((engine, n), float("nan")) for r, n in zip(rates, thread_counts)]
                 frac = fracs[-1]
                 eff = rates[-1] / (full * rates[0]) if len(rates) > 1 else 1.0
-                fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE), []).append(frac)
+                for n, f in zip(thread_counts, fracs):
+                    fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE, n), []).append(f)
                 ratio = f" {best['np', d] / best[qtype.name, d, full]:4.2f}x np" if args.numpy else ""
                 cells.append(f"{d} {' / '.join(f'{r:4.0f}' for r in rates)} "
                              f"{' / '.join(f'{100 * f:3.0f}%' for f in fracs)} eff {eff:4.2f}{ratio}")
             print(f"{'':>15} {qtype.name:<5} {engine:<4} " + "   ".join(cells))
-    print(f"\nmean fraction of peak at {full} threads (issue target: >= 75% large shapes, >= 60% 576-wide):")
+    print(f"\nmean fraction of peak at {' / '.join(map(str, thread_counts))} threads "
+          f"(issue target: >= 75% large shapes, >= 60% 576-wide):")
     for qtype in types:
         parts = []
         for d in ("fwd", "bwd"):
             for large, label in ((True, "large"), (False, "576-wide")):
-                v = fractions.get((qtype.name, d, large), [])
-                parts.append(f"{d} {label} {100 * np.mean(v):3.0f}%")
+                v = [100 * np.mean(fractions.get((qtype.name, d, large, n), [np.nan])) for n in thread_counts]
+                parts.append(f"{d} {label} " + " / ".join(f"{x:3.0f}%" for x in v))
         print(f"  {qtype.name:<5} " + ", ".join(parts))
 
 
@@ -198,11 +200,13 @@ def bench_decode(args, thread_counts):
         fns["one call per weight", n] = with_threads(n, one_by_one)
         if hasattr(_core, "matmul_many"):
             fns["q/k/v, gate/up grouped", n] = with_threads(n, grouped)
-    best = best_seconds(fns, args.repeats, burst=8, settle=0.02)
+    clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
+    best = best_seconds(fns, args.repeats, burst=8, settle=0.02, clocks=clocks)
     _core.set_num_threads(thread_counts[-1])
     print(f"\ndecode: one token's {len(products)} products of {os.path.basename(model_path(args.model))} "
           f"({macs / 1e6:.0f} M multiply-adds, {sum(w.nbytes for _, w, *_ in products) / 2**20:.0f} MiB of weights), "
-          f"precision {args.precision}: ms per token at {' / '.join(map(str, thread_counts))} threads")
+          f"precision {args.precision}: ms per token at {' / '.join(map(str, thread_counts))} threads"
+          f"{' (1 thread: CPU time)' if args.cpu_time else ''}")
     for label in dict.fromkeys(name for name, _ in fns):
         ms = [1e3 * best[label, n] for n in thread_counts]
         print(f"  {label:<24} " + " / ".join(f"{v:6.2f}" for v in ms) +
