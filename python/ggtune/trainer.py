@@ -12,21 +12,19 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io
 from .graph import Graph, Grads
-from .lora import LoraSet, RANK_OPTIONS, init_lora
+from .lora import LoraSet, init_lora
+from .names import MATRIX_DEFAULT_KINDS, RANK_OPTIONS
 from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
 from .progress import Progress
 from .profile import Profiler
-
-MATRIX_DEFAULT_KINDS = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
-                        "ffn_gate", "ffn_down", "ffn_up")
 
 
 @dataclass
@@ -102,7 +100,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
                        checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
-                       head_chunk=graph.head_chunk,
+                       head_chunk=graph.head_chunk, lora_ranks=lora.ranks_by_kind(),
                        runtime_bytes=runtime_bytes)
     log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
@@ -218,10 +216,7 @@ class _TrainState:
         hp = self.model.hparams
         conv = self.convergence
         return ckpt_io.Checkpoint(
-            hparams=ckpt_io.ModelHparams(n_ctx=self.opts.ctx, n_embd=hp.n_embd, n_ff=hp.n_ff, n_head=hp.n_head,
-                                         n_head_kv=hp.n_head_kv, n_layer=hp.n_layer, n_rot=hp.n_rot,
-                                         rms_norm_eps=hp.rms_eps, rope_freq_base=hp.rope_freq_base,
-                                         rope_freq_scale=hp.rope_freq_scale),
+            hparams=replace(hp, n_ctx_train=self.opts.ctx),
             ranks=self.lora.ranks_by_kind(),
             lora={name: (p.a.T.copy(), p.b.copy()) for name, p in self.lora.pairs.items()},
             optimizer=ckpt_io.OptimizerCheckpoint(
@@ -270,7 +265,7 @@ def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int) -
     tensors = {name: (p.a, p.b) for name, p in lora.pairs.items()}
     for path in names:
         if opts.lora_format == "gguf":
-            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha,
+            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha, architecture=model.weights.arch.name,
                                         tied_embeddings=model.weights.tied_embeddings)
         else:
             ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
