@@ -23,3 +23,13 @@ def isa(request):
     _core.set_isa(request.param)
     yield request.param
     _core.set_isa(_core.detected_isa())
+
+
+def pytest_collection_modifyitems(config, items):
+    """The `fuzz` tier is opt-in: it runs only when the marker expression names it (-m fuzz)."""
+    if "fuzz" in (config.getoption("-m") or ""):
+        return
+    skip = pytest.mark.skip(reason="long fuzz tier: run with -m fuzz")
+    for item in items:
+        if "fuzz" in item.keywords:
+            item.add_marker(skip)

@@ -155,7 +155,7 @@ def test_reader_errors(tmp_path, smollm2_path):
     alpha, lora = read_gguf_adapter(tmp_path / "noalpha.gguf")
     assert alpha is None and lora["blk.0.attn_q.weight"][0].shape == (2, 8)
     (tmp_path / "cut.gguf").write_bytes((tmp_path / "noalpha.gguf").read_bytes()[:100])
-    with pytest.raises(AdapterError, match="cut.gguf: not a readable GGUF"):
+    with pytest.raises(AdapterError, match="cut.gguf: truncated or corrupt GGUF"):
         read_gguf_adapter(tmp_path / "cut.gguf")
     with pytest.raises(AdapterError, match="none.gguf: no such adapter file"):
         read_gguf_adapter(tmp_path / "none.gguf")

@@ -250,12 +250,13 @@ def test_cli_converts_and_reports(tmp_path, capsys):
     assert gguf.GGUFReader(out).fields["optimizer.type"].contents() == "lbfgs"
 
 
-def test_cli_reports_bad_input_without_traceback(tmp_path):
+def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
+    from ggtune.cli import main
+
     src = write_input(tmp_path, b"ggcp" * 3)
-    args = make_parser().parse_args(["convert-checkpoint", "-i", str(src), "-o", str(tmp_path / "o")])
-    with pytest.raises(SystemExit) as info:
-        args.func(args)
-    assert "convert-checkpoint" in str(info.value.code) and "magic" in str(info.value.code)
+    assert main(["convert-checkpoint", "-i", str(src), "-o", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith(f"ggtune convert-checkpoint: error: {src}") and "magic" in err and err.count("\n") == 1
     assert not (tmp_path / "o").exists()
 
 

@@ -130,7 +130,7 @@ def test_keep_layers_trains_like_full_recompute(tmp_path, model_path, text_path)
     full = run(model_path, text_path, tmp_path / "a", 2)
     kept = run(model_path, text_path, tmp_path / "b", 2, keep_layers=1)
     assert kept.losses == full.losses
-    with pytest.raises(ValueError, match="--keep-layers: expected >= 0, got -1"):
+    with pytest.raises(ValueError, match="--keep-layers: expected an integer >= 0, got -1"):
         run(model_path, text_path, tmp_path / "c", 1, keep_layers=-1)
 
 

@@ -23,6 +23,7 @@ import struct
 import numpy as np
 
 from .atomic import atomic_path
+from .finite import require_finite, require_finite_value
 from .names import ALL_KINDS, NORM_KINDS, checkpoint_order, kind_of
 from .optim import ggml_n_dims
 
@@ -70,11 +71,21 @@ def checkpoint_to_modern(lora: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict
 
 
 def _check_pair(base: str, a: np.ndarray, b: np.ndarray) -> int:
-    """Rank of a modern pair A (r, n_in), B (n_out, r)."""
+    """Rank of a modern pair A (r, n_in), B (n_out, r); rank 0 is refused (its scale alpha / r
+    has no value)."""
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1]:
         raise AdapterError(f"adapter tensor {base}: A {a.shape} and B {b.shape} are not a pair "
                            "A (r, n_in), B (n_out, r)")
+    if a.shape[0] == 0:
+        raise AdapterError(f"adapter tensor {base}: rank 0 (A {a.shape}, B {b.shape}); an adapter needs rank >= 1")
     return a.shape[0]
+
+
+def _refuse_non_finite(path, lora: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float) -> None:
+    """A diverged training must never produce an adapter file of NaNs."""
+    require_finite_value(float(alpha), f"{os.fspath(path)}: not written: alpha", AdapterError)
+    require_finite(((f"{base}.{half}", t) for base, pair in lora.items() for half, t in zip(("lora_a", "lora_b"), pair)),
+                   f"{os.fspath(path)}: not written", AdapterError)
 
 
 # ---- GGUF adapter --------------------------------------------------------------------------------
@@ -96,6 +107,7 @@ def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
             why = "llama.cpp ignores norm adapters" if kind in NORM_KINDS else "llama.cpp cannot apply it to this model"
             raise AdapterError(f"{os.fspath(path)}: the GGUF LoRA adapter cannot carry {base} ({why}){hint}")
         _check_pair(base, a, b)
+    _refuse_non_finite(path, lora, alpha)
     with atomic_path(path) as tmp:
         w = gguf.GGUFWriter(tmp, architecture)
         w.add_type("adapter")
@@ -117,17 +129,21 @@ def read_gguf_adapter(path: str | os.PathLike, architecture: str | None = None
                       ) -> tuple[float | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(alpha or None when absent, {base name: (A (r, n_in), B (n_out, r))}) of a GGUF LoRA adapter;
     tensors of any type gguf can dequantize come back as float32. With `architecture` (the base
-    model's), the adapter's general.architecture must be the same, as llama.cpp requires."""
+    model's), the adapter's general.architecture must be the same, as llama.cpp requires.
+
+    Refused, naming the file (and tensor): a damaged file (gguf_io.validate_tensor_table), NaN or
+    infinite values or alpha, a pair of rank 0. alpha 0 means "no alpha", as in llama.cpp."""
     import gguf
 
+    from .gguf_io import GGUFError, open_gguf
+
     name = os.fspath(path)
+    if not os.path.isfile(name):
+        raise AdapterError(f"{name}: no such adapter file")
     try:
-        reader = gguf.GGUFReader(name)
-    except FileNotFoundError:
-        raise AdapterError(f"{name}: no such adapter file") from None
-    except Exception as e:  # damaged files surface as ValueError, IndexError, mmap errors...
-        raise AdapterError(f"{name}: not a readable GGUF file, truncated or corrupt "
-                           f"({type(e).__name__}: {e})") from None
+        reader = open_gguf(name)
+    except GGUFError as e:
+        raise AdapterError(str(e)) from None
     fields = reader.fields
     for key, want in (("general.type", "adapter"), ("adapter.type", "lora")):
         got = _string_field(fields, key)
@@ -136,17 +152,20 @@ def read_gguf_adapter(path: str | os.PathLike, architecture: str | None = None
     own = _string_field(fields, "general.architecture")
     if architecture is not None and own != architecture:
         raise AdapterError(f"{name}: an adapter for general.architecture {own!r}, the model is {architecture!r}")
-    raw = {t.name: _as_float32(t) for t in reader.tensors}
+    raw = {t.name: _as_float32(t, name) for t in reader.tensors}
+    require_finite(raw.items(), name, AdapterError)
     alpha = None
     if "adapter.lora.alpha" in fields:
         f = fields["adapter.lora.alpha"]
-        if f.types[0] != gguf.GGUFValueType.FLOAT32:
-            raise AdapterError(f"{name}: adapter.lora.alpha is {f.types[0].name}, llama.cpp requires FLOAT32")
+        if not f.types or f.types[0] != gguf.GGUFValueType.FLOAT32:
+            raise AdapterError(f"{name}: adapter.lora.alpha is {f.types[0].name if f.types else 'empty'}, llama.cpp requires FLOAT32")
         alpha = float(f.parts[f.data[0]][0])
+        require_finite_value(alpha, f"{name}: adapter.lora.alpha", AdapterError)
+        alpha = alpha or None  # llama.cpp: alpha 0 applies the user scale alone
     return alpha, _pairs(name, raw)
 
 
-def _as_float32(tensor) -> np.ndarray:
+def _as_float32(tensor, source: str) -> np.ndarray:
     import gguf
     from gguf.quants import dequantize
 
@@ -154,13 +173,16 @@ def _as_float32(tensor) -> np.ndarray:
         return np.array(tensor.data, np.float32)
     try:
         return np.asarray(dequantize(tensor.data, tensor.tensor_type), np.float32)
-    except NotImplementedError:
-        raise AdapterError(f"tensor {tensor.name!r}: ggml type {tensor.tensor_type.name} cannot be read") from None
+    except (NotImplementedError, ValueError):
+        raise AdapterError(f"{source}: tensor {tensor.name!r}: ggml type {tensor.tensor_type.name} "
+                           "cannot be read") from None
 
 
 def _string_field(fields, key):
     f = fields.get(key)
-    return None if f is None else bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
+    if f is None or not f.data:
+        return None
+    return bytes(f.parts[f.data[0]]).decode("utf-8", "replace")
 
 
 def _pairs(name: str, raw: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -201,6 +223,7 @@ def write_ggla_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
     the ratio folded into its loraB, so the file applies exactly what was trained."""
     if lora_r <= 0:
         raise AdapterError(f"lora_r: expected a positive rank, got {lora_r}")
+    _refuse_non_finite(path, lora, alpha)
     header_alpha = int(alpha) if float(alpha).is_integer() and alpha > 0 else lora_r
     header_scale = header_alpha / lora_r
     with atomic_path(path) as tmp, open(tmp, "wb") as f:

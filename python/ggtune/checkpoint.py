@@ -24,6 +24,7 @@ import numpy as np
 from .atomic import atomic_path
 from .architecture import HParams
 from .data import ShuffleState
+from .finite import require_finite
 from .names import ALL_KINDS, kind_of, lora_base_names
 
 TRAINING_TYPE = "finetune_lora"
@@ -180,7 +181,10 @@ def load_checkpoint(path: str | os.PathLike) -> Checkpoint:
         fields, tensors = _read_gguf(name)
         return _checkpoint_from(fields, tensors)
     except CheckpointError as e:
-        raise CheckpointError(f"{name}: {e}") from None
+        message = str(e)
+        raise CheckpointError(message if message.startswith(name) else f"{name}: {message}") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError) as e:  # values a damaged file holds
+        raise CheckpointError(f"{name}: damaged checkpoint ({type(e).__name__}: {e})") from None
 
 
 def load_checkpoint_if_present(path: str | os.PathLike | None) -> Checkpoint | None:
@@ -192,15 +196,15 @@ def load_checkpoint_if_present(path: str | os.PathLike | None) -> Checkpoint | N
 
 
 def _read_gguf(name: str):
-    import gguf
-
     if not os.path.isfile(name):
         raise CheckpointError("no such checkpoint file")
+    from .gguf_io import GGUFError, open_gguf
+
     try:
-        reader = gguf.GGUFReader(name)
+        reader = open_gguf(name)  # also checks the tensor table
         tensors = {t.name: (int(t.tensor_type), np.array(t.data)) for t in reader.tensors}
-    except Exception as e:  # gguf raises ValueError, IndexError, struct/mmap errors on damaged files
-        raise CheckpointError(f"not a readable GGUF file, truncated or corrupt ({type(e).__name__}: {e})") from None
+    except GGUFError as e:
+        raise CheckpointError(str(e)) from None
     return reader.fields, tensors
 
 
@@ -244,6 +248,9 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
         raise CheckpointError(f"optimizer.parameter_count {get.int('optimizer.parameter_count')} does not "
                               f"match the {len(opt.m)} stored moments")
     _validated_bases(ckpt)
+    tensors_read = [(f"{base}.{half}", t) for base, pair in lora.items() for half, t in zip(("lora_a", "lora_b"), pair)]
+    require_finite(tensors_read + [("optimizer.adam.first_moments", opt.m), ("optimizer.adam.second_moments", opt.v)],
+                   "checkpoint", CheckpointError)
     return ckpt
 
 
@@ -309,3 +316,22 @@ def check_resume_compatible(ckpt: Checkpoint, ranks: dict[str, int], opt_past: i
             f"Optimizer parameter '--opt-past N' differs from checkpoint file ({ckpt.optimizer.past} -> {opt_past}). "
             "To use different value finetune from scratch with empty input checkpoint, e.g --checkpoint-in ''. "
             "Aborting.")
+
+
+def check_fits_model(ckpt: Checkpoint, shapes: dict[str, tuple[int, int, int]], path: str, model_path: str) -> None:
+    """A checkpoint resumed or exported onto a model must hold an adapter for exactly the tensors
+    ``shapes`` ({base name: (rank, n_out, n_in)}, lora.target_shapes) with those shapes: a
+    checkpoint of another model is refused naming the tensor, both shapes and both files."""
+    missing, unexpected = sorted(set(shapes) - set(ckpt.lora)), sorted(set(ckpt.lora) - set(shapes))
+    if missing or unexpected:
+        raise CheckpointError(f"{path}: the checkpoint does not fit {model_path}: "
+                              + (f"no adapter for {missing[:3]}" if missing else "")
+                              + ("; " if missing and unexpected else "")
+                              + (f"adapters for tensors the model lacks {unexpected[:3]}" if unexpected else "")
+                              + " (a checkpoint of another model?)")
+    for base, (rank, n_out, n_in) in shapes.items():
+        a, b = ckpt.lora[base]
+        if a.shape != (n_in, rank) or b.shape != (n_out, rank):
+            raise CheckpointError(f"{path}: tensor {base}: the checkpoint holds A {a.shape}, B {b.shape}; "
+                                  f"{model_path} needs A ({n_in}, {rank}), B ({n_out}, {rank}) "
+                                  "(a checkpoint of another model?)")

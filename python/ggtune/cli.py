@@ -76,6 +76,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except (GGUFError, AdapterError, ChatTemplateError, ValueError, OSError) as e:
         print(f"ggtune {args.command}: error: {e}", file=sys.stderr)
         return 1
+    except MemoryError:
+        print(f"ggtune {args.command}: error: out of memory", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"\nggtune {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -28,6 +28,7 @@ from typing import NoReturn
 import numpy as np
 
 from .atomic import atomic_path
+from .finite import describe_non_finite
 
 GGCP_MAGIC = 0x67676370  # 'ggcp' as a little-endian u32
 GGML_TYPE_F32 = 0
@@ -150,8 +151,11 @@ class _Cursor:
         self.take(-self.offset % RECORD_ALIGNMENT, f"{what} alignment padding")
         if not ne:
             return None
-        data = self.take(4 * math.prod(ne), f"{what} data ('{name}')")
-        return data.view("<f4").reshape(ne[::-1])
+        data = self.take(4 * math.prod(ne), f"{what} data ('{name}')").view("<f4")
+        problem = describe_non_finite(data)
+        if problem is not None:
+            self.fail(what, f"record '{name}' holds {problem}", at=start)
+        return data.reshape(ne[::-1])
 
     def expect_end(self, what: str) -> None:
         trailing = len(self.data) - self.offset
@@ -389,9 +393,9 @@ def add_cli(subparsers) -> None:
 
 
 def _run_convert_checkpoint(args) -> int:
-    try:
-        ckpt = convert_checkpoint(args.input, args.output)
-    except (CheckpointFormatError, OSError) as error:
-        raise SystemExit(f"ggtune convert-checkpoint: {error}") from error
+    from .cli import require_file
+
+    require_file(args.input, "--input")
+    ckpt = convert_checkpoint(args.input, args.output)  # errors: one line by cli.main
     print(f"wrote {args.output}: {describe(ckpt)}")
     return 0

@@ -65,21 +65,22 @@ class Samples:
 
 # ---- reading -------------------------------------------------------------------------------------
 
-def read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike, what: str = "training data") -> str:
     """The whole file as UTF-8 text; DataError naming the file when it is missing, empty or not UTF-8."""
     name = os.fspath(path)
     try:
-        raw = open(name, "rb").read()
+        with open(name, "rb") as f:
+            raw = f.read()
     except OSError as e:
-        raise DataError(f"{name}: cannot read training data: {e.strerror}") from e
+        raise DataError(f"{name}: cannot read {what}: {e.strerror}") from None
     if not raw:
-        raise DataError(f"{name}: training data is empty")
+        raise DataError(f"{name}: {what} is empty")
     try:
         return raw.decode("utf-8-sig")  # a leading byte-order mark is not data
     except UnicodeDecodeError as e:
         line = raw[: e.start].count(b"\n") + 1
-        raise DataError(f"{name}: training data is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at "
-                        f"byte offset {e.start}, line {line}); ggtune reads training data as UTF-8 "
+        raise DataError(f"{name}: {what} is not UTF-8 text (invalid byte 0x{raw[e.start]:02x} at "
+                        f"byte offset {e.start}, line {line}); ggtune reads {what} as UTF-8 "
                         "(the original read raw bytes): convert the file, e.g. with iconv") from None
 
 
@@ -229,6 +230,8 @@ def _parse_chat_line(line: str, source: str, number: int) -> list[dict]:
         record = json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
+    except RecursionError:  # the parser recurses once per level of nesting
+        raise DataError(f"{source}:{number}: JSON nested too deeply to read") from None
     if not isinstance(record, dict) or "messages" not in record:
         raise DataError(f'{source}:{number}: expected an object {{"messages": [...]}}')
     messages = record["messages"]
@@ -291,11 +294,14 @@ def _encode_state(state: dict) -> str:
 
 def _generator(rng_state: str) -> np.random.MT19937:
     words = rng_state.split()
-    if len(words) != 626 or words[0] != "mt19937":
+    if len(words) != 626 or words[0] != "mt19937" or not all(w.isdigit() and int(w) < 2**32 for w in words[1:]):
         raise DataError("shuffle rng_state: not a ggtune mt19937 state string")
     bits = np.random.MT19937()
-    bits.state = {"bit_generator": "MT19937",
-                  "state": {"key": np.array([int(w) for w in words[2:]], np.uint32), "pos": int(words[1])}}
+    try:
+        bits.state = {"bit_generator": "MT19937",
+                      "state": {"key": np.array([int(w) for w in words[2:]], np.uint32), "pos": int(words[1])}}
+    except ValueError:  # a position outside the 624-word state
+        raise DataError("shuffle rng_state: not a valid mt19937 state") from None
     return bits
 
 

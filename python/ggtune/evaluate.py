@@ -15,7 +15,8 @@ import numpy as np
 
 from .model import Model
 
-DEFAULT_BATCH_TOKENS = 512  # tokens per forward batch, like llama.cpp's n_batch
+DEFAULT_BATCH_TOKENS = 512
+MAX_EXP_ARGUMENT = 709.0  # exp() of more overflows a float64: no working model is that far off  # tokens per forward batch, like llama.cpp's n_batch
 
 
 @dataclass
@@ -56,7 +57,16 @@ def perplexity(model: Model, tokens: Sequence[int], ctx: int, batch_tokens: int 
         i += len(group)
         if progress:
             progress(done, total)
+    if not math.isfinite(loss_sum) or loss_sum / count > MAX_EXP_ARGUMENT:
+        raise ValueError(non_finite_output_message(model))
     return PerplexityResult(loss_sum / count, count)
+
+
+def non_finite_output_message(model: LlamaModel) -> str:
+    adapters = f" or its adapters ({len(model.lora)} tensors)" if model.lora else ""
+    return (f"{model.weights.path}: the model computes non-finite logits (NaN or infinity) or an "
+            f"overflowing perplexity: its weights"
+            f"{adapters} hold values no trained model has; refusing to report a result")
 
 
 def add_cli(subparsers) -> None:
@@ -73,13 +83,16 @@ def add_cli(subparsers) -> None:
 
 def run(args) -> int:
     from .cli import load_model_from_args, require_file
+    from .data import read_text
+    from .options import PERPLEXITY_RANGES, check_ranges
     from .progress import Progress
 
+    check_ranges(args, PERPLEXITY_RANGES)
     require_file(args.text, "--text")
+    text = read_text(args.text, "the text")
     model = load_model_from_args(args)
     ctx = min(args.ctx, model.hparams.n_ctx_train)
-    with open(args.text, encoding="utf-8") as f:
-        tokens = model.tokenize(f.read())
+    tokens = model.tokenize(text)
     bar = Progress(0, "perplexity")
     result = perplexity(model, tokens, ctx, progress=bar.update)
     bar.close()

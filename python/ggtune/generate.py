@@ -37,7 +37,8 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temp: float = 0.8,
 def generate(model: Model, prompt: Sequence[int], n_predict: int = 128, *, temp: float = 0.8,
              top_k: int = 40, top_p: float = 0.95, seed: Optional[int] = None,
              on_token: Optional[Callable[[int], None]] = None) -> list[int]:
-    """Up to n_predict new token ids after `prompt`, stopping at an end-of-generation token.
+    """Up to n_predict new token ids after `prompt`, stopping at an end-of-generation token;
+    n_predict -1 (llama.cpp's meaning): until then or the end of the model's context.
 
     The prompt is processed in one batch, then one token per step through the KV cache.
     """
@@ -46,7 +47,8 @@ def generate(model: Model, prompt: Sequence[int], n_predict: int = 128, *, temp:
     n_ctx = model.hparams.n_ctx_train
     if len(prompt) >= n_ctx:
         raise ValueError(f"prompt: {len(prompt)} tokens leave no room in the model's context of {n_ctx}")
-    n_predict = min(n_predict, n_ctx - len(prompt))
+    room = n_ctx - len(prompt)
+    n_predict = room if n_predict < 0 else min(n_predict, room)
     rng = np.random.default_rng(seed)
     cache = model.new_cache(len(prompt) + n_predict)
     eog = model.tokenizer.eog_ids
@@ -54,7 +56,12 @@ def generate(model: Model, prompt: Sequence[int], n_predict: int = 128, *, temp:
     out: list[int] = []
     while len(out) < n_predict:
         h = model.hidden(step, cache)
-        token = sample_next(model.output_logits(h[-1:])[0], rng, temp, top_k, top_p)
+        logits = model.output_logits(h[-1:])[0]
+        if not np.isfinite(logits).all():
+            from .evaluate import non_finite_output_message
+
+            raise ValueError(non_finite_output_message(model))
+        token = sample_next(logits, rng, temp, top_k, top_p)
         if token in eog:
             break
         out.append(token)
@@ -101,10 +108,10 @@ def add_cli(subparsers) -> None:
     p.add_argument("--lora-scale", type=float, action="append", default=[],
                    help="scale of the matching --lora (default 1.0)")
     p.add_argument("--prompt", "-p", required=True, help="prompt text")
-    p.add_argument("--n-predict", "-n", type=int, default=128, help="tokens to generate (default 128)")
+    p.add_argument("--n-predict", "-n", type=int, default=128, help="tokens to generate; -1: until end of text or context (default 128)")
     p.add_argument("--temp", type=float, default=0.8, help="temperature; <= 0 is greedy (default 0.8)")
     p.add_argument("--top-k", type=int, default=40, help="keep the k most likely tokens; 0 keeps all (default 40)")
-    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass to keep (default 0.95)")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus mass to keep, in [0, 1]; 1 keeps all (default 0.95)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: random)")
     p.add_argument("--chat", action="store_true", help="wrap the prompt with the model's chat template")
     p.add_argument("--threads", "-t", type=int, default=None, help="kernel threads (default: all cores)")
@@ -113,7 +120,9 @@ def add_cli(subparsers) -> None:
 
 def run(args) -> int:
     from .cli import load_model_from_args
+    from .options import GENERATE_RANGES, check_ranges
 
+    check_ranges(args, GENERATE_RANGES)
     model = load_model_from_args(args)
     text = chat_prompt(model, args.prompt) if args.chat else args.prompt
     # a chat prompt carries the template's special tokens as text: parse them

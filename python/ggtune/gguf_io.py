@@ -110,15 +110,98 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
     if magic != GGUF_MAGIC:
         raise GGUFError(f"{path}: not a GGUF file (starts with {magic!r}, expected {GGUF_MAGIC!r})")
     try:
-        reader = gguf.GGUFReader(path, "r")
+        with np.errstate(over="ignore"):  # gguf-py's uint64 offsets may wrap: validate_tensor_table reports it
+            reader = gguf.GGUFReader(path, "r")
     except Exception as e:  # gguf-py reports damage as ValueError, IndexError, struct or mmap errors...
         raise GGUFError(f"{path}: truncated or corrupt GGUF file ({type(e).__name__}: {e})") from None
-    size = os.path.getsize(path)
-    for t in reader.tensors:
-        if t.data_offset + t.n_bytes > size:
-            raise GGUFError(f"{path}: truncated GGUF file: tensor '{t.name}' ends at byte "
-                            f"{t.data_offset + t.n_bytes}, the file has {size}")
+    validate_tensor_table(path, reader)
+    _check_strings(path, reader)
     return reader
+
+
+def _check_strings(path: str, reader: gguf.GGUFReader) -> None:
+    """Every string key and tensor name decodes as UTF-8 (gguf-py decodes them lazily, raising
+    an error that names neither the file nor the key)."""
+    for t in reader.tensors:
+        if not t.name.isprintable():
+            raise GGUFError(f"{path}: tensor name {t.name!r} holds control characters")
+    for key, f in reader.fields.items():
+        if gguf.GGUFValueType.STRING not in f.types:
+            continue
+        for index in f.data:
+            try:
+                bytes(f.parts[index]).decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise GGUFError(f"{path}: metadata key '{key}' holds text that is not UTF-8 ({e.reason} "
+                                f"at byte {e.start})") from None
+
+
+GGML_MAX_DIMS = 4
+
+
+def validate_tensor_table(path: str, reader: gguf.GGUFReader) -> None:
+    """Every tensor's placement checked in exact integers before any byte of it is used, with
+    ggml's own rule (gguf.cpp): tensors lie in table order, each at an offset that is a multiple
+    of general.alignment and equals the padded sizes (declared type x shape) of those before it,
+    so a wrong type, shape or offset cannot go unnoticed; nothing may wrap past 2^64 (gguf-py
+    adds offsets and multiplies shapes in uint64, so a huge value silently turns into a view of
+    other bytes); everything ends inside the file; the blk.N layers are named consistently with
+    {arch}.block_count. GGUFError names the file and tensor."""
+    size = os.path.getsize(path)
+    alignment = int(reader.alignment)
+    expected = 0  # where the next tensor must start, relative to the data section
+    for t in reader.tensors:
+        offset, n_bytes = _tensor_extent(path, t, alignment)
+        start = int(reader.data_offset) + offset
+        if start + n_bytes >= 2**64:
+            raise GGUFError(f"{path}: tensor '{t.name}': data offset {offset} + {n_bytes} bytes wraps past 2^64")
+        if offset != expected:
+            raise GGUFError(f"{path}: tensor '{t.name}' has data offset {offset}, expected {expected} (the "
+                            "tensors before it, by their declared types and shapes, end there): a damaged "
+                            "tensor table")
+        if start + n_bytes > size:
+            raise GGUFError(f"{path}: truncated GGUF file: tensor '{t.name}' ends at byte "
+                            f"{start + n_bytes}, the file has {size}")
+        if start != int(t.data_offset) or n_bytes != int(t.data.nbytes):
+            raise GGUFError(f"{path}: tensor '{t.name}': its data offset or size overflows 64 bits")
+        expected = offset + -(-n_bytes // alignment) * alignment
+    _check_block_names(path, reader)
+
+
+def _tensor_extent(path: str, t, alignment: int) -> tuple[int, int]:
+    """(offset in the data section, byte count) of a tensor from its declared offset, type and shape."""
+    ne = [int(n) for n in t.field.parts[3]]
+    offset = int(t.field.parts[-1][0])
+    if not 1 <= len(ne) <= GGML_MAX_DIMS or min(ne) < 1:
+        raise GGUFError(f"{path}: tensor '{t.name}' has shape {ne}: expected 1 to {GGML_MAX_DIMS} "
+                        "dimensions of at least 1")
+    if offset % alignment:
+        raise GGUFError(f"{path}: tensor '{t.name}' has data offset {offset}, not a multiple of the "
+                        f"file's alignment {alignment} (general.alignment)")
+    block_size, type_size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(int(t.tensor_type))]
+    if ne[0] % block_size:
+        raise GGUFError(f"{path}: tensor '{t.name}' rows of {ne[0]} values are not a multiple of the "
+                        f"{type_name(int(t.tensor_type))} block of {block_size}")
+    n_elements = 1
+    for n in ne:
+        n_elements *= n
+    return offset, n_elements // block_size * type_size
+
+
+def _check_block_names(path: str, reader: gguf.GGUFReader) -> None:
+    """blk.N tensors exist only for N < {arch}.block_count, when the file states a block count."""
+    arch = reader.fields.get("general.architecture")
+    count_field = reader.fields.get(f"{arch.contents()}.block_count") if arch is not None and arch.data else None
+    if count_field is None or not count_field.data:
+        return
+    n_layer = count_field.contents()
+    if not isinstance(n_layer, int):
+        raise GGUFError(f"{path}: block_count is {n_layer!r}, expected an integer")
+    for t in reader.tensors:
+        parts = t.name.split(".")
+        if parts[0] == "blk" and (len(parts) < 3 or not parts[1].isdigit() or int(parts[1]) >= n_layer):
+            raise GGUFError(f"{path}: tensor '{t.name}' does not fit block_count {n_layer} "
+                            f"(layers are blk.0 .. blk.{n_layer - 1})")
 
 
 def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:

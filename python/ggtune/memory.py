@@ -122,3 +122,32 @@ def current_anon_rss() -> int:
     heaps, the tokenizer, the data), in bytes. Linux's /proc/self/status; elsewhere the peak RSS."""
     anon = _proc_status_kib("RssAnon:")
     return anon * 1024 if anon is not None else peak_rss()
+
+
+def machine_memory() -> tuple[int, int]:
+    """(available, physical) bytes of RAM: /proc/meminfo's MemAvailable and MemTotal on Linux,
+    else the physical pages (sysconf) for both."""
+    found = {}
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key in ("MemAvailable", "MemTotal"):
+                    found[key] = int(value.split()[0]) * 1024
+    except OSError:
+        pass
+    physical = found.get("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return found.get("MemAvailable", physical), physical
+
+
+def check_fits(plan: MemoryPlan, what: str) -> None:
+    """Refuses a plan the machine cannot hold, before any long work: the memory still to be
+    allocated (everything but the measured runtime and the mapped weights, whose pages the kernel
+    can drop and re-read) against MemAvailable, the whole plan against the physical RAM."""
+    available, physical = machine_memory()
+    to_allocate = plan.lora + plan.activations + plan.checkpoints + plan.work
+    if to_allocate > available or plan.total > physical:
+        raise ValueError(f"{what}: the memory plan needs {mib(plan.total).strip()} in all "
+                         f"({mib(to_allocate).strip()} still to allocate); this machine has "
+                         f"{mib(available).strip()} available of {mib(physical).strip()}: lower --batch or "
+                         "--ctx (gradient checkpointing, on by default, also saves memory)")

@@ -37,12 +37,13 @@ import numpy as np
 import gguf
 
 from . import quantize as q
-from .adapters import AdapterError, checkpoint_to_modern, read_gguf_adapter
+from .adapters import checkpoint_to_modern, read_gguf_adapter
 from .atomic import atomic_path
-from .checkpoint import TRAINING_TYPE, CheckpointError, load_checkpoint
+from .checkpoint import TRAINING_TYPE, load_checkpoint
 from .names import NORM_KINDS
-from .gguf_io import GGUFError, open_gguf, read_llama_gguf, row_bytes, type_name
+from .gguf_io import open_gguf, read_llama_gguf, row_bytes, type_name
 from .model import InferenceLinears, Model, LoraPair
+from .options import MERGE_RANGES, check_ranges
 
 OUTTYPE_CHOICES = ("same",) + tuple(q.OUTTYPES)
 REQUANTIZE_CHOICES = ("gptq", "nearest")
@@ -97,7 +98,7 @@ class MergeSummary:
 # ---- adapter sources -----------------------------------------------------------------------------
 
 def read_adapter_source(path: str | os.PathLike, user_scale: float = 1.0,
-                        alpha: Optional[float] = None) -> dict[str, Delta]:
+                        alpha: Optional[float] = None, architecture: Optional[str] = None) -> dict[str, Delta]:
     """{base tensor name: Delta} of a GGUF LoRA adapter or a ggtune training checkpoint.
 
     alpha: replaces the adapter's alpha; for a checkpoint the default is the alpha it records, or
@@ -113,7 +114,7 @@ def read_adapter_source(path: str | os.PathLike, user_scale: float = 1.0,
                          "training checkpoints (merge the checkpoint the adapter was trained into)")
     if _is_training_checkpoint(path):
         return _checkpoint_deltas(path, user_scale, alpha)
-    file_alpha, pairs = read_gguf_adapter(path)
+    file_alpha, pairs = read_gguf_adapter(path, architecture)
     alpha = file_alpha if alpha is None else alpha
     return {base: Delta(a, b, _scale(user_scale, alpha, a.shape[0]), path) for base, (a, b) in pairs.items()}
 
@@ -347,6 +348,17 @@ def _gptq_requantize(model_path: str, plans: list[_TensorPlan], gptq_plans: list
 
 
 
+def _refuse_overwriting_inputs(output: str, inputs: list[str]) -> None:
+    """--output must not be one of the files being read (also through a link): the base model is
+    memory-mapped while the output is written, and replacing it loses the original."""
+    if not os.path.exists(output):
+        return
+    for path in inputs:
+        if os.path.exists(path) and os.path.samefile(path, output):
+            raise MergeError(f"--output {output} is the same file as the input {path}; "
+                             "write the merged model to a new file")
+
+
 def _copy_metadata(writer: gguf.GGUFWriter, reader: gguf.GGUFReader, outtype: str) -> None:
     """Every key of the base in its order, with its value type; general.file_type follows --outtype."""
     for key, f in reader.fields.items():
@@ -405,12 +417,14 @@ def merge(model: str | os.PathLike, loras: Sequence[tuple], output: str | os.Pat
         raise MergeError(f"requantize: expected one of {', '.join(REQUANTIZE_CHOICES)}, got {requantize!r}")
     if not loras:
         raise MergeError("no adapter to merge (give at least one --lora)")
+    _refuse_overwriting_inputs(output, [model] + [os.fspath(tuple(entry)[0]) for entry in loras])
     reader = _base_reader(model)
     tensors = {t.name: t for t in reader.tensors}
+    arch = reader.fields["general.architecture"].contents() if "general.architecture" in reader.fields else None
     deltas_by_tensor: dict[str, list[Delta]] = {}
     for entry in loras:
         path, scale, alpha = (tuple(entry) + (None,))[:3]
-        _attach(deltas_by_tensor, tensors, read_adapter_source(path, scale, alpha), model)
+        _attach(deltas_by_tensor, tensors, read_adapter_source(path, scale, alpha, arch), model)
     plans = _plan(reader, deltas_by_tensor, outtype)
     done, n_calibration = {}, 0
     gptq_plans = [p for p in plans if requantize == "gptq" and _uses_gptq(p, outtype)]
@@ -456,22 +470,27 @@ def add_cli(subparsers) -> None:
 
 def _paired(values: list, n: int, option: str, default) -> list:
     if len(values) > n:
-        raise SystemExit(f"ggtune merge: {option} given {len(values)} times for {n} --lora")
+        raise MergeError(f"{option} given {len(values)} times for {n} --lora")
     return list(values) + [default] * (n - len(values))
 
 
 def run(args) -> int:
     from .progress import Progress
 
+    from .cli import require_file
+
+    check_ranges(args, MERGE_RANGES)
+    require_file(args.model, "--model")
+    for path in args.lora:
+        require_file(path, "--lora")
     scales = _paired(args.lora_scale, len(args.lora), "--lora-scale", 1.0)
     alphas = _paired(args.lora_alpha, len(args.lora), "--lora-alpha", None)
     bar = Progress(0, "merge (tensors)")
-    try:
+    try:  # errors: one line by cli.main
         summary = merge(args.model, list(zip(args.lora, scales, alphas)), args.output, args.outtype,
                         progress=bar.update, requantize=args.requantize, calibration=args.calibration)
-    except (MergeError, GGUFError, AdapterError, CheckpointError, OSError) as e:
-        raise SystemExit(f"ggtune merge: {e}") from None
-    bar.close()
+    finally:
+        bar.close()
     print(f"wrote {args.output}: {summary.n_tensors} tensors, {summary.n_adapted} with adapters folded in, "
           f"{summary.n_requantized} re-quantized ({args.outtype}; {summary.n_gptq} by GPTQ on "
           f"{summary.n_calibration_tokens} calibration tokens), the rest copied unchanged")

@@ -62,6 +62,13 @@ def add_lora(x: np.ndarray, lora: Optional[Sequence[LoraPair]], out: np.ndarray)
         _core.gemm(xa, pair.b, out, trans_b=True, alpha=pair.scale, beta=1.0)
 
 
+def add_embedding_lora(x: np.ndarray, ids: np.ndarray, pairs: Optional[Sequence[LoraPair]]) -> None:
+    """x f32 [T, C] += scale * B[ids] @ A for each token_embd adapter (A [r, C], B [V, r]): the rows
+    of W + scale * B @ A, as llama.cpp's input embedding applies them (untied models only)."""
+    for pair in pairs or ():
+        x += np.float32(pair.scale) * (pair.b[ids] @ pair.a)
+
+
 class InferenceLinears:
     """The block's matrix products at inference: `linear` with every adapter loaded on a weight
     (llama.cpp ignores norm adapters, and so does read_adapter: norms pass unchanged)."""
@@ -131,7 +138,10 @@ class Model:
         if self._tokenizer is None:
             from .tokenizer import Tokenizer
 
-            self._tokenizer = Tokenizer.from_metadata(self.weights.metadata)
+            try:
+                self._tokenizer = Tokenizer.from_metadata(self.weights.metadata)
+            except ValueError as e:  # a vocabulary that cannot work; the message names the key
+                raise GGUFError(f"{self.weights.path}: {e}") from None
         return self._tokenizer
 
     def tokenize(self, text: str, add_bos: Optional[bool] = None, special: bool = False) -> list[int]:
@@ -151,6 +161,7 @@ class Model:
         where = Tokens.rows(B, S, n_past=cache.n_past if cache else 0)
         x = np.empty((B * S, hp.n_embd), dtype=np.float32)  # the residual stream [T, C]
         _core.get_rows(self.weights.token_embd.data, self.weights.token_embd.ggml_type, ids, x)
+        add_embedding_lora(x, ids, self.lora.get("token_embd.weight"))
         scale = self.weights.arch.embedding_scale
         if scale != 1.0:
             x *= np.float32(scale)
@@ -220,9 +231,9 @@ def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeigh
     for name, (a, b) in pairs.items():
         if name.endswith("_norm.weight"):
             continue
-        if name == "token_embd.weight":
-            raise GGUFError(f"{path}: adapters on token_embd.weight are not supported (llama.cpp rejects "
-                            "them on tied-embedding models); merge the adapter into the model instead")
+        if name == "token_embd.weight" and weights.tied_embeddings:
+            raise GGUFError(f"{path}: an adapter on token_embd.weight of a tied-embedding model (llama.cpp "
+                            "aborts on it: the output layer shares the tensor); merge it into the model instead")
         w = targets.get(name)
         if w is None:
             raise GGUFError(f"{path}: adapter tensor '{name}' has no matching weight in {weights.path}")

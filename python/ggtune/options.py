@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import math
 import os
 from dataclasses import dataclass, field, fields
+from typing import Any
 
 
 def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: str | None = None):
@@ -99,19 +101,7 @@ class FinetuneOptions:
 
     def check(self) -> None:
         """Raises ValueError naming the option for values that cannot work."""
-        positive = ("ctx", "batch", "grad_acc", "lora_r")
-        for name in positive:
-            if getattr(self, name) <= 0:
-                raise ValueError(f"--{_dash(name)}: expected a positive integer, got {getattr(self, name)}")
-        if self.keep_layers < 0:
-            raise ValueError(f"--keep-layers: expected >= 0, got {self.keep_layers}")
-        if self.adam_iter < 0:
-            raise ValueError(f"--adam-iter: expected >= 0, got {self.adam_iter}")
-        for name in ("rank_att_norm", "rank_ffn_norm", "rank_out_norm", "rank_tok_embd", "rank_out", "rank_wq",
-                     "rank_wk", "rank_wv", "rank_wo", "rank_w1", "rank_w2", "rank_w3"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ValueError(f"--{_dash(name)}: expected a rank >= 0, got {value}")
+        check_ranges(self, FINETUNE_RANGES)
         choices = {"train_format": ("text", "chat"), "lora_format": ("gguf", "ggla"),
                    "precision": ("auto", "f32", "bf16", "int8")}
         for name, allowed in choices.items():
@@ -121,6 +111,103 @@ class FinetuneOptions:
             raise ValueError("--model-base: a base model GGUF is required")
         if not os.path.exists(self.model_base):
             raise ValueError(f"--model-base: {self.model_base}: no such file")
+
+
+# ---- the range of every numeric option ------------------------------------------------------------
+# One table per command: an option missing here takes any value of its type. NaN and infinity are
+# refused everywhere (a NaN learning rate trains an all-NaN adapter without a word).
+
+MAX_THREADS = 512  # ggml's GGML_MAX_N_THREADS
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed values low <= v <= high (an end excluded when open), plus ``special`` values
+    outside it that carry a meaning of their own (e.g. -1 = no limit)."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    special: tuple = ()
+    integer: bool = False
+
+    def allows(self, value) -> bool:
+        if value in self.special:
+            return True
+        if self.low is not None and (value <= self.low if self.low_open else value < self.low):
+            return False
+        return not (self.high is not None and (value >= self.high if self.high_open else value > self.high))
+
+    def describe(self) -> str:
+        kind = "an integer" if self.integer else "a number"
+        if self.low is not None and self.high is not None:
+            text = f"{kind} in {'(' if self.low_open else '['}{_num(self.low)}, {_num(self.high)}{')' if self.high_open else ']'}"
+        elif self.low is not None:
+            text = f"{kind} {'>' if self.low_open else '>='} {_num(self.low)}"
+        elif self.high is not None:
+            text = f"{kind} {'<' if self.high_open else '<='} {_num(self.high)}"
+        else:
+            text = kind if self.integer else "a finite number"
+        return text + "".join(f" or {_num(v)}" for v in self.special)
+
+
+def _num(v) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+POSITIVE_INT = Range(low=1, integer=True)
+COUNT = Range(low=0, integer=True)  # 0 allowed
+ANY_INT = Range(integer=True)
+FINITE = Range()
+NON_NEGATIVE = Range(low=0)
+POSITIVE = Range(low=0, low_open=True)
+UNIT = Range(low=0, high=1)
+BETA = Range(low=0, high=1, high_open=True)
+THREADS = Range(low=0, high=MAX_THREADS, integer=True)  # 0: every core
+
+FINETUNE_RANGES: dict[str, Range] = {
+    "ctx": POSITIVE_INT, "batch": POSITIVE_INT, "grad_acc": POSITIVE_INT, "lora_r": POSITIVE_INT,
+    "threads": THREADS, "keep_layers": COUNT, "adam_iter": COUNT, "save_every": ANY_INT, "seed": ANY_INT,
+    "warmup": COUNT, "cos_decay_steps": POSITIVE_INT, "cos_decay_restart": POSITIVE, "cos_decay_min": UNIT,
+    "opt_past": COUNT, "opt_delta": NON_NEGATIVE, "opt_max_no_improvement": COUNT,
+    "epochs": Range(low=-1, integer=True),  # <= 0: no limit, as the original
+    "adam_alpha": NON_NEGATIVE, "adam_min_alpha": NON_NEGATIVE, "adam_decay": NON_NEGATIVE,
+    "adam_decay_min_ndim": COUNT, "adam_beta1": BETA, "adam_beta2": BETA, "adam_gclip": NON_NEGATIVE,
+    "adam_epsf": FINITE, "norm_rms_eps": POSITIVE, "rope_freq_base": POSITIVE, "rope_freq_scale": POSITIVE,
+    "lora_alpha": POSITIVE, "n_gpu_layers": ANY_INT,
+    **{name: COUNT for name in ("rank_att_norm", "rank_ffn_norm", "rank_out_norm", "rank_tok_embd", "rank_out",
+                                "rank_wq", "rank_wk", "rank_wv", "rank_wo", "rank_w1", "rank_w2", "rank_w3")},
+}
+# generate (llama.cpp's meanings: --n-predict -1 runs until end of text or context, --top-k 0 and
+# --top-p 1 switch the filter off, --temp <= 0 is greedy), perplexity and merge.
+GENERATE_RANGES: dict[str, Range] = {
+    "n_predict": Range(low=0, integer=True, special=(-1,)), "temp": FINITE, "top_k": COUNT, "top_p": UNIT,
+    "seed": ANY_INT, "threads": THREADS, "lora_scale": FINITE,
+}
+PERPLEXITY_RANGES: dict[str, Range] = {"ctx": Range(low=2, integer=True), "threads": THREADS, "lora_scale": FINITE}
+MERGE_RANGES: dict[str, Range] = {"lora_scale": FINITE, "lora_alpha": POSITIVE}
+
+
+def check_ranges(values: Any, table: dict[str, Range]) -> None:
+    """Raises ValueError naming the option for a value outside its Range (or of the wrong type,
+    or NaN/infinite). ``values``: an object with the options as attributes (None = not given;
+    a list = a repeatable option, each element checked)."""
+    for name, allowed in table.items():
+        value = getattr(values, name, None)
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            if item is None:
+                continue
+            if not _right_type(item, allowed.integer) or not allowed.allows(item):
+                raise ValueError(f"--{_dash(name)}: expected {allowed.describe()}, got {item!r}")
+
+
+def _right_type(value, integer: bool) -> bool:
+    if isinstance(value, bool):
+        return False
+    if integer:
+        return isinstance(value, int)
+    return isinstance(value, (int, float)) and math.isfinite(value)
 
 
 def _dash(name: str) -> str:

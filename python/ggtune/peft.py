@@ -17,15 +17,14 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_path, temporary_directory
+from .gguf_io import open_gguf
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 ADAPTER_CONFIG = "adapter_config.json"
@@ -123,7 +122,7 @@ def export_peft(adapter: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float 
     W + (alpha / r)·B @ A, scale 1 when alpha is None) as a PEFT LoRA adapter directory.
     attn_q / attn_k B rows are un-permuted with n_head / n_head_kv when permuted_qk (llama models). Everything is checked before
     anything is written; the directory appears atomically. Returns the adapter config."""
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save  # bytes: its save_file renames a temporary of its own
 
     if not adapter:
         raise ValueError("the adapter holds no tensors")
@@ -137,7 +136,7 @@ def export_peft(adapter: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float 
     config = _adapter_config(ranks, alpha, base_model_name_or_path)
     config_text = json.dumps(config, indent=2) + "\n"
     _write_directory(Path(out_dir), {
-        ADAPTER_WEIGHTS: lambda path: save_file(tensors, str(path), metadata={"format": "pt"}),
+        ADAPTER_WEIGHTS: lambda path: path.write_bytes(save(tensors, metadata={"format": "pt"})),
         ADAPTER_CONFIG: lambda path: path.write_text(config_text),
     })
     return config
@@ -153,34 +152,20 @@ def _write_directory(out_dir: Path, files: dict[str, Callable[[Path], None]]) ->
             with atomic_path(out_dir / name) as tmp:
                 write(tmp)
         return
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with temporary_directory(out_dir) as tmp_dir:
         for name, write in files.items():
             write(tmp_dir / name)
             with open(tmp_dir / name, "rb") as f:
                 os.fsync(f.fileno())
-        tmp_dir.chmod(0o777 & ~_umask())  # mkdtemp makes it private
         os.replace(tmp_dir, out_dir)  # atomic; may replace an empty directory
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
 
 
 def read_model_heads(model_path: str | os.PathLike) -> tuple[int, int, dict[str, tuple[int, ...]], bool]:
     """(n_head, n_head_kv, {tensor name: ggml ne}, whether the converter permuted q/k rows) of a
     GGUF model of a supported family."""
-    import gguf
-
     from .architecture import FAMILIES, SUPPORTED
 
-    reader = gguf.GGUFReader(model_path)
+    reader = open_gguf(model_path)
 
     def value(key):
         field = reader.fields.get(key)
@@ -229,14 +214,16 @@ def add_cli(subparsers) -> None:
 def _run_export_peft(args) -> int:
     from .adapters import read_gguf_adapter
 
-    try:
-        alpha, adapter = read_gguf_adapter(args.lora)
-        n_head, n_head_kv, shapes, permuted_qk = read_model_heads(args.model)
-        check_adapter_fits(adapter, shapes, args.model)
-        config = export_peft(adapter, alpha, n_head, n_head_kv, args.output,
-                             args.base_model_name_or_path, permuted_qk=permuted_qk)
-    except (ValueError, OSError) as error:
-        raise SystemExit(f"ggtune export-peft: {error}") from error
+    from .cli import require_file
+
+    require_file(args.model, "--model")
+    require_file(args.lora, "--lora")
+    n_head, n_head_kv, shapes, permuted_qk = read_model_heads(args.model)  # errors: one line by cli.main
+    architecture = open_gguf(args.model).fields["general.architecture"].contents()
+    alpha, adapter = read_gguf_adapter(args.lora, architecture=architecture)
+    check_adapter_fits(adapter, shapes, args.model)
+    config = export_peft(adapter, alpha, n_head, n_head_kv, args.output,
+                         args.base_model_name_or_path, permuted_qk=permuted_qk)
     rows = (f"attn_q/attn_k rows un-permuted for n_head={n_head}, n_head_kv={n_head_kv}" if permuted_qk
             else "rows as stored (this family's converter does not permute them)")
     print(f"wrote {args.output}: {len(adapter)} LoRA modules ({', '.join(config['target_modules'])}), "

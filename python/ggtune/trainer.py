@@ -18,13 +18,16 @@ import numpy as np
 
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io, distributed
 from .graph import Graph, Grads
-from .lora import LoraSet, init_lora
+from .lora import LoraSet, init_lora, target_shapes
 from .names import MATRIX_DEFAULT_KINDS, RANK_OPTIONS
-from .memory import current_anon_rss, peak_rss, plan_memory
+from .memory import check_fits, current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
+from .finite import TrainingDiverged, check_training_step
 from .options import FinetuneOptions, options_from_kwargs
 from .progress import Progress
 from .profile import Profiler
+
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -35,6 +38,7 @@ class FinetuneResult:
     written: list[str] = field(default_factory=list)           # paths of checkpoints and adapters
     iterations: int = 0                                        # global optimizer iteration at the end
     interrupted: bool = False
+    signal: int = 0                                            # the stop signal received (SIGINT, SIGTERM)
     stopped_by: str = ""                                       # why training ended early, if it did
     memory_plan_bytes: int = 0
     peak_rss_bytes: int = 0
@@ -72,6 +76,9 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
     _apply_overrides(model, opts)
     ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
     resumed = dist.from_root(lambda: _read_checkpoint(opts, ranks))  # the others need no copy of it
+    if resumed is not None:
+        fitted = resumed.ranks if opts.only_write_lora else ranks
+        ckpt_io.check_fits_model(resumed, target_shapes(model.weights, fitted), opts.checkpoint_in, opts.model_base)
     alpha = _resolve_alpha(opts, resumed, log)
     if opts.only_write_lora:
         if resumed is None:
@@ -102,13 +109,16 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         _restore_convergence(convergence, resumed.optimizer)
         counters = resumed.counters
         log(f"resuming from {opts.checkpoint_in} at iteration {counters.iteration_count}")
-    stream = data_io.BatchStream(
-        samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
-                                      separate_with_bos=opts.separate_with_bos,
-                                      fill_with_next_samples=opts.fill_with_next_samples,
-                                      sample_random_offsets=opts.sample_random_offsets),
-        bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
-        state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
+    try:
+        stream = data_io.BatchStream(
+            samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
+                                          separate_with_bos=opts.separate_with_bos,
+                                          fill_with_next_samples=opts.fill_with_next_samples,
+                                          sample_random_offsets=opts.sample_random_offsets),
+            bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
+            state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
+    except data_io.DataError as e:  # the checkpoint's shuffle state, reused for the same data
+        raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e} (--force-reshuffle starts a new shuffle)") from None
     if resumed and stream.reshuffled:
         log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
     dist.agree("the tokenized data and the adapters", lambda: {
@@ -124,6 +134,7 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
     for line in plan.lines():
         log(line)
+    check_fits(plan, f"--batch {opts.batch} --ctx {opts.ctx}")
     for line in dist.describe(opts.batch, lora.n_parameters(), opts.threads):
         log(line)
 
@@ -144,14 +155,17 @@ class _TrainState:
         self.dist = dist  # distributed.Solo or MpiRanks
         self.adam, self.convergence, self.counters, self.stream = adam, convergence, counters, stream
         self.fresh = fresh
-        self.interrupt_requested = False  # Ctrl-C seen by this process
+        self.interrupt_requested = 0  # the stop signal (SIGINT, SIGTERM) seen by this process, 0 if none
         self.interrupted = False  # ... and agreed by every rank: the loop stops after this step
         self.profiler = profiler
 
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
         progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose and self.dist.is_root)
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
+        # Under MPI, SIGTERM is the launcher stopping the ranks because one failed: distributed.py
+        # keeps its own handler for it; a single process saves on it as on Ctrl-C.
+        caught = STOP_SIGNALS if self.dist.size == 1 else (signal.SIGINT,)
+        previous = {signum: signal.signal(signum, self._on_signal) for signum in caught} if _main_thread() else {}
         epochs_done = 0
         try:
             for step in range(opts.adam_iter):
@@ -174,15 +188,20 @@ class _TrainState:
                 if not last and opts.save_every > 0 and self.counters.iteration_count % opts.save_every == 0:
                     result.written += self.save()
                 if stop or self.interrupted:
-                    result.stopped_by = "interrupted (SIGINT)" if self.interrupted else stop
+                    result.stopped_by = f"interrupted ({self._stop_signal().name})" if self.interrupted else stop
                     break
+        except TrainingDiverged as e:
+            raise TrainingDiverged(f"{e}: training diverged and stopped; nothing of this iteration was saved"
+                                   f"{_last_saved(result.written)} (try a lower --adam-alpha, "
+                                   "--adam-gclip 1)") from None
         finally:
             progress.close()
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
         result.written = list(dict.fromkeys(result.written + self.save()))  # periodic saves reuse names
         result.iterations = self.counters.iteration_count
-        result.interrupted = self.interrupted
+        result.interrupted = bool(self.interrupted)
+        result.signal = int(self._stop_signal()) if self.interrupted else 0
         if result.stopped_by:
             log(f"stopped: {result.stopped_by}")
         log(f"wrote {', '.join(result.written)}")
@@ -210,7 +229,7 @@ class _TrainState:
             epochs += int(batch.epoch_completed)
         with prof.phase("gradient exchange"):
             loss_sums, self.interrupted = self.dist.sum_step(self.grads.arrays(), loss_sums,
-                                                             self.interrupt_requested)
+                                                             bool(self.interrupt_requested))
         loss = float(np.mean([s / k for s, k in zip(loss_sums, kept)]))
         if self.fresh and self.adam.iteration == 0:
             self.convergence.start(loss)
@@ -218,8 +237,11 @@ class _TrainState:
             self.adam.iteration, warmup=opts.warmup, cos_decay_steps=opts.cos_decay_steps,
             cos_decay_restart=opts.cos_decay_restart, cos_decay_min=opts.cos_decay_min,
             enable_restart=opts.enable_restart, alpha=opts.adam_alpha, min_alpha=opts.adam_min_alpha)
+        iteration = self.counters.iteration_count + 1
+        check_training_step(iteration, loss, self.grads.arrays(), "gradient")  # before Adam touches anything
         with prof.phase("optimizer"):
             self.adam.step(self.grads.arrays(), self.last_lr)
+        check_training_step(iteration, loss, self.lora.parameters(), "updated parameter")
         self.counters.iteration_count += 1
         self.counters.epoch_count += epochs
         self.last_loss = loss
@@ -259,14 +281,20 @@ class _TrainState:
             counters=ckpt_io.TrainCounters(**vars(self.counters)),
             shuffle=self.stream.state, lora_alpha=self.lora.alpha)
 
-    def _on_sigint(self, signum, frame) -> None:
-        if self.interrupt_requested:  # a second Ctrl-C: the user really wants out now
+    def _stop_signal(self) -> signal.Signals:
+        """The signal that stopped training (another rank's Ctrl-C counts as SIGINT here)."""
+        return signal.Signals(self.interrupt_requested or signal.SIGINT)
+
+    def _on_signal(self, signum, frame) -> None:
+        """Ctrl-C (SIGINT) and SIGTERM (what schedulers and containers send): finish the
+        iteration, save, stop; a second one aborts at once."""
+        if self.interrupt_requested:
             raise KeyboardInterrupt
-        self.interrupt_requested = True
+        self.interrupt_requested = signum
         if self.dist.size == 1:  # ranks stop together, after the exchange that tells them all
             self.interrupted = True
-        print("\nggtune: interrupted, finishing this iteration and saving (Ctrl-C again to abort)",
-              file=sys.stderr, flush=True)
+        print(f"\nggtune: {signal.Signals(signum).name} received, finishing this iteration and saving "
+              "(send it again to abort)", file=sys.stderr, flush=True)
 
 
 # ----------------------------------------------------------------------------- pieces
@@ -314,7 +342,10 @@ def _read_checkpoint(opts: FinetuneOptions, ranks: dict[str, int]):
         return None
     ck = ckpt_io.load_checkpoint(opts.checkpoint_in)
     if not opts.only_write_lora:
-        ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
+        try:
+            ckpt_io.check_resume_compatible(ck, ranks, opts.opt_past)
+        except ckpt_io.CheckpointError as e:
+            raise ckpt_io.CheckpointError(f"{opts.checkpoint_in}: {e}") from None
     return ck
 
 
@@ -370,6 +401,11 @@ def _apply_overrides(model, opts: FinetuneOptions) -> None:
         hp.rope_freq_scale = opts.rope_freq_scale
 
 
+def _last_saved(written: list[str]) -> str:
+    return f"; the last saved files are {', '.join(written[-4:])}" if written else \
+        "; no save point was reached before it (--save-every N)"
+
+
 def _main_thread() -> bool:
     import threading
 
@@ -402,4 +438,4 @@ def _cli_finetune(args) -> int:
     if opts.n_gpu_layers:
         print("ggtune finetune: warning: --gpu-layers has no effect, ggtune trains on the CPU", file=sys.stderr)
     result = run(opts)  # input problems raise ValueError subclasses, which cli.main prints as one line
-    return 130 if result.interrupted else 0
+    return 128 + result.signal if result.interrupted else 0  # 130 after Ctrl-C, 143 after SIGTERM
