@@ -1,7 +1,8 @@
 """LoRA finetuning speed and memory: ggtune beside PyTorch + transformers + peft, same run.
 
     PYTHONPATH=python python benchmarks/bench_finetune.py [--threads 2] [--warmup 2] [--iters 8] [--rounds 1]
-        [--keep-layers 6] [--no-torch] [--no-profile] [--no-main] [--scale] [--ctx-sweep] [--workdir DIR]
+        [--keep-layers 6] [--no-torch] [--no-thread-scaling] [--no-profile] [--no-main] [--scale] [--ctx-sweep]
+        [--workdir DIR]
 
 Main run: SmolLM2-135M-Instruct Q4_1, ctx 128, batch 8, LoRA rank 4 (alpha 4) on the seven
 attention/FFN matrices of every layer, Adam(W) lr 1e-3, `--warmup` untimed then `--iters` timed
@@ -20,6 +21,9 @@ LoraConfig(r=4, lora_alpha=4, the same seven targets) and trains on exactly the 
 draws (same sample list, same shuffle seed, written to a file by this parent process) in float32
 and again under torch.autocast(bfloat16). The PyTorch side is skipped with one line when
 `import torch, transformers, peft` fails.
+
+Thread scaling: ggtune (checkpointing) also trains on 1 thread, taking turns with --threads runs, and
+the script prints tokens/s at 1 and N threads and the parallel efficiency tokens/s(N) / (N tokens/s(1)).
 
 --scale writes random Q4_0 models with TinyLlama-1.1B and Llama-2-7B shapes (scale_models.py) and
 trains each at ctx 512, batch 1 for 2 iterations. --ctx-sweep trains SmolLM2 at ctx 128 .. 2048
@@ -241,10 +245,27 @@ def main_run(args, model: str, data: str) -> None:
         print(f"  peak RSS target <= 600 MB: {key} {g['peak_rss'] / 1e6:.0f} MB "
               f"({'met' if g['peak_rss'] <= 600e6 else 'NOT met'})")
         print(f"  {key} per-iteration tokens/s: {', '.join(f'{t:.0f}' for t in g['per_iteration'])}", flush=True)
+    if args.thread_scaling and args.threads > 1:
+        thread_scaling(args, base, best["ggtune"])
     if args.profile:
         prof = run_child("ggtune", dict(base, warmup=1, iters=1, profile=True))
         print("ggtune --profile of the same configuration (second iteration):")
         print_profile(prof["log"])
+
+
+def thread_scaling(args, base: dict, full: dict) -> None:
+    """ggtune's tokens/s on 1 thread beside the main run's N, and the parallel efficiency
+    tokens/s(N) / (N * tokens/s(1)); the 1-thread runs take turns with N-thread ones so that both
+    see the same load."""
+    one, many = None, full
+    for _ in range(args.rounds):
+        r1 = run_child("ggtune", dict(base, threads=1, keep_layers=0))
+        rn = run_child("ggtune", dict(base, keep_layers=0))
+        one = r1 if one is None or r1["tokens_per_second"] > one["tokens_per_second"] else one
+        many = rn if rn["tokens_per_second"] > many["tokens_per_second"] else many
+    t1, tn = one["tokens_per_second"], many["tokens_per_second"]
+    print(f"  ggtune threads 1 / {args.threads}: {t1:.1f} / {tn:.1f} tokens/s, parallel efficiency "
+          f"{tn / (args.threads * t1):.2f} (best of {args.rounds} + the main run)", flush=True)
 
 
 def scale_run(args) -> None:
@@ -289,6 +310,8 @@ def main(argv=None) -> None:
     parser.add_argument("--keep-layers", type=int, default=6,
                         help="also run ggtune keeping the last N layers' intermediates (0: skip)")
     parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch side")
+    parser.add_argument("--no-thread-scaling", dest="thread_scaling", action="store_false",
+                        help="skip ggtune's 1-thread runs (tokens/s at 1 and --threads threads)")
     parser.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profiled ggtune run")
     parser.add_argument("--no-main", dest="main", action="store_false", help="skip the main SmolLM2 comparison")
     parser.add_argument("--scale", action="store_true", help="also train random TinyLlama-1.1B / Llama-2-7B shapes")

@@ -1,51 +1,60 @@
-"""GFLOP/s of the quantized-weight matmul on SmolLM2-135M's shapes, beside numpy float32.
+"""The quantized-weight matmul on SmolLM2-135M's shapes, as a fraction of this machine's own peaks.
 
     PYTHONPATH=python python benchmarks/bench_kernels.py [--tokens 1024] [--precision auto]
-        [--types Q4_1,Q8_0,F32] [--repeats 7] [--threads N]
+        [--types Q4_1,Q8_0,F32] [--repeats 7] [--threads N] [--no-numpy] [--no-decode]
+        [--decode-only] [--model M]
 
-On the 2-vCPU VMs ggtune is tuned on, a thread pool that slept through the 0.25 s settle time
-sometimes wakes its worker on the master's CPU and the two share it for several milliseconds
-(seen in /proc/<pid>/task/*/stat: every slow burst had both on one CPU), which makes short
-shapes measure 2-4x slow at random. Threads that keep spinning through the pauses take that
-out of the measurement:
-    GOMP_SPINCOUNT=2000000 PYTHONPATH=python python benchmarks/bench_kernels.py
+1. Peaks: `_core.peak_rate` runs register-only loops of vpdpbusd (int8), vdpbf16ps (bf16) and float32
+   FMA on 1 thread and on N (the widest instruction the tier has; csrc/bench/peaks.h).
+2. Kernels: for each weight shape (in -> out) and type, the forward Y = X @ W.T and the backward
+   dX = dY @ W on 1 thread and on N, each as GOP/s, as a fraction of its engine's peak at the same
+   thread count (int8 engine: the int8 peak; f32 engine: the f32 peak), and the parallel efficiency
+   rate(N) / (N * rate(1)). numpy float32 of the same shapes runs in the same turns (ratio numpy time /
+   ggtune time). An op is a multiply or an add: 2 * T * in * out per product.
+3. Decode: the products of one generated token (T = 1) of SmolLM2 with its real weights (every layer's
+   q, k, v, o, gate, up, down and the tied head), replayed through `matmul` one call per weight and
+   through `matmul_many` (q/k/v and gate/up in one call each), as ms per token.
 
-On a loaded machine a one-core comparison is steadier:
-    OPENBLAS_NUM_THREADS=1 PYTHONPATH=python python benchmarks/bench_kernels.py --threads 1
-
-For each weight shape (in -> out) and weight type it times the forward Y = X @ W.T and the
-backward dX = dY @ W, and numpy's float32 matmul of the same shapes in the same run, taking
-turns; the ratio to numpy (numpy time / ggtune time) is what counts on a shared machine. A FLOP is 2 * T * in * out. Figures
-go in notes, never in tests.
+Timing: calls run in bursts, the callables take turns, and the best burst counts, so a load spike on
+the shared machine hits all of them alike. On the 2-vCPU VMs ggtune is tuned on, a thread pool that slept
+through a pause sometimes wakes its worker on the master's CPU and the two share it for several
+milliseconds (seen in /proc/<pid>/task/*/stat), so short shapes can measure 2-4x slow at random;
+`GOMP_SPINCOUNT=2000000` keeps the threads spinning through the pauses. Figures go in notes, never in tests.
 """
 
 import argparse
+import os
 import time
 
 import numpy as np
-from gguf import GGMLQuantizationType, quants
+from gguf import GGMLQuantizationType, GGUFReader, quants
 
 from ggtune import _core
 
 SHAPES = [(576, 576), (576, 192), (576, 1536), (1536, 576), (576, 49152)]  # (in, out)
+LARGE = {(576, 1536), (1536, 576), (576, 49152)}  # the issue's "large shapes" (>= 75% of peak)
+LAYER_WEIGHTS = ["attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down"]
 
 
-def best_seconds(fns, repeats, burst=4, settle=0.25):
-    """Best time per call of each callable; they take turns, so a burst of load on the shared
-    machine hits all of them alike. Each turn waits `settle` seconds, then times `burst` calls in a
-    row: numpy's OpenBLAS threads keep spinning on the cores for about 0.1 s after a call (and
-    ggtune's OpenMP threads sleep), so a call timed right after the other library's would measure
-    the hand-over between thread pools, not the kernel."""
+def best_seconds(fns, repeats, burst=4, settle=0.25, clocks=None):
+    """Best time per call of each callable; they take turns. Each turn waits `settle` seconds, then
+    times `burst` calls in a row: numpy's OpenBLAS threads keep spinning on the cores for about 0.1 s
+    after a call, so a call timed right after the other library's would measure the hand-over between
+    thread pools, not the kernel. clocks: {name: clock function} for callables timed by another clock
+    than time.perf_counter (--cpu-time)."""
     for fn in fns.values():
         fn()  # warm-up: page faults, thread start
     best = {name: float("inf") for name in fns}
+    clocks = clocks or {}
     for _ in range(repeats):
         for name, fn in fns.items():
-            time.sleep(settle)
-            start = time.perf_counter()
+            if settle:
+                time.sleep(settle)
+            clock = clocks.get(name, time.perf_counter)
+            start = clock()
             for _ in range(burst):
                 fn()
-            best[name] = min(best[name], (time.perf_counter() - start) / burst)
+            best[name] = min(best[name], (clock() - start) / burst)
     return best
 
 
@@ -55,48 +64,179 @@ def weight_bytes(w, qtype):
     return np.ascontiguousarray(quants.quantize(w, qtype))
 
 
+def with_threads(n, fn):
+    def call():
+        _core.set_num_threads(n)
+        fn()
+    return call
+
+
+def measure_peaks(thread_counts, cpu_time=False):
+    """{(kind, threads): ops/s} for the kinds the active tier has (1 thread: per CPU second with
+    cpu_time)."""
+    kinds = ["int8", "bf16", "f32"] if _core.active_isa() == "avx512" else ["f32"]
+    peaks = {(k, n): _core.peak_rate(k, n, 0.5, cpu_time=cpu_time and n == 1) for k in kinds for n in thread_counts}
+    print("peaks (register-only loops, GOP/s): " + ", ".join(
+        f"{k} " + " / ".join(f"{peaks[k, n] / 1e9:.0f}" for n in thread_counts) for k in kinds)
+        + f"  at {' / '.join(map(str, thread_counts))} threads")
+    return peaks
+
+
+def engine_of(qtype, precision):
+    quantized = qtype not in (GGMLQuantizationType.F32, GGMLQuantizationType.F16, GGMLQuantizationType.BF16)
+    if precision == "auto":
+        return "int8" if quantized and _core.active_isa() == "avx512" else "f32"
+    return precision
+
+
+def bench_shapes(args, types, thread_counts, peaks):
+    rng = np.random.default_rng(0)
+    T, full = args.tokens, thread_counts[-1]
+    print(f"\nT = {T}, precision {args.precision}; GOP/s and % of the engine's peak at "
+          f"{' / '.join(map(str, thread_counts))} threads{' (1 thread: CPU time)' if args.cpu_time else ''}, "
+          f"parallel efficiency{', ratio to numpy float32' if args.numpy else ''}")
+    fractions = {}
+    for n_in, n_out in SHAPES:
+        gop = 2 * T * n_in * n_out / 1e9
+        x = rng.standard_normal((T, n_in), dtype=np.float32)
+        dy = rng.standard_normal((T, n_out), dtype=np.float32)
+        w = rng.standard_normal((n_out, n_in), dtype=np.float32)
+        y, dx = np.empty((T, n_out), np.float32), np.empty((T, n_in), np.float32)
+        fns = {}
+        if args.numpy:
+            fns["np", "fwd"] = lambda: np.matmul(x, w.T, out=y)
+            fns["np", "bwd"] = lambda: np.matmul(dy, w, out=dx)
+        for qtype in types:
+            wq, t = weight_bytes(w, qtype), int(qtype)
+            for n in thread_counts:
+                fns[qtype.name, "fwd", n] = with_threads(n, lambda wq=wq, t=t: _core.matmul(
+                    x, wq, t, y, precision=args.precision))
+                fns[qtype.name, "bwd", n] = with_threads(n, lambda wq=wq, t=t: _core.matmul_backward(
+                    dy, wq, t, dx, precision=args.precision))
+        clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
+        best = best_seconds(fns, args.repeats, settle=0.25 if args.numpy else 0.02, clocks=clocks)
+        _core.set_num_threads(full)
+        if args.numpy:
+            print(f"{n_in:>5} -> {n_out:<6} numpy   fwd {gop / best['np', 'fwd']:6.1f}   "
+                  f"bwd {gop / best['np', 'bwd']:6.1f}")
+        else:
+            print(f"{n_in:>5} -> {n_out:<6}")
+        for qtype in types:
+            engine = engine_of(qtype, args.precision)
+            cells = []
+            for d in ("fwd", "bwd"):
+                rates = [gop / best[qtype.name, d, n] for n in thread_counts]
+                fracs = [r * 1e9 / peaks.get((engine, n), float("nan")) for r, n in zip(rates, thread_counts)]
+                frac = fracs[-1]
+                eff = rates[-1] / (full * rates[0]) if len(rates) > 1 else 1.0
+                for n, f in zip(thread_counts, fracs):
+                    fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE, n), []).append(f)
+                ratio = f" {best['np', d] / best[qtype.name, d, full]:4.2f}x np" if args.numpy else ""
+                cells.append(f"{d} {' / '.join(f'{r:4.0f}' for r in rates)} "
+                             f"{' / '.join(f'{100 * f:3.0f}%' for f in fracs)} eff {eff:4.2f}{ratio}")
+            print(f"{'':>15} {qtype.name:<5} {engine:<4} " + "   ".join(cells))
+    print(f"\nmean fraction of peak at {' / '.join(map(str, thread_counts))} threads "
+          f"(issue target: >= 75% large shapes, >= 60% 576-wide):")
+    for qtype in types:
+        parts = []
+        for d in ("fwd", "bwd"):
+            for large, label in ((True, "large"), (False, "576-wide")):
+                v = [100 * np.mean(fractions.get((qtype.name, d, large, n), [np.nan])) for n in thread_counts]
+                parts.append(f"{d} {label} " + " / ".join(f"{x:3.0f}%" for x in v))
+        print(f"  {qtype.name:<5} " + ", ".join(parts))
+
+
+def model_path(arg):
+    if arg:
+        return arg
+    from ggtune.fetch import smollm2_path
+    return str(smollm2_path())
+
+
+def token_products(path):
+    """One token's products: [(name, weight bytes, ggml type, n_in, n_out)] in forward order."""
+    reader = GGUFReader(path)
+    tensors = {t.name: t for t in reader.tensors}
+    n_layer = 1 + max(int(name.split(".")[1]) for name in tensors if name.startswith("blk."))
+    order = [f"blk.{i}.{w}.weight" for i in range(n_layer) for w in LAYER_WEIGHTS]
+    order.append("output.weight" if "output.weight" in tensors else "token_embd.weight")
+    out = []
+    for name in order:
+        t = tensors[name]
+        n_in, n_out = int(t.shape[0]), int(t.shape[1])
+        out.append((name, np.ascontiguousarray(t.data).view(np.uint8).reshape(n_out, -1), int(t.tensor_type),
+                    n_in, n_out))
+    return out
+
+
+def bench_decode(args, thread_counts):
+    """ms per token of one generated token's products, one call per weight and grouped."""
+    products = token_products(model_path(args.model))
+    rng = np.random.default_rng(0)
+    xs = {n_in: rng.standard_normal((1, n_in), dtype=np.float32) for _, _, _, n_in, _ in products}
+    outs = [np.empty((1, n_out), np.float32) for *_, n_out in products]
+    macs = sum(n_in * n_out for *_, n_in, n_out in products)
+
+    def one_by_one():
+        for (name, w, t, n_in, _), out in zip(products, outs):
+            _core.matmul(xs[n_in], w, t, out, precision=args.precision)
+
+    # q/k/v and gate/up share their input: one call each (the rest one call per weight).
+    groups, i = [], 0
+    while i < len(products):
+        name = products[i][0]
+        size = 3 if name.endswith("attn_q.weight") else 2 if name.endswith("ffn_gate.weight") else 1
+        groups.append(list(range(i, i + size)))
+        i += size
+
+    def grouped():
+        for g in groups:
+            n_in = products[g[0]][3]
+            _core.matmul_many(xs[n_in], [products[j][1] for j in g], [products[j][2] for j in g],
+                              [outs[j] for j in g], precision=args.precision)
+
+    fns = {}
+    for n in thread_counts:
+        fns["one call per weight", n] = with_threads(n, one_by_one)
+        if hasattr(_core, "matmul_many"):
+            fns["q/k/v, gate/up grouped", n] = with_threads(n, grouped)
+    clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
+    best = best_seconds(fns, args.repeats, burst=8, settle=0.02, clocks=clocks)
+    _core.set_num_threads(thread_counts[-1])
+    print(f"\ndecode: one token's {len(products)} products of {os.path.basename(model_path(args.model))} "
+          f"({macs / 1e6:.0f} M multiply-adds, {sum(w.nbytes for _, w, *_ in products) / 2**20:.0f} MiB of weights), "
+          f"precision {args.precision}: ms per token at {' / '.join(map(str, thread_counts))} threads"
+          f"{' (1 thread: CPU time)' if args.cpu_time else ''}")
+    for label in dict.fromkeys(name for name, _ in fns):
+        ms = [1e3 * best[label, n] for n in thread_counts]
+        print(f"  {label:<24} " + " / ".join(f"{v:6.2f}" for v in ms) +
+              f"   ({' / '.join(f'{1e3 / v:.0f}' for v in ms)} tokens/s of products alone)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--tokens", type=int, default=1024)
     parser.add_argument("--precision", default="auto", choices=["auto", "f32", "bf16", "int8"])
     parser.add_argument("--types", default="Q4_1,Q8_0,F32")
     parser.add_argument("--repeats", type=int, default=7)
-    parser.add_argument("--threads", type=int, default=0, help="ggtune threads (0: all cores)")
+    parser.add_argument("--threads", type=int, default=0, help="ggtune threads besides 1 (0: all cores)")
+    parser.add_argument("--no-numpy", dest="numpy", action="store_false", help="skip the numpy comparison")
+    parser.add_argument("--no-decode", dest="decode", action="store_false", help="skip the decode replay")
+    parser.add_argument("--decode-only", action="store_true", help="only the peaks and the decode replay")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="time 1-thread kernels and peaks by the thread's CPU time (immune to other "
+                             "processes' time slices on a loaded machine)")
+    parser.add_argument("--model", default=None, help="GGUF for the decode replay (default: cached SmolLM2)")
     args = parser.parse_args()
     _core.set_num_threads(args.threads)
-    types = [GGMLQuantizationType[name] for name in args.types.split(",")]
-    rng = np.random.default_rng(0)
-    T = args.tokens
-    print(f"isa {_core.active_isa()}, threads {_core.num_threads()}, T = {T}, "
-          f"precision {args.precision}; GFLOP/s (ratio to numpy float32 in this run)")
-    totals = {}
-    for n_in, n_out in SHAPES:
-        gflop = 2 * T * n_in * n_out / 1e9
-        x = rng.standard_normal((T, n_in), dtype=np.float32)
-        dy = rng.standard_normal((T, n_out), dtype=np.float32)
-        w = rng.standard_normal((n_out, n_in), dtype=np.float32)
-        y, dx = np.empty((T, n_out), np.float32), np.empty((T, n_in), np.float32)
-        fns = {"np fwd": lambda: np.matmul(x, w.T, out=y), "np bwd": lambda: np.matmul(dy, w, out=dx)}
-        for qtype in types:
-            wq, t = weight_bytes(w, qtype), int(qtype)
-            fns[(qtype.name, "fwd")] = lambda wq=wq, t=t: _core.matmul(
-                x, wq, t, y, precision=args.precision)
-            fns[(qtype.name, "bwd")] = lambda wq=wq, t=t: _core.matmul_backward(
-                dy, wq, t, dx, precision=args.precision)
-        best = best_seconds(fns, args.repeats)
-        np_fwd, np_bwd = best["np fwd"], best["np bwd"]
-        print(f"{n_in:>5} -> {n_out:<6} numpy   fwd {gflop / np_fwd:6.1f}          "
-              f"bwd {gflop / np_bwd:6.1f}")
-        for qtype in types:
-            fwd, bwd = best[(qtype.name, "fwd")], best[(qtype.name, "bwd")]
-            print(f"{'':>15} {qtype.name:<7} fwd {gflop / fwd:6.1f} ({np_fwd / fwd:4.2f}x)  "
-                  f"bwd {gflop / bwd:6.1f} ({np_bwd / bwd:4.2f}x)")
-            sums = totals.setdefault(qtype.name, [0.0, 0.0, 0.0, 0.0])
-            for i, v in enumerate((np_fwd, fwd, np_bwd, bwd)):
-                sums[i] += v
-    print("all shapes (time-weighted ratio to numpy):")
-    for name, (np_fwd, fwd, np_bwd, bwd) in totals.items():
-        print(f"  {name:<7} fwd {np_fwd / fwd:4.2f}x  bwd {np_bwd / bwd:4.2f}x")
+    full = _core.num_threads()
+    thread_counts = [1, full] if full > 1 else [1]
+    print(f"isa {_core.active_isa()}, threads {' and '.join(map(str, thread_counts))}")
+    peaks = measure_peaks(thread_counts, args.cpu_time)
+    if not args.decode_only:
+        bench_shapes(args, [GGMLQuantizationType[name] for name in args.types.split(",")], thread_counts, peaks)
+    if args.decode or args.decode_only:
+        bench_decode(args, thread_counts)
 
 
 if __name__ == "__main__":

@@ -4,11 +4,16 @@
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <string>
+#include <vector>
 
+#include "bench/peaks.h"
 #include "bind/arrays.h"
 #include "gemm/gemm.h"
 #include "ops/matmul.h"
+#include "dispatch.h"
+#include "parallel.h"
 #include "quant/types.h"
 
 namespace ggtune::bind {
@@ -57,6 +62,49 @@ void matmul(const py::array& x, const py::array& w, int w_type, py::array& out, 
   matmul_forward(xp, T, K, wp, type, N, op, accumulate, prec);
 }
 
+// True when the byte ranges of a and b overlap.
+bool overlaps(const py::array& a, const py::array& b) {
+  const auto* pa = static_cast<const char*>(a.data());
+  const auto* pb = static_cast<const char*>(b.data());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// outs[i][T, N_i] (= or +=) x[T, K] @ W_i.T for weights sharing x.
+void matmul_many(const py::array& x, const py::list& ws, const py::list& w_types,
+                 const py::list& outs, bool accumulate, const std::string& precision) {
+  const float* xp = cdata_of<float>(x, "x", {kAny, kAny});  // [T, K]
+  const int64_t T = dim(x, 0), K = dim(x, 1);
+  const size_t count = ws.size();
+  if (w_types.size() != count || outs.size() != count)
+    fail("ws", "expected as many weights, w_types and outs, got " + std::to_string(count) + ", " +
+                   std::to_string(w_types.size()) + " and " + std::to_string(outs.size()));
+  std::vector<py::array> w_arrays, out_arrays;
+  std::vector<ManyWeight> many;
+  std::vector<gemm::Precision> precs;
+  for (size_t i = 0; i < count; ++i) {
+    w_arrays.push_back(py::cast<py::array>(ws[i]));
+    out_arrays.push_back(py::cast<py::array>(outs[i]));
+    const int w_type = py::cast<int>(w_types[i]);
+    const TypeTraits& t = weight_traits(w_type);
+    const int64_t N = check_weight(w_arrays[i], t, K, "x");
+    float* op = data_of<float>(out_arrays[i], "outs", {T, N}, true);  // [T, N_i]
+    if (overlaps(out_arrays[i], x)) fail("outs", "an output overlaps x");
+    for (size_t j = 0; j < i; ++j)
+      if (overlaps(out_arrays[i], out_arrays[j])) fail("outs", "two outputs overlap");
+    const auto type = static_cast<GgmlType>(w_type);
+    precs.push_back(parse_precision(precision, type));
+    many.push_back({static_cast<const uint8_t*>(w_arrays[i].data()), type, N, op});
+  }
+  py::gil_scoped_release release;
+  const bool uniform = std::all_of(precs.begin(), precs.end(), [&](auto p) { return p == precs[0]; });
+  if (uniform && count > 0) {
+    matmul_forward_many(xp, T, K, many.data(), int64_t(count), accumulate, precs[0]);
+    return;
+  }
+  for (size_t i = 0; i < count; ++i)
+    matmul_forward(xp, T, K, many[i].w, many[i].type, many[i].n, many[i].out, accumulate, precs[i]);
+}
+
 // dx[T, K] (= or +=) dy[T, N] @ W
 void matmul_backward(const py::array& dy, const py::array& w, int w_type, py::array& dx,
                      bool accumulate, const std::string& precision) {
@@ -92,6 +140,23 @@ void gemm(const py::array& a, const py::array& b, py::array& out, bool trans_a, 
   gemm::gemm_f32(M, N, K, ap, lda, trans_a, bp, ldb, trans_b, op, N, alpha, beta);
 }
 
+// Ops per second of the machine's own peak loop (bench/peaks.h).
+double peak_rate(const std::string& kind, int threads, double seconds, bool cpu_time) {
+  bench::PeakKind k;
+  if (kind == "int8") k = bench::PeakKind::int8;
+  else if (kind == "bf16") k = bench::PeakKind::bf16;
+  else if (kind == "f32") k = bench::PeakKind::f32;
+  else fail("kind", "expected 'int8', 'bf16' or 'f32', got '" + kind + "'");
+  if (!(seconds > 0 && seconds <= 60)) fail("seconds", "expected a duration in (0, 60]");
+  if (threads <= 0) threads = num_threads();
+  if (cpu_time && threads != 1) fail("cpu_time", "only with threads=1 (one thread's CPU time)");
+  if (bench::peak_loop(k, 1) == 0)
+    fail("kind", "the " + std::string(isa_name(active_isa())) + " tier has no '" + kind +
+                     "' instruction the kernels use");
+  py::gil_scoped_release release;
+  return bench::peak_rate(k, threads, seconds, cpu_time);
+}
+
 }  // namespace
 
 void bind_matmul(py::module_& m) {
@@ -105,6 +170,12 @@ void bind_matmul(py::module_& m) {
         "per 32, integer dot products: csrc/gemm/qgemm.h) or 'auto' (int8 for quantized W on "
         "the avx512 tier, else f32: see auto_matmul_precision in csrc/ops/matmul.h). "
         "out must not overlap x.");
+  m.def("matmul_many", &matmul_many, "x"_a, "ws"_a, "w_types"_a, "outs"_a, "accumulate"_a = false,
+        "precision"_a = "auto",
+        "outs[i][T, N_i] (= or +=) x[T, K] @ W_i.T for weights that share x (q/k/v, gate/up): "
+        "the same products as one matmul per weight. On the int8 path with T <= 4 (decoding) "
+        "all of them run in one parallel region, W's blocks read in place "
+        "(csrc/gemm/qgemv.h); else one matmul each. Outputs must not overlap x or each other.");
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
         "accumulate"_a = false, "precision"_a = "auto",
         "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision "
@@ -114,6 +185,12 @@ void bind_matmul(py::module_& m) {
         "alpha"_a = 1.0f, "beta"_a = 0.0f,
         "Plain float32 out[M, N] = alpha * op(a) @ op(b) + beta * out, op = transpose when "
         "trans_* (beta = 0: out is only written). out must not overlap a or b.");
+  m.def("peak_rate", &peak_rate, "kind"_a, "threads"_a = 0, "seconds"_a = 0.5, "cpu_time"_a = false,
+        "Operations per second (a multiply-add counts 2) of `threads` threads (0: num_threads()) "
+        "running a register-only loop of the widest instruction the active tier has for `kind`: "
+        "'int8' vpdpbusd zmm, 'bf16' vdpbf16ps zmm (avx512 only), 'f32' FMA (zmm, ymm or "
+        "scalar). Best of 5 rounds lasting about seconds / 5 each. cpu_time (threads=1 only): per second "
+        "of the thread's CPU time, so time slices of other processes do not count.");
 }
 
 }  // namespace ggtune::bind

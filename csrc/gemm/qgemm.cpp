@@ -43,9 +43,10 @@ float round_q8_block(const float* x, int64_t stride, int64_t n, int32_t* q) {
   return amax / 127.0f + poison;
 }
 
+template <bool Symmetric>
 void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                     const float* as, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int m,
-                     int n, bool accumulate) {
+                     const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
+                     int64_t ldc, int m, int n, bool accumulate) {
   float acc[kScalarMr][kQNr] = {};
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const uint8_t* codes = b + blk * kQBlockBytes;
@@ -53,12 +54,13 @@ void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* 
     const float* cb = db + kQNr;
     for (int i = 0; i < m; ++i) {
       const int8_t* ar = a + i * lda + blk * kQBlock;
-      const float da = ad[i * lds + blk], sa = as[i * lds + blk];
+      const float da = ad[i * lds + blk];
       for (int j = 0; j < kQNr; ++j) {
-        int32_t dot = 0;
+        int32_t dot = Symmetric ? bias[i * lds + blk] : 0;
         for (int k = 0; k < kQBlock; ++k)
           dot += int32_t(codes[((k / 4) * kQNr + j) * 4 + k % 4]) * int32_t(ar[k]);
-        acc[i][j] += float(dot) * (db[j] * da) + cb[j] * sa;
+        acc[i][j] += Symmetric ? float(dot) * (db[j] * da)
+                               : float(dot) * (db[j] * da) + cb[j] * as[i * lds + blk];
       }
     }
   }
@@ -75,17 +77,45 @@ struct QPlan {
   int64_t ldc;
   bool accumulate;
   const QKernelSet* ks;
+  QMicroKernel kernel;
+  const int32_t* bias;  // -k * sum(qa) per A block when B is symmetric, else nullptr
   int64_t kc, nc, n_unit;
 };
 
 QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
-                float* c, int64_t ldc, bool accumulate) {
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, &active_q_kernels(), 0, 0, 0};
+                float* c, int64_t ldc, bool accumulate, const int32_t* bias) {
+  const QKernelSet* ks = &active_q_kernels();
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, bias ? ks->symmetric : ks->kernel, bias, 0, 0, 0};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
   p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
   p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
   p.nc = round_up(kNc, p.n_unit);
   return p;
+}
+
+// The output cut into tn x tm blocks, one per thread: tn along N (each thread packs only its
+// columns of B), tm along M (threads of one column band all pack it). Chosen to minimise one
+// thread's time, packing a weight element costing about kPackPerMac multiply-adds (measured:
+// unpacking ~0.2 ns per element, a multiply-add ~0.007 ns). On 2 cores this is the N split
+// whenever N has 2 strips; on many cores small N (576 -> 192: 6 strips) also splits M, where
+// an M split alone would pack all of B on every core.
+struct Grid {
+  int64_t tn, tm;
+};
+constexpr double kPackPerMac = 28.0;
+
+Grid thread_grid(int64_t M, int64_t N, const QPlan& p, int threads) {
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
+  Grid best{1, 1};
+  double best_cost = 0;
+  for (int64_t tn = 1; tn <= std::min<int64_t>(threads, n_units); ++tn) {
+    const int64_t tm = std::min<int64_t>(threads / tn, m_units);
+    const double cols = double((n_units + tn - 1) / tn * p.n_unit);
+    const double rows = double((m_units + tm - 1) / tm * p.ks->mr);
+    const double cost = cols * (kPackPerMac + rows);
+    if (tn == 1 || cost < best_cost) best = {tn, tm}, best_cost = cost;
+  }
+  return best;
 }
 
 void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
@@ -105,10 +135,10 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       for (int64_t jr = 0; jr < ncur; jr += kQNr) {
         const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
         for (int64_t ir = m0; ir < m1; ir += mr)
-          p.ks->kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
-                       p.a.s + ir * p.a.lds + b0, p.a.lds, strip, p.c + ir * p.ldc + jc + jr,
-                       p.ldc, int(std::min(mr, m1 - ir)), int(std::min<int64_t>(kQNr, ncur - jr)),
-                       accumulate);
+          p.kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
+                   p.a.s + ir * p.a.lds + b0, p.bias ? p.bias + ir * p.a.lds + b0 : nullptr,
+                   p.a.lds, strip, p.c + ir * p.ldc + jc + jr, p.ldc,
+                   int(std::min(mr, m1 - ir)), int(std::min<int64_t>(kQNr, ncur - jr)), accumulate);
       }
     }
   }
@@ -116,7 +146,8 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
 
 }  // namespace
 
-void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                            int32_t* sum_out) {
   int32_t codes[kQBlock];
   for (int64_t b = 0; b < q_blocks(K); ++b) {
     const int64_t k0 = b * kQBlock;
@@ -127,20 +158,22 @@ void quantize_row_q8_scalar(const float* x, int64_t K, int8_t* q, float* d, floa
       sum += codes[i];
     }
     s[b] = d[b] * float(sum);
+    sum_out[b] = sum;
   }
 }
 
 void quantize_rows_q8(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t* q, int64_t ldq,
-                      float* d, float* s, int64_t lds) {
+                      float* d, float* s, int32_t* sum, int64_t lds) {
   parallel_for(M, 16, [&](int64_t m0, int64_t m1) {
     for (int64_t m = m0; m < m1; ++m) {
       const float* xr = x + m * ldx;
       int8_t* qr = q + m * ldq;
 #if defined(__x86_64__)
-      if (active_isa() == Isa::avx512 && quantize_row_q8_avx512(xr, K, qr, d + m * lds, s + m * lds))
+      if (active_isa() == Isa::avx512 &&
+          quantize_row_q8_avx512(xr, K, qr, d + m * lds, s + m * lds, sum + m * lds))
         continue;
 #endif
-      quantize_row_q8_scalar(xr, K, qr, d + m * lds, s + m * lds);
+      quantize_row_q8_scalar(xr, K, qr, d + m * lds, s + m * lds, sum + m * lds);
     }
   });
 }
@@ -191,7 +224,7 @@ void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int6
 }
 
 const QKernelSet& q_kernels_scalar() {
-  static const QKernelSet set{kScalarMr, q_kernel_scalar};
+  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>};
   return set;
 }
 
@@ -210,19 +243,28 @@ void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOp
       for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
     return;
   }
-  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate);
-  // Split along N when every thread gets a strip: each thread then packs only its part of B
-  // (A is shared, unpacked); else along M, every thread packing all of B.
-  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, mr = p.ks->mr;
-  if (n_units >= num_threads()) {
-    parallel_for(n_units, 1, [&](int64_t u0, int64_t u1) {
-      run_block(p, 0, M, u0 * p.n_unit, std::min(N, u1 * p.n_unit));
-    });
-  } else {
-    parallel_for((M + mr - 1) / mr, 1, [&](int64_t u0, int64_t u1) {
-      run_block(p, u0 * mr, std::min(M, u1 * mr), 0, N);
-    });
+  // Symmetric B: the per-block integer start -k * sum(qa), for every row of A.
+  thread_local ScratchBuffer bias_buf;
+  const int k_code = b.offset_code();
+  int32_t* bias = nullptr;
+  if (k_code > 0) {
+    bias = static_cast<int32_t*>(bias_buf.get(4 * M * a.lds));
+    const int64_t blocks = q_blocks(K);
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t blk = 0; blk < blocks; ++blk)
+        bias[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
   }
+  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, bias);
+  const Grid grid = thread_grid(M, N, p, num_threads());
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
+  parallel_for(grid.tn * grid.tm, 1, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t in = t % grid.tn, im = t / grid.tn;
+      const int64_t n0 = n_units * in / grid.tn * p.n_unit, n1 = n_units * (in + 1) / grid.tn * p.n_unit;
+      const int64_t m0 = m_units * im / grid.tm * p.ks->mr, m1 = m_units * (im + 1) / grid.tm * p.ks->mr;
+      if (n0 < n1 && m0 < m1) run_block(p, m0, std::min(M, m1), n0, std::min(N, n1));
+    }
+  });
 }
 
 }  // namespace ggtune::gemm

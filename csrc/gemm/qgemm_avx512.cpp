@@ -24,16 +24,18 @@ inline int32_t load_i32(const int8_t* p) {
   return v;
 }
 
-template <int M>
+template <int M, bool Symmetric>
 void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
-              int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n, bool accumulate) {
+              const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n,
+              bool accumulate) {
   __m512 acc[M][2];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
   for (int64_t blk = 0; blk < blocks; ++blk, b += kQBlockBytes) {
     __m512i dot[M][2];
 #pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) dot[i][0] = dot[i][1] = _mm512_setzero_si512();
+    for (int i = 0; i < M; ++i)
+      dot[i][0] = dot[i][1] = Symmetric ? _mm512_set1_epi32(bias[i * lds + blk]) : _mm512_setzero_si512();
     const int8_t* ab = a + blk * kQBlock;
 #pragma GCC unroll 8
     for (int g = 0; g < kQBlock / 4; ++g) {
@@ -48,14 +50,16 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
     }
     const auto* dc = reinterpret_cast<const float*>(b + kQCodeBytes);
     const __m512 d0 = _mm512_load_ps(dc), d1 = _mm512_load_ps(dc + 16);
-    const __m512 c0 = _mm512_load_ps(dc + 32), c1 = _mm512_load_ps(dc + 48);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
-      const __m512 da = _mm512_set1_ps(ad[i * lds + blk]), sa = _mm512_set1_ps(as[i * lds + blk]);
+      const __m512 da = _mm512_set1_ps(ad[i * lds + blk]);
       acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), _mm512_mul_ps(d0, da), acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), _mm512_mul_ps(d1, da), acc[i][1]);
-      acc[i][0] = _mm512_fmadd_ps(c0, sa, acc[i][0]);
-      acc[i][1] = _mm512_fmadd_ps(c1, sa, acc[i][1]);
+      if (!Symmetric) {
+        const __m512 sa = _mm512_set1_ps(as[i * lds + blk]);
+        acc[i][0] = _mm512_fmadd_ps(_mm512_load_ps(dc + 32), sa, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(_mm512_load_ps(dc + 48), sa, acc[i][1]);
+      }
     }
   }
   const __mmask16 m0 = first_lanes(n), m1 = first_lanes(n - 16);
@@ -71,21 +75,29 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
   }
 }
 
-template <size_t... I>
+template <bool Symmetric, size_t... I>
 constexpr auto kernel_rows(std::index_sequence<I...>) {
   return std::array<QMicroKernel, sizeof...(I)>{
       [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
-         int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n, bool accumulate) {
-        q_kernel<int(I) + 1>(blocks, a, lda, ad, as, lds, b, c, ldc, n, accumulate);
+         const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n,
+         bool accumulate) {
+        q_kernel<int(I) + 1, Symmetric>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate);
       }...};
 }
 
-constexpr auto kRows = kernel_rows(std::make_index_sequence<kMr>());
+constexpr auto kRows = kernel_rows<false>(std::make_index_sequence<kMr>());
+constexpr auto kSymmetricRows = kernel_rows<true>(std::make_index_sequence<kMr>());
 
 void q_kernel_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                     const float* as, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int m,
-                     int n, bool accumulate) {
-  kRows[m - 1](blocks, a, lda, ad, as, lds, b, c, ldc, m, n, accumulate);
+                     const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
+                     int64_t ldc, int m, int n, bool accumulate) {
+  kRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate);
+}
+
+void q_kernel_symmetric_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                               const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
+                               float* c, int64_t ldc, int m, int n, bool accumulate) {
+  kSymmetricRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate);
 }
 
 // x * inv rounded to nearest even, as int32 lanes.
@@ -96,11 +108,12 @@ inline __m512i round_scaled(__m512 x, __m512 inv) {
 }  // namespace
 
 const QKernelSet& q_kernels_avx512() {
-  static const QKernelSet set{kMr, q_kernel_avx512};
+  static const QKernelSet set{kMr, q_kernel_avx512, q_kernel_symmetric_avx512};
   return set;
 }
 
-bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s) {
+bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s,
+                            int32_t* sum) {
   for (int64_t b = 0; b * kQBlock < K; ++b) {
     const int64_t k0 = b * kQBlock;
     const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(K - k0), x + k0);
@@ -113,7 +126,8 @@ bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, floa
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0), _mm512_cvtsepi32_epi8(q0));
     _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16), _mm512_cvtsepi32_epi8(q1));
     d[b] = amax / 127.0f + poison;
-    s[b] = d[b] * float(_mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1)));
+    sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+    s[b] = d[b] * float(sum[b]);
   }
   return true;
 }

@@ -11,6 +11,7 @@
 
 #include "dispatch.h"
 #include "gemm/qgemm.h"
+#include "gemm/qgemv.h"
 #include "quant/codes.h"
 #include "quant/dequant.h"
 
@@ -107,6 +108,14 @@ class CodesTransposed final : public gemm::QuantBOperand {
 
  public:
   explicit CodesTransposed(const GgufMatrix& w) : w_(w), codes_(has_u8_codes(w.type)) {}
+  int offset_code() const override {
+    switch (w_.type) {
+      case GgmlType::Q4_0: return 8;
+      case GgmlType::Q5_0: return 16;
+      case GgmlType::Q8_0: return 128;
+      default: return codes_ ? 0 : 128;  // requantized: c = -128 d
+    }
+  }
   int64_t k_align() const override { return std::lcm<int64_t>(gemm::kQBlock, w_.traits.block_size); }
   int64_t scratch_floats(int64_t kc, int64_t nc) const override {
     return codes_ ? kColumns * (kc / 4 + 2 * gemm::q_blocks(kc)) : kc * nc;
@@ -141,6 +150,7 @@ class CodesTransposed final : public gemm::QuantBOperand {
 class CodesRows final : public gemm::QuantBOperand {
  public:
   explicit CodesRows(const GgufMatrix& w) : w_(w) {}
+  int offset_code() const override { return 128; }  // requantized: c = -128 d
   int64_t n_align() const override { return w_.traits.block_size; }
   int64_t scratch_floats(int64_t, int64_t nc) const override { return gemm::kQBlock * nc; }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
@@ -161,13 +171,15 @@ class CodesRows final : public gemm::QuantBOperand {
 struct QuantizedRows {
   std::vector<int8_t> q;
   std::vector<float> d, s;
+  std::vector<int32_t> sum;
   gemm::QuantizedA view(const float* x, int64_t T, int64_t K) {
     const int64_t blocks = gemm::q_blocks(K), ldq = blocks * gemm::kQBlock;
     q.resize(std::max<size_t>(q.size(), T * ldq));
     d.resize(std::max<size_t>(d.size(), T * blocks));
     s.resize(std::max<size_t>(s.size(), T * blocks));
-    gemm::quantize_rows_q8(x, T, K, K, q.data(), ldq, d.data(), s.data(), blocks);
-    return {q.data(), ldq, d.data(), s.data(), blocks};
+    sum.resize(std::max<size_t>(sum.size(), T * blocks));
+    gemm::quantize_rows_q8(x, T, K, K, q.data(), ldq, d.data(), s.data(), sum.data(), blocks);
+    return {q.data(), ldq, d.data(), s.data(), sum.data(), blocks};
   }
 };
 
@@ -190,6 +202,11 @@ gemm::Precision auto_matmul_precision(GgmlType type) {
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
                     int64_t N, float* out, bool accumulate, gemm::Precision precision) {
   const GgufMatrix weight(w, type, K);
+  if (precision == gemm::Precision::int8 && gemm::gemv_covers(type, T)) {
+    const gemm::GemvWeight gw{w, type, N, weight.row_bytes, out, N};
+    gemm::run_q8_gemv(T, K, thread_rows().view(x, T, K), &gw, 1, accumulate);
+    return;
+  }
   if (precision == gemm::Precision::int8) {
     const CodesTransposed b(weight);
     gemm::run_q8(T, N, K, thread_rows().view(x, T, K), b, out, N, accumulate);
@@ -197,6 +214,25 @@ void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, Ggml
   }
   const WeightTransposed b(weight);
   gemm::run(T, N, K, {x, K, 1}, b, {out, N, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
+}
+
+void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight* weights,
+                         int64_t count, bool accumulate, gemm::Precision precision) {
+  bool gemv = precision == gemm::Precision::int8;
+  for (int64_t i = 0; i < count; ++i) gemv = gemv && gemm::gemv_covers(weights[i].type, T);
+  if (!gemv) {
+    for (int64_t i = 0; i < count; ++i)
+      matmul_forward(x, T, K, weights[i].w, weights[i].type, weights[i].n, weights[i].out,
+                     accumulate, precision);
+    return;
+  }
+  std::vector<gemm::GemvWeight> gw;
+  for (int64_t i = 0; i < count; ++i) {
+    const GgufMatrix weight(weights[i].w, weights[i].type, K);
+    gw.push_back({weights[i].w, weights[i].type, weights[i].n, weight.row_bytes, weights[i].out,
+                  weights[i].n});
+  }
+  gemm::run_q8_gemv(T, K, thread_rows().view(x, T, K), gw.data(), count, accumulate);
 }
 
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,

@@ -20,9 +20,24 @@ namespace ggtune {
 // vfmadd231ps (~77 vs ~170 GFLOP/s per core), so the bf16 GEMM runs at ~0.55x the f32 one.
 gemm::Precision auto_matmul_precision(GgmlType type);
 
-// out[T, N] (= or +=) x[T, K] @ W.T
+// out[T, N] (= or +=) x[T, K] @ W.T. int8 with T <= gemm::kGemvMaxRows and a type with u8
+// codes runs the matrix-vector path (gemm/qgemv.h: W's blocks read in place), else the GEMM.
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
                     int64_t N, float* out, bool accumulate, gemm::Precision precision);
+
+// One weight of matmul_forward_many: W[n, K] of `type`, out[T, n].
+struct ManyWeight {
+  const uint8_t* w;
+  GgmlType type;
+  int64_t n;
+  float* out;
+};
+
+// out_i[T, n_i] (= or +=) x[T, K] @ W_i.T for weights that share x (q/k/v, gate/up). At the
+// decode sizes of the int8 path (T <= gemm::kGemvMaxRows) all of them run in one parallel
+// region (gemm/qgemv.h); otherwise one matmul_forward each.
+void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight* weights,
+                         int64_t count, bool accumulate, gemm::Precision precision);
 
 // dx[T, K] (= or +=) dy[T, N] @ W
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,

@@ -50,11 +50,16 @@ def linear(x: np.ndarray, weight: Weight, lora: Optional[Sequence[LoraPair]] = N
         xw = np.empty_like(x)
         _core.round_activations(x, weight.ggml_type, xw)
     _core.matmul(xw, weight.data, weight.ggml_type, out, precision="f32" if precision == "ggml" else precision)
+    add_lora(x, lora, out)
+    return out
+
+
+def add_lora(x: np.ndarray, lora: Optional[Sequence[LoraPair]], out: np.ndarray) -> None:
+    """out f32 [T, N] += sum over adapters of scale * (x @ A.T) @ B.T, x f32 [T, K]."""
     for pair in lora or ():
         xa = np.empty((x.shape[0], pair.a.shape[0]), dtype=np.float32)  # [T, r]
         _core.gemm(x, pair.a, xa, trans_b=True)
         _core.gemm(xa, pair.b, out, trans_b=True, alpha=pair.scale, beta=1.0)
-    return out
 
 
 def add_embedding_lora(x: np.ndarray, ids: np.ndarray, pairs: Optional[Sequence[LoraPair]]) -> None:
@@ -72,10 +77,20 @@ class InferenceLinears:
         self.lora, self.precision = lora, precision
 
     def forward(self, x, items, outs=None):
-        """[(weight, name), ...] reading x [T, n_in] -> [(y [T, n_out], None), ...]."""
+        """[(weight, name), ...] reading x [T, n_in] -> [(y [T, n_out], None), ...]. The base products
+        of weights sharing x (q/k/v, gate/up) run as one _core.matmul_many call: when decoding, one
+        parallel region for all of them (csrc/gemm/qgemv.h); the adapters are added after."""
         outs = outs or [None] * len(items)
-        return [(linear(x, w, self.lora.get(name), out=out, precision=self.precision), None)
-                for (w, name), out in zip(items, outs)]
+        if self.precision == "ggml" or len(items) == 1:
+            return [(linear(x, w, self.lora.get(name), out=out, precision=self.precision), None)
+                    for (w, name), out in zip(items, outs)]
+        outs = [np.empty((x.shape[0], w.n_out), dtype=np.float32) if out is None else out
+                for (w, _), out in zip(items, outs)]
+        _core.matmul_many(x, [w.data for w, _ in items], [w.ggml_type for w, _ in items], outs,
+                          precision=self.precision)
+        for (_, name), out in zip(items, outs):
+            add_lora(x, self.lora.get(name), out)
+        return [(out, None) for out in outs]
 
     def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:
         return weight
