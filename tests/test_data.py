@@ -118,6 +118,17 @@ def test_row_padding_with_eos():
     assert used == 2 and inputs.dtype == np.int32 and targets.dtype == np.int32
 
 
+def test_rows_without_a_leading_bos_start_with_the_sample():
+    """--no-start-with-bos: the sample's first token is the first input (and no target), so the
+    model trains on text as held-out windows without BOS score it."""
+    s = samples_of([10, 11, 12], [20, 21])
+    opts = BatchOptions(n_ctx=5, n_batch=2, start_with_bos=False)
+    inputs, targets, used = make_batch(s, identity_shuffle(s), 0, opts, BOS, EOS)
+    assert inputs.tolist() == [[10, 11, 12, EOS, EOS], [20, 21, EOS, EOS, EOS]]
+    assert targets.tolist() == [[11, 12, EOS, EOS, EOS], [21, EOS, EOS, EOS, EOS]]
+    assert used == 2
+
+
 @pytest.mark.parametrize("eos,bos,fill", [
     (False, True, [10, 11, BOS, 20, 21, 22, BOS, 30]),
     (True, True, [10, 11, EOS, BOS, 20, 21, 22, EOS]),

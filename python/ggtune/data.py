@@ -342,6 +342,7 @@ class BatchOptions:
     n_batch: int
     separate_with_eos: bool = False
     separate_with_bos: bool = True
+    start_with_bos: bool = True  # False: a row's first input is its sample's first token
     fill_with_next_samples: bool = False
     sample_random_offsets: bool = False
 
@@ -351,7 +352,8 @@ def make_batch(samples: Samples, shuffled: Shuffled, first: int, opts: BatchOpti
     """Rows from the shuffled samples starting at shuffled position ``first`` (wrapping around).
     Returns inputs int32 [B, T], targets int32 [B, T] and the number of samples used.
 
-    Each row takes the next sample; when it runs out the row continues with EOS (input and target),
+    Each row starts with BOS (or, without ``start_with_bos``, with the sample's first token as input
+    only) and takes the next sample; when it runs out the row continues with EOS (input and target),
     or with ``fill_with_next_samples`` with EOS (if separate_with_eos), BOS (if separate_with_bos)
     and the next sample. Plain-text separators and padding are targets, as in the original; with
     chat data only trainable tokens are."""
@@ -371,6 +373,9 @@ def make_batch(samples: Samples, shuffled: Shuffled, first: int, opts: BatchOpti
         used += 1
         eos_pending, bos_pending = opts.separate_with_eos, opts.separate_with_bos
         inputs[row, 0] = bos_id
+        if not opts.start_with_bos and at < end:
+            inputs[row, 0] = samples.tokens[at]
+            at += 1
         for i in range(n_ctx):
             token, target = eos_id, eos_id if pad_is_target else IGNORE
             if at >= end and opts.fill_with_next_samples:

@@ -46,6 +46,9 @@ class FinetuneOptions:
     fill_with_next_samples: bool = _opt(False, "pack following samples into unused positions")
     separate_with_eos: bool = _opt(False, "EOS between packed samples", negation="--no-separate-with-eos")
     separate_with_bos: bool = _opt(True, "BOS between packed samples", negation="--no-separate-with-bos")
+    start_with_bos: bool = _opt(True, "ggtune: every row starts with BOS, as the original; without it a row "
+                                      "starts with its sample's first token (train as text is scored "
+                                      "without BOS)", negation="--no-start-with-bos")
     sample_random_offsets: bool = _opt(False, "start each row at a random offset inside its sample")
     force_reshuffle: bool = _opt(False, "ignore the shuffle state stored in the checkpoint")
     use_flash: bool = _opt(True, "fused attention (ggtune's attention is always fused; accepted for "

@@ -113,6 +113,7 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         stream = data_io.BatchStream(
             samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
                                           separate_with_bos=opts.separate_with_bos,
+                                          start_with_bos=opts.start_with_bos,
                                           fill_with_next_samples=opts.fill_with_next_samples,
                                           sample_random_offsets=opts.sample_random_offsets),
             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
