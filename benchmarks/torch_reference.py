@@ -83,7 +83,7 @@ def windows(tokens: list[int], ctx: int) -> list[list[int]]:
 
 # ----------------------------------------------------------------------------- data (ggtune's sampling)
 def write_batches(model_path: str, train_text: str, out_npz: str, ctx: int = 128, batch: int = 8, count: int = 60,
-                  seed: int = SEED) -> str:
+                  seed: int = SEED, start_with_bos: bool = True) -> str:
     """The first `count` batches ggtune.finetune(seed=seed) trains on, saved as npz (inputs, targets
     int32 [count, batch, ctx]; target < 0: no loss), drawn by ggtune's own tokenizer and BatchStream."""
     from ggtune import data as data_io
@@ -95,7 +95,7 @@ def write_batches(model_path: str, train_text: str, out_npz: str, ctx: int = 128
         with open(path, "w", encoding="utf-8") as f:
             f.write(train_text)
         samples = data_io.load_training_data(path, tok, n_ctx=ctx)
-    stream = data_io.BatchStream(samples, data_io.BatchOptions(n_ctx=ctx, n_batch=batch),
+    stream = data_io.BatchStream(samples, data_io.BatchOptions(n_ctx=ctx, n_batch=batch, start_with_bos=start_with_bos),
                                  bos_id=tok.bos_id, eos_id=tok.eos_id, seed=seed)
     batches = [stream.next_batch() for _ in range(count)]
     np.savez(out_npz, inputs=np.stack([b.inputs for b in batches]).astype(np.int32),
@@ -230,6 +230,8 @@ def main(argv=None) -> None:
     parser.add_argument("--model", default=GEMMA3_PATH)
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-start-with-bos", dest="start_with_bos", action="store_false",
+                        help="rows start with their text, as ggtune finetune --no-start-with-bos draws them")
     parser.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -240,7 +242,8 @@ def main(argv=None) -> None:
     print(f"corpus: {len(train_text)} training characters, {len(held_text)} held-out characters "
           f"({len(heldout)} tokens)", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        batches = write_batches(args.model, train_text, os.path.join(tmp, "batches.npz"), count=args.iterations)
+        batches = write_batches(args.model, train_text, os.path.join(tmp, "batches.npz"), count=args.iterations,
+                                start_with_bos=args.start_with_bos)
         result = run_torch_child(args.model, batches, heldout, threads=args.threads)
     print_result("PyTorch+peft float32", result)
 
