@@ -27,6 +27,11 @@ def _empty(*shape: int) -> np.ndarray:
     return np.empty(shape, np.float32)
 
 
+def _bounds(first_key: np.ndarray | None) -> dict:
+    """Attention's keyword for packed rows (the kernels' default, None, is plain causal)."""
+    return {} if first_key is None else {"first_key": first_key}
+
+
 def _stacked(factors: list[np.ndarray]) -> np.ndarray:
     return factors[0] if len(factors) == 1 else np.concatenate(factors)
 
@@ -73,6 +78,7 @@ class Graph:
         self.head_dim = hp.n_embd // hp.n_head
         self.kv_dim = self.head_dim * hp.n_head_kv
         self.attn_scale = 1.0 / float(np.sqrt(self.head_dim))
+        self.dropout = None  # dropout.DropoutPass while training with --lora-dropout; None evaluates
 
     # ----------------------------------------------------------------- linear with LoRA
     def linears_forward(self, x, items, outs=None):
@@ -86,7 +92,13 @@ class Graph:
             self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
         zs = [None] * len(items)
         adapted = self._adapted(items)
-        if adapted:
+        if adapted and self.dropout is not None:
+            for (i, pair, _) in adapted:  # each adapter its own mask, so no shared projection
+                x_kept = x * self.dropout.mask(items[i][1], x.shape)
+                zs[i] = _empty(T, pair.a.shape[0])
+                self.k.lora_project(x_kept, pair.a, zs[i])
+                self.k.lora_expand(zs[i], np.ascontiguousarray(pair.b.T), ys[i], self.lora.scale(items[i][1]))
+        elif adapted:
             z_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
             self.k.lora_project(x, _stacked([pair.a for _, pair, _ in adapted]), z_all)
             for (i, pair, cols) in adapted:
@@ -104,6 +116,8 @@ class Graph:
         adapted = self._adapted(items)
         if not adapted:
             return
+        if self.dropout is not None:
+            return self._dropout_lora_backward(x, items, dys, zs, adapted, grads, dx)
         T = x.shape[0]
         dz_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
         for (i, pair, cols) in adapted:
@@ -120,6 +134,27 @@ class Graph:
         for (i, pair, cols) in adapted:
             grads.pairs[items[i][1]].a += da_all[cols]
         self.k.lora_expand(dz_all, _stacked([pair.a for _, pair, _ in adapted]), dx)  # dx += dz·A
+
+    def _dropout_lora_backward(self, x, items, dys, zs, adapted, grads: Grads, dx) -> None:
+        """The adapters' part of linears_backward with input dropout M: with x_kept = M ⊙ x,
+        dA += dzᵀ·x_kept and dx += M ⊙ (dz·A), dz = s·dy·B; the masks are drawn again, identical."""
+        T = x.shape[0]
+        for (i, pair, _) in adapted:
+            name, dy, r = items[i][1], dys[i], pair.a.shape[0]
+            s, g = self.lora.scale(name), grads.pairs[name]
+            mask = self.dropout.mask(name, x.shape)
+            dz = _empty(T, r)
+            self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
+            dz *= s                                                    # dz = s·dy·B   [T, r]
+            db_t = np.zeros((r, dy.shape[1]), np.float32)
+            self.k.lora_outer(zs[i], dy, db_t, s)
+            g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
+            da = np.zeros_like(pair.a)
+            self.k.lora_outer(dz, np.ascontiguousarray(x * mask), da)
+            g.a += da                                                  # dA += dzᵀ·x_kept
+            dx_lora = np.zeros_like(dx)
+            self.k.lora_expand(dz, pair.a, dx_lora)
+            dx += dx_lora * mask                                       # dx += M ⊙ (dz·A)
 
     def _adapted(self, items):
         """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
@@ -162,8 +197,9 @@ class Graph:
         return out, rstd
 
     # ----------------------------------------------------------------- one transformer layer
-    def layer_forward(self, li: int, x: np.ndarray, batch: int, keep: bool):
-        """x [T, C] -> x_out [T, C]; with keep=True also returns what the backward needs."""
+    def layer_forward(self, li: int, x: np.ndarray, batch: int, keep: bool, layout=None):
+        """x [T, C] -> x_out [T, C]; with keep=True also returns what the backward needs.
+        layout: (positions int32 [T], first_key int32 [B, S]) of packed rows, or None."""
         hp, layer = self.hp, self.model.layers[li]
         T, S = x.shape[0], x.shape[0] // batch
         Hq, Hkv, D = hp.n_head, hp.n_head_kv, self.head_dim
@@ -173,13 +209,13 @@ class Graph:
         w_an = self.norm_weight(layer.attn_norm, names["attn_norm"])
         h, rstd1 = self.rms_norm(x, w_an)
         (q, zq), (k, zk), (v, zv) = self.linears_forward(h, self._items(w, names, "attn_q", "attn_k", "attn_v"))
-        pos = self._positions(batch, S)
+        pos, first_key = layout if layout is not None else (self._positions(batch, S), None)
         self._rope(q.reshape(T, Hq, D), pos, forward=True)
         self._rope(k.reshape(T, Hkv, D), pos, forward=True)
         att, lse = _empty(T, Hq * D), _empty(batch, Hq, S)
         self.k.attention_forward(q.reshape(batch, S, Hq, D), k.reshape(batch, S, Hkv, D),
                                 v.reshape(batch, S, Hkv, D), self.attn_scale,
-                                att.reshape(batch, S, Hq, D), lse)
+                                att.reshape(batch, S, Hq, D), lse, **_bounds(first_key))
         o, zo = self.linear_forward(att, w["attn_output"], names["attn_output"])
         x1 = _empty(T, hp.n_embd)
         self.k.add(x, o, x1)
@@ -194,7 +230,7 @@ class Graph:
             return x2, None
         saved = dict(names=names, w=w, x=x, h=h, rstd1=rstd1, w_an=w_an, q=q, k=k, v=v, att=att, lse=lse,
                      x1=x1, h2=h2, rstd2=rstd2, w_fn=w_fn, gate=gate, up=up, act=act, pos=pos,
-                     zq=zq, zk=zk, zv=zv, zo=zo, zg=zg, zu=zu, zd=zd, batch=batch)
+                     zq=zq, zk=zk, zv=zv, zo=zo, zg=zg, zu=zu, zd=zd, batch=batch, first_key=first_key)
         return x2, saved
 
     def layer_backward(self, li: int, s: dict, dx2: np.ndarray, grads: Grads) -> np.ndarray:
@@ -220,7 +256,7 @@ class Graph:
                                  s["k"].reshape(batch, S, Hkv, D), s["v"].reshape(batch, S, Hkv, D),
                                  s["att"].reshape(batch, S, Hq, D), s["lse"], self.attn_scale,
                                  dq.reshape(batch, S, Hq, D), dk.reshape(batch, S, Hkv, D),
-                                 dv.reshape(batch, S, Hkv, D))
+                                 dv.reshape(batch, S, Hkv, D), **_bounds(s["first_key"]))
         self._rope(dq.reshape(T, Hq, D), s["pos"], forward=False)
         self._rope(dk.reshape(T, Hkv, D), s["pos"], forward=False)
         dh = _empty(T, hp.n_embd)
@@ -307,8 +343,12 @@ class Graph:
     # ----------------------------------------------------------------- whole model
     def loss_and_grads(self, inputs: np.ndarray, targets: np.ndarray, grads: Grads | None,
                        *, checkpointing: bool = True, keep_layers: int = 0,
-                       loss_scale: float | None = None):
+                       loss_scale: float | None = None, positions: np.ndarray | None = None,
+                       first_key: np.ndarray | None = None):
         """inputs, targets int32 [B, S] (target < 0: masked). Returns (loss_sum, n_kept).
+
+        Packed rows (packing.py) pass positions int32 [B, S] (rope position of each token) and
+        first_key int32 [B, S] (query (b, i) attends keys first_key[b, i] <= j <= i only).
 
         With grads, adds d(loss_scale · loss_sum)/dθ into them; loss_scale defaults to 1/n_kept
         (the mean over unmasked positions). With checkpointing, the last keep_layers layers keep
@@ -321,11 +361,16 @@ class Graph:
         if loss_scale is None:
             loss_scale = 1.0 / max(n_kept, 1)
         first_kept = self.hp.n_layer - (self.hp.n_layer if not checkpointing else keep_layers)
+        layout = None
+        if positions is not None or first_key is not None:
+            layout = (np.ascontiguousarray(positions if positions is not None else
+                                           self._positions(batch, inputs.shape[1]), np.int32).reshape(-1),
+                      None if first_key is None else np.ascontiguousarray(first_key, np.int32))
         x = self.embed_forward(ids)
         layer_inputs, saved = [], []
         for li in range(self.hp.n_layer):
             layer_inputs.append(x)
-            x, s = self.layer_forward(li, x, batch, keep=grads is not None and li >= first_kept)
+            x, s = self.layer_forward(li, x, batch, keep=grads is not None and li >= first_kept, layout=layout)
             saved.append(s)
         loss_sum, dx = self.head(x, tgt, grads, loss_scale)
         if grads is None:
@@ -333,7 +378,7 @@ class Graph:
         for li in reversed(range(self.hp.n_layer)):
             s = saved[li]
             if s is None:  # checkpointing: recompute this layer, keeping its intermediates
-                _, s = self.layer_forward(li, layer_inputs[li], batch, keep=True)
+                _, s = self.layer_forward(li, layer_inputs[li], batch, keep=True, layout=layout)
             dx = self.layer_backward(li, s, dx, grads)
             saved[li] = layer_inputs[li] = None
         self.embed_backward(ids, dx, grads)

@@ -16,9 +16,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import _core, adapters, checkpoint as ckpt_io, data as data_io
+from . import _core, adapters, checkpoint as ckpt_io, data as data_io, validation
+from .dropout import LoraDropout
 from .graph import Graph, Grads
 from .lora import LoraSet, RANK_OPTIONS, init_lora
+from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
+from .metrics import MetricsLog, resolve_metrics_path
 from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
@@ -41,6 +44,14 @@ class FinetuneResult:
     memory_plan_bytes: int = 0
     peak_rss_bytes: int = 0
     trained_tensors: list[str] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)      # per optimizer step, before clipping
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, held-out loss)
+    best_val_loss: float | None = None                         # best held-out loss (this run or resumed)
+    metrics_path: str = ""                                     # the metrics log ('' when disabled)
+
+    @property
+    def val_perplexities(self) -> list[tuple[int, float]]:
+        return [(it, validation.ValidationResult(loss, 0).perplexity) for it, loss in self.val_losses]
 
 
 def finetune(model_base: str, train_data: str, lora_out: str = "ggml-lora-ITERATION-f32.gguf",
@@ -61,24 +72,31 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
     resumed = _read_checkpoint(opts, ranks)
     alpha = _resolve_alpha(opts, resumed, log)
+    rslora = _resolve_rslora(opts, resumed, log)
     if opts.only_write_lora:
         if resumed is None:
             raise ValueError(f"--only-write-lora: needs an existing --checkpoint-in, got {opts.checkpoint_in!r}")
-        lora = _lora_from_checkpoint(resumed, alpha)
+        lora = _lora_from_checkpoint(resumed, alpha, rslora)
         result = FinetuneResult(iterations=resumed.counters.iteration_count)
         result.written = write_adapter(opts, model, lora, resumed.counters.iteration_count)
         log(f"wrote {', '.join(result.written)}")
         return result
 
     tokenizer = model.tokenizer
-    samples = _load_samples(opts, model, tokenizer)
-    for note in samples.notes:
+    samples = _load_samples(opts, model, tokenizer, opts.train_data)
+    samples, val_samples, val_notes = validation.held_out(
+        opts, samples, lambda path: _load_samples(opts, model, tokenizer, path))
+    for note in samples.notes + val_notes:
         log(note)
     runtime_bytes = current_anon_rss()  # before any training buffer exists
-    seed = opts.seed if opts.seed >= 0 else int(time.time())
-    lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
+    seed = _resolve_seed(opts, resumed)
+    lora = (_lora_from_checkpoint(resumed, alpha, rslora) if resumed
+            else init_lora(model.weights, ranks, alpha, seed, rslora=rslora))
     profiler = Profiler(enabled=opts.profile)
     graph = Graph(model.weights, lora, precision=opts.precision, kernels=profiler.wrap(_core))
+    evaluator = None if val_samples is None else validation.Evaluator(
+        graph, val_samples, n_ctx=opts.ctx, n_batch=opts.batch, bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id, pack=opts.pack)
     grads = Grads.like(lora)
     adam = Adam(lora.parameters(), beta1=opts.adam_beta1, beta2=opts.adam_beta2, decay=opts.adam_decay,
                 decay_min_ndim=opts.adam_decay_min_ndim, gclip=opts.adam_gclip)
@@ -94,7 +112,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         samples, data_io.BatchOptions(n_ctx=opts.ctx, n_batch=opts.batch, separate_with_eos=opts.separate_with_eos,
                                       separate_with_bos=opts.separate_with_bos,
                                       fill_with_next_samples=opts.fill_with_next_samples,
-                                      sample_random_offsets=opts.sample_random_offsets),
+                                      sample_random_offsets=opts.sample_random_offsets, pack=opts.pack),
         bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
         state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
     if resumed and stream.reshuffled:
@@ -111,6 +129,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler)
+    state.watch = _Watch(opts, evaluator, resumed, seed, samples.count)
     result = state.train(log)
     result.memory_plan_bytes = plan.total
     result.peak_rss_bytes = peak_rss()
@@ -132,7 +151,8 @@ class _TrainState:
         opts, result = self.opts, FinetuneResult()
         progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose)
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
-        epochs_done = 0
+        epochs_done, watch = 0, self.watch
+        result.metrics_path = watch.metrics.path
         try:
             for step in range(opts.adam_iter):
                 started = time.perf_counter()
@@ -144,11 +164,19 @@ class _TrainState:
                 result.losses.append(loss)
                 result.learning_rates.append(lr)
                 result.tokens_per_second.append(tokens / elapsed)
+                result.grad_norms.append(self.last_grad_norm)
+                val = watch.evaluate_if_due(self.counters.iteration_count, step + 1 == opts.adam_iter)
+                if val is not None:
+                    result.val_losses.append((self.counters.iteration_count, val.loss))
+                    if watch.best.update(val.loss) and watch.writes_best:
+                        result.written += write_adapter(self.opts, self.model, self.lora, 0, best=True)
+                watch.log_iteration(self, loss, tokens / elapsed, val)
                 progress.update(step + 1, it=self.counters.iteration_count, loss=loss, lr=lr,
-                                tok_s=round(tokens / elapsed, 1))
+                                tok_s=round(tokens / elapsed, 1),
+                                **({} if watch.last is None else {"val": watch.last.loss}))
                 if opts.profile:
                     log(self.profiler.report(self.counters.iteration_count))
-                stop = self._stop_reason(loss, epochs_done)
+                stop = self._stop_reason(loss, epochs_done) or watch.stop_reason()
                 last = step + 1 == opts.adam_iter or stop or self.interrupted
                 if not last and opts.save_every > 0 and self.counters.iteration_count % opts.save_every == 0:
                     result.written += self.save()
@@ -157,9 +185,14 @@ class _TrainState:
                     break
         finally:
             progress.close()
+            watch.metrics.close()
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         result.written = list(dict.fromkeys(result.written + self.save()))  # periodic saves reuse names
+        result.best_val_loss = watch.best.best
+        if watch.last is not None:
+            log(f"validation: loss {watch.last.loss:.4f}, perplexity {watch.last.perplexity:.3f} "
+                f"(best {watch.best.best:.4f})")
         result.iterations = self.counters.iteration_count
         result.interrupted = self.interrupted
         if result.stopped_by:
@@ -172,15 +205,18 @@ class _TrainState:
         opts, prof = self.opts, self.profiler
         self.grads.reset()
         losses, epochs = [], 0
-        for _ in range(opts.grad_acc):
+        for micro in range(opts.grad_acc):
             with prof.phase("data"):
                 batch = self.stream.next_batch()
             n_kept = max(int((batch.targets >= 0).sum()), 1)
+            self.graph.dropout = self.watch.dropout.for_pass(self.counters.iteration_count, micro)
             with prof.phase("forward+backward"):
                 loss_sum, _ = self.graph.loss_and_grads(batch.inputs, batch.targets, self.grads,
                                                         checkpointing=opts.use_checkpointing,
                                                         keep_layers=opts.keep_layers,
-                                                        loss_scale=1.0 / (n_kept * opts.grad_acc))
+                                                        loss_scale=1.0 / (n_kept * opts.grad_acc),
+                                                        **data_io.attention_layout(batch))
+            self.graph.dropout = None
             losses.append(loss_sum / n_kept)
             self.counters.sample_count += batch.used_samples
             self.counters.token_count += batch.inputs.size
@@ -193,7 +229,7 @@ class _TrainState:
             cos_decay_restart=opts.cos_decay_restart, cos_decay_min=opts.cos_decay_min,
             enable_restart=opts.enable_restart, alpha=opts.adam_alpha, min_alpha=opts.adam_min_alpha)
         with prof.phase("optimizer"):
-            self.adam.step(self.grads.arrays(), self.last_lr)
+            self.last_grad_norm = self.adam.step(self.grads.arrays(), self.last_lr).grad_norm
         self.counters.iteration_count += 1
         self.counters.epoch_count += epochs
         self.last_loss = loss
@@ -229,7 +265,8 @@ class _TrainState:
                 best_loss=conv.best_loss, previous_loss=conv.previous_loss,
                 no_improvement_count=conv.no_improvement_count, past_loss_values=conv.past_loss_values.copy()),
             counters=ckpt_io.TrainCounters(**vars(self.counters)),
-            shuffle=self.stream.state, lora_alpha=self.lora.alpha)
+            shuffle=self.stream.state, lora_alpha=self.lora.alpha, rslora=self.lora.rslora, seed=self.watch.seed,
+            best_val_loss=self.watch.best.best, evals_since_best=self.watch.best.since_best)
 
     def _on_sigint(self, signum, frame) -> None:
         if self.interrupted:  # a second Ctrl-C: the user really wants out now
@@ -245,12 +282,15 @@ def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
     (said in one line); asking for one explicitly is refused, naming a format that can."""
     carried = adapters.adapter_capabilities(opts.lora_format, tied)
     ranks, dropped = {}, []
+    targets = parse_targets(opts.lora_targets) if opts.lora_targets else None
     for option, kind in RANK_OPTIONS.items():
         explicit = getattr(opts, option)
-        default = opts.lora_r if kind in MATRIX_DEFAULT_KINDS else 1
+        default = default_rank(kind, opts.lora_r, targets, MATRIX_DEFAULT_KINDS)
         rank = default if explicit is None else explicit
         if rank > 0 and kind not in carried:
-            if explicit is not None:
+            if explicit is not None or (targets is not None and not (kind == "output" and tied)):
+                if explicit is None:
+                    option, explicit = "lora_targets", opts.lora_targets
                 others = [f for f in adapters.formats_that_carry(kind, tied) if f != opts.lora_format]
                 why = "the model has no output.weight (tied embeddings)" if not others else \
                     f"the {opts.lora_format} adapter cannot carry it; use --lora-format {others[0]}"
@@ -265,16 +305,20 @@ def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
     return ranks
 
 
-def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int) -> list[str]:
-    names = ckpt_io.output_names(opts.lora_out, iteration, opts.pattern_fn_it, opts.fn_latest)
-    tensors = {name: (p.a, p.b) for name, p in lora.pairs.items()}
+def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int, best: bool = False) -> list[str]:
+    """The adapter files of one save (or, with ``best``, the best-validation copy)."""
+    names = ([validation.best_name(opts.lora_out, opts.pattern_fn_it)] if best else
+             ckpt_io.output_names(opts.lora_out, iteration, opts.pattern_fn_it, opts.fn_latest))
+    alpha, tensors = adapter_alpha_and_factors(lora.alpha, opts.lora_r, lora.rslora,
+                                               {name: (p.a, p.b) for name, p in lora.pairs.items()})
     for path in names:
         if opts.lora_format == "gguf":
-            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha,
-                                        tied_embeddings=model.weights.tied_embeddings)
+            meta = {"ggtune.lora.rslora": True, "ggtune.lora.rslora_alpha": lora.alpha} if lora.rslora else None
+            adapters.write_gguf_adapter(path, tensors, alpha=alpha, tied_embeddings=model.weights.tied_embeddings,
+                                        metadata=meta)
         else:
             ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
-            adapters.write_ggla_adapter(path, ck, alpha=lora.alpha, lora_r=opts.lora_r)
+            adapters.write_ggla_adapter(path, ck, alpha=alpha, lora_r=opts.lora_r)
     return names
 
 
@@ -301,8 +345,27 @@ def _resolve_alpha(opts: FinetuneOptions, resumed, log) -> float:
     return float(opts.lora_alpha)
 
 
-def _lora_from_checkpoint(ck, alpha: float) -> LoraSet:
-    lora = LoraSet(alpha=alpha)
+def _resolve_rslora(opts: FinetuneOptions, resumed, log) -> bool:
+    """--rslora; a checkpoint trained with rslora keeps its scale rule (said when the flag is missing)."""
+    if resumed is not None and resumed.rslora and not opts.rslora:
+        log(f"note: {opts.checkpoint_in} was trained with --rslora; continuing with its scale alpha/sqrt(r)")
+        return True
+    if resumed is not None and opts.rslora and not resumed.rslora:
+        log(f"note: {opts.checkpoint_in} was trained with scale alpha/r; --rslora changes the adapters' scale")
+    return opts.rslora
+
+
+def _resolve_seed(opts: FinetuneOptions, resumed) -> int:
+    """--seed; -1 is time-based for a fresh run and the checkpoint's seed on a resume."""
+    if opts.seed >= 0:
+        return opts.seed
+    if resumed is not None and resumed.seed is not None:
+        return resumed.seed
+    return int(time.time())
+
+
+def _lora_from_checkpoint(ck, alpha: float, rslora: bool = False) -> LoraSet:
+    lora = LoraSet(alpha=alpha, rslora=rslora)
     for name, (a, b) in ck.lora.items():
         lora.add(name, a.T, b)
     return lora
@@ -314,11 +377,11 @@ def _restore_convergence(conv: Convergence, opt) -> None:
     conv.past_loss_values = np.array(opt.past_loss_values, np.float32)
 
 
-def _load_samples(opts: FinetuneOptions, model, tokenizer):
+def _load_samples(opts: FinetuneOptions, model, tokenizer, path: str):
     meta = model.weights.metadata
     template = meta.get("tokenizer.chat_template")
     return data_io.load_training_data(
-        opts.train_data, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
+        path, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
         escape=opts.escape, include_sample_start=opts.include_sample_start,
         overlapping_samples=opts.overlapping_samples, chat_template=template,
         bos_token=_token_text(tokenizer, tokenizer.bos_id), eos_token=_token_text(tokenizer, tokenizer.eos_id))
@@ -338,6 +401,46 @@ def _apply_overrides(model, opts: FinetuneOptions) -> None:
         hp.rope_freq_base = opts.rope_freq_base
     if opts.rope_freq_scale is not None:
         hp.rope_freq_scale = opts.rope_freq_scale
+
+
+class _Watch:
+    """What the loop reports and watches besides training: the metrics log, evaluation, the best
+    validation loss (for --early-stop and the BEST adapter) and the dropout masks."""
+
+    def __init__(self, opts: FinetuneOptions, evaluator, resumed, seed: int, n_samples: int):
+        self.opts, self.evaluator, self.seed, self.n_samples = opts, evaluator, seed, n_samples
+        self.metrics = MetricsLog(resolve_metrics_path(opts.metrics, opts.lora_out, opts.pattern_fn_it),
+                                  append=resumed is not None)
+        self.best = validation.BestTracker(opts.early_stop, resumed.best_val_loss if resumed else None,
+                                           resumed.evals_since_best if resumed else 0)
+        self.writes_best = evaluator is not None and bool(opts.lora_out)
+        self.dropout = LoraDropout(opts.lora_dropout, seed)
+        self.last = None  # the latest ValidationResult
+        self.started = time.perf_counter()
+
+    def evaluate_if_due(self, iteration: int, last_step: bool):
+        if self.evaluator is None:
+            return None
+        every = self.opts.eval_every
+        if not ((every > 0 and iteration % every == 0) or last_step):
+            return None
+        self.last = self.evaluator.evaluate()
+        return self.last
+
+    def log_iteration(self, state, loss: float, tokens_per_s: float, val) -> None:
+        record = {"iteration": state.counters.iteration_count,
+                  "epoch": round(state.counters.sample_count / max(self.n_samples, 1), 4),
+                  "loss": loss, "lr": state.last_lr, "grad_norm": state.last_grad_norm,
+                  "tokens_per_s": round(tokens_per_s, 2), "elapsed": round(time.perf_counter() - self.started, 3)}
+        if val is not None:
+            record.update(val_loss=val.loss, val_ppl=val.perplexity)
+        self.metrics.write(record)
+
+    def stop_reason(self) -> str:
+        if self.best.should_stop and self.last is not None:
+            return (f"--early-stop {self.opts.early_stop}: no better validation loss in "
+                    f"{self.best.since_best} evaluations (best {self.best.best:.4f})")
+        return ""
 
 
 def _main_thread() -> bool:
