@@ -23,6 +23,7 @@ SUBCOMMAND_MODULES = [
     "ggtune.convert",   # convert-checkpoint
     "ggtune.peft",      # export-peft
     "ggtune.merge",     # merge
+    "ggtune.plot",      # plot
 ]
 
 
