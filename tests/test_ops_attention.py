@@ -18,16 +18,16 @@ SHAPES = [
 ]
 
 
-def run_forward(q, k, v, scale):
+def run_forward(q, k, v, scale, first_key=None):
     out = np.full_like(q, np.nan)
     lse = np.full((q.shape[0], q.shape[2], q.shape[1]), np.nan, np.float32)
-    _core.attention_forward(q, k, v, scale, out, lse)
+    _core.attention_forward(q, k, v, scale, out, lse, first_key=first_key)
     return out, lse
 
 
-def run_backward(dout, q, k, v, out, lse, scale):
+def run_backward(dout, q, k, v, out, lse, scale, first_key=None):
     dq, dk, dv = (np.full_like(a, np.nan) for a in (q, k, v))  # all overwritten
-    _core.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv)
+    _core.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, first_key=first_key)
     return dq, dk, dv
 
 
@@ -101,3 +101,119 @@ def test_attention_with_no_queries_is_a_no_op(S, Skv):
     out, lse = run_forward(q, kv, kv, 1.0)
     dq, dk, dv = run_backward(q, q, kv, kv, out, lse, 1.0)
     assert not dk.any() and not dv.any()  # keys no query sees get zero gradient
+
+
+# ---- per-query lower key bounds (first_key): sliding windows, packed samples ----
+
+def own_positions(B, S, Skv):
+    """[B, S] the key index of each query's own position."""
+    return np.tile(np.arange(S) + (Skv - S), (B, 1))
+
+
+def random_bounds(rng, B, S, Skv):
+    return rng.integers(0, own_positions(B, S, Skv) + 1).astype(np.int32)
+
+
+def window_bounds(B, S, Skv, window):
+    """Gemma 3's sliding window: a query sees its `window` latest keys, itself included."""
+    return np.maximum(own_positions(B, S, Skv) - window + 1, 0).astype(np.int32)
+
+
+def segment_bounds(rng, B, S, Skv):
+    """Packed samples: each row is cut at random into samples; a query sees its own sample."""
+    bounds = np.zeros((B, S), np.int32)
+    for b in range(B):
+        cuts = np.sort(rng.choice(np.arange(1, Skv), size=min(3, Skv - 1), replace=False))
+        starts = np.concatenate([[0], cuts])
+        own = own_positions(B, S, Skv)[b]
+        bounds[b] = starts[np.searchsorted(starts, own, side="right") - 1]
+    return bounds
+
+
+BOUNDS = {
+    "random": random_bounds,
+    "window5": lambda rng, B, S, Skv: window_bounds(B, S, Skv, 5),
+    "window70": lambda rng, B, S, Skv: window_bounds(B, S, Skv, 70),
+    "segments": segment_bounds,
+    "own_key_only": lambda rng, B, S, Skv: own_positions(B, S, Skv).astype(np.int32),
+}
+
+# (B, S, Skv, Hq, Hkv, D): tiles and tails, GQA and MHA, decode (S = 1..3 over a long cache).
+BOUNDED_SHAPES = [
+    (1, 1, 1, 1, 1, 1),
+    (2, 33, 33, 9, 3, 17),
+    (1, 130, 130, 2, 1, 64),
+    (2, 65, 200, 4, 2, 8),
+    (1, 1, 300, 4, 1, 64),
+    (2, 3, 257, 9, 3, 16),
+]
+
+
+@pytest.mark.parametrize("kind", sorted(BOUNDS))
+@pytest.mark.parametrize("shape", BOUNDED_SHAPES)
+def test_attention_with_first_key_matches_float64(isa, shape, kind):
+    rng, q, k, v, scale = make_inputs(shape, sum(shape) + 3)
+    B, S, Skv = shape[:3]
+    first_key = BOUNDS[kind](rng, B, S, Skv)
+    out, lse = run_forward(q, k, v, scale, first_key)
+    ref_out, ref_lse = attention_ref(q, k, v, scale, first_key)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-4, atol=2e-6)
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=2e-6)
+
+    dout = f32(rng, *q.shape)
+    grads = run_backward(dout, q, k, v, out, lse, scale, first_key)
+    for mine, ref in zip(grads, attention_backward_ref(dout, q, k, v, scale, first_key)):
+        np.testing.assert_allclose(mine, ref, rtol=1e-3, atol=2e-5)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 2, 1, 3), (2, 3, 6, 2, 2, 4)])
+@pytest.mark.parametrize("kind", ["random", "segments"])
+def test_attention_with_first_key_backward_matches_finite_differences(isa, shape, kind):
+    rng, q, k, v, scale = make_inputs(shape, 11)
+    first_key = BOUNDS[kind](rng, *shape[:3])
+    dout = f32(rng, *q.shape)
+    out, lse = run_forward(q, k, v, scale, first_key)
+    dq, dk, dv = run_backward(dout, q, k, v, out, lse, scale, first_key)
+
+    q64, k64, v64, g64 = (a.astype(np.float64) for a in (q, k, v, dout))
+    loss = lambda: (attention_ref(q64, k64, v64, scale, first_key)[0] * g64).sum()
+    tol = dict(rtol=1e-4, atol=2e-5)
+    np.testing.assert_allclose(dq, numeric_grad(loss, q64), **tol)
+    np.testing.assert_allclose(dk, numeric_grad(loss, k64), **tol)
+    np.testing.assert_allclose(dv, numeric_grad(loss, v64), **tol)
+
+
+@pytest.mark.parametrize("shape", [(2, 130, 130, 9, 3, 64), (1, 3, 200, 4, 2, 32)])
+def test_attention_first_key_none_and_zero_are_bit_identical(isa, shape):
+    rng, q, k, v, scale = make_inputs(shape, 5)
+    dout = f32(rng, *q.shape)
+    zero = np.zeros(shape[:2], np.int32)
+    plain = run_forward(q, k, v, scale)
+    bounded = run_forward(q, k, v, scale, zero)
+    for a, b in zip(plain, bounded):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(run_backward(dout, q, k, v, *plain, scale),
+                    run_backward(dout, q, k, v, *plain, scale, zero)):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_keys_below_first_key_are_invisible(isa, threads):
+    """Changing a key or value no query may see changes no output, and it gets zero gradient;
+    the result does not depend on the thread count."""
+    _core.set_num_threads(threads)
+    try:
+        shape = (2, 100, 180, 4, 2, 16)
+        rng, q, k, v, scale = make_inputs(shape, 2)
+        first_key = window_bounds(2, 100, 180, 40)  # keys < 80 + 1 - 40 = 41 are unseen
+        out, lse = run_forward(q, k, v, scale, first_key)
+        k2, v2 = k.copy(), v.copy()
+        k2[:, :41], v2[:, :41] = 50.0, -50.0
+        out2, lse2 = run_forward(q, k2, v2, scale, first_key)
+        np.testing.assert_array_equal(out2, out)
+        np.testing.assert_array_equal(lse2, lse)
+        dq, dk, dv = run_backward(f32(rng, *q.shape), q, k, v, out, lse, scale, first_key)
+        assert not dk[:, :41].any() and not dv[:, :41].any()
+        assert dk[:, 41:].any(axis=(0, 2, 3)).all() and dv[:, 41:].any(axis=(0, 2, 3)).all()
+    finally:
+        _core.set_num_threads(0)

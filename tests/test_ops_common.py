@@ -35,14 +35,39 @@ def rms_norm_ref(x, w, eps):
     return x * rstd[:, None] * w, rstd
 
 
-def rope_ref(x, pos, n_dims, freq_base, freq_scale, mode, sign=1.0):
-    """llama.cpp rotary embedding of x[T,H,D]; sign=-1 rotates back (the backward)."""
+def yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow):
+    """ggml_rope_yarn_corr_dims, in float32 as ggml computes it."""
+    f = np.float32
+
+    def corr_dim(n_rot):
+        return f(n_dims) * np.log(f(n_ctx_orig) / (f(n_rot) * f(2) * f(np.pi))) / (f(2) * np.log(f(freq_base)))
+
+    lo = max(f(0), np.floor(corr_dim(beta_fast)))
+    hi = min(f(n_dims - 1), np.ceil(corr_dim(beta_slow)))
+    return float(lo), float(hi)
+
+
+def rope_ref(x, pos, n_dims, freq_base, freq_scale, mode, sign=1.0, freq_factors=None,
+             ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0, n_ctx_orig=0):
+    """ggml_rope_ext of x[T,H,D] (rope_yarn and ggml_rope_cache_init transcribed, in float64);
+    sign=-1 applies the transposed rotation (the backward)."""
     x = np.asarray(x, np.float64)
     out = x.copy()
     half = n_dims // 2
     i = np.arange(half)
-    theta = pos.astype(np.float64)[:, None] * freq_scale * freq_base ** (-2.0 * i / n_dims)
-    cos, sin = np.cos(theta)[:, None, :], sign * np.sin(theta)[:, None, :]
+    theta_extrap = pos.astype(np.float64)[:, None] * freq_base ** (-2.0 * i / n_dims)
+    if freq_factors is not None:
+        theta_extrap = theta_extrap / np.asarray(freq_factors, np.float64)
+    theta_interp = freq_scale * theta_extrap
+    theta, mscale = theta_interp, attn_factor
+    if ext_factor != 0.0:
+        lo, hi = yarn_corr_dims(n_dims, n_ctx_orig, freq_base, beta_fast, beta_slow)
+        ramp = 1.0 - np.clip((i - lo) / max(0.001, hi - lo), 0.0, 1.0)
+        mix = ramp * ext_factor
+        theta = theta_interp * (1 - mix) + theta_extrap * mix
+        mscale = attn_factor * (1.0 + 0.1 * np.log(1.0 / freq_scale))
+    cos = mscale * np.cos(theta)[:, None, :]
+    sin = sign * mscale * np.sin(theta)[:, None, :]
     a, b = (i, i + half) if mode == 2 else (2 * i, 2 * i + 1)
     x0, x1 = x[:, :, a], x[:, :, b]
     out[:, :, a] = x0 * cos - x1 * sin
@@ -50,32 +75,39 @@ def rope_ref(x, pos, n_dims, freq_base, freq_scale, mode, sign=1.0):
     return out
 
 
-def attention_ref(q, k, v, scale):
-    """Causal GQA attention; returns (out[B,S,Hq,D], lse[B,Hq,S]) in float64."""
+def attention_mask(B, S, Skv, first_key):
+    """[B, S, Skv] True where query i may not see key j: j > i + (Skv - S) or j < first_key."""
+    j, i = np.arange(Skv)[None, None, :], np.arange(S)[None, :, None]
+    lo = np.zeros((B, S), np.int64) if first_key is None else np.asarray(first_key, np.int64)
+    return (j > i + (Skv - S)) | (j < lo[:, :, None])
+
+
+def attention_ref(q, k, v, scale, first_key=None):
+    """Causal GQA attention with per-query lower key bounds (None: 0); returns
+    (out[B,S,Hq,D], lse[B,Hq,S]) in float64."""
     B, S, Hq, D = q.shape
     Skv, Hkv = k.shape[1], k.shape[2]
-    group, off = Hq // Hkv, Skv - S
+    group = Hq // Hkv
     kk = np.repeat(np.asarray(k, np.float64), group, axis=2)
     vv = np.repeat(np.asarray(v, np.float64), group, axis=2)
     s = np.einsum("bihd,bjhd->bhij", np.asarray(q, np.float64), kk) * scale
-    masked = np.arange(Skv)[None, :] > np.arange(S)[:, None] + off
-    s = np.where(masked, -np.inf, s)
+    s = np.where(attention_mask(B, S, Skv, first_key)[:, None], -np.inf, s)
     m = s.max(axis=-1, keepdims=True)
     p = np.exp(s - m)
     l = p.sum(axis=-1, keepdims=True)
     return np.einsum("bhij,bjhd->bihd", p / l, vv), (m + np.log(l))[..., 0]
 
 
-def attention_backward_ref(dout, q, k, v, scale):
+def attention_backward_ref(dout, q, k, v, scale, first_key=None):
     """Analytic float64 gradients (dq, dk, dv); itself checked against finite differences."""
     B, S, Hq, D = q.shape
     Skv, Hkv = k.shape[1], k.shape[2]
-    group, off = Hq // Hkv, Skv - S
+    group = Hq // Hkv
     q, dout = np.asarray(q, np.float64), np.asarray(dout, np.float64)
     kk = np.repeat(np.asarray(k, np.float64), group, axis=2)
     vv = np.repeat(np.asarray(v, np.float64), group, axis=2)
     s = np.einsum("bihd,bjhd->bhij", q, kk) * scale
-    s = np.where(np.arange(Skv)[None, :] > np.arange(S)[:, None] + off, -np.inf, s)
+    s = np.where(attention_mask(B, S, Skv, first_key)[:, None], -np.inf, s)
     p = np.exp(s - s.max(axis=-1, keepdims=True))
     p /= p.sum(axis=-1, keepdims=True)
     dv = np.einsum("bhij,bihd->bjhd", p, dout)
@@ -88,7 +120,16 @@ def attention_backward_ref(dout, q, k, v, scale):
 
 
 def swiglu_ref(g, u):
-    return g / (1.0 + np.exp(-g)) * u
+    with np.errstate(over="ignore"):  # exp(-g) = inf for very negative g: silu -> -0
+        return g / (1.0 + np.exp(-g)) * u
+
+
+def gelu_tanh(x):
+    return 0.5 * x * (1.0 + np.tanh(np.sqrt(2.0 / np.pi) * (x + 0.044715 * x**3)))
+
+
+def geglu_ref(g, u):
+    return gelu_tanh(g) * u
 
 
 def cross_entropy_ref(logits, targets):
@@ -175,3 +216,66 @@ def test_rope_parameters_are_checked():
         _core.rope_forward(x, pos, 8, 10000.0, 1.0, 1, np.empty_like(x))
     with pytest.raises(ValueError, match="pos"):
         _core.rope_forward(x, np.zeros(3, np.int32), 8, 10000.0, 1.0, 0, np.empty_like(x))
+
+
+def test_rope_extension_arguments_are_checked():
+    x = np.zeros((2, 3, 8), np.float32)
+    pos = np.zeros(2, np.int32)
+    rope = lambda **kw: _core.rope_forward(x, pos, 8, 10000.0, 0.5, 0, np.empty_like(x), **kw)
+    with pytest.raises(ValueError, match="freq_factors: expected shape"):
+        rope(freq_factors=np.ones(8, np.float32))  # one per pair: n_dims / 2
+    with pytest.raises(ValueError, match="freq_factors: expected dtype float32"):
+        rope(freq_factors=np.ones(4, np.float64))
+    with pytest.raises(ValueError, match="freq_factors: entry 2 is 0"):
+        rope(freq_factors=np.array([1, 1, 0, 1], np.float32))
+    with pytest.raises(ValueError, match="freq_factors: expected a numpy array"):
+        rope(freq_factors=[1.0, 1.0, 1.0, 1.0])
+    with pytest.raises(ValueError, match="n_ctx_orig: expected > 0"):
+        rope(ext_factor=1.0)
+    with pytest.raises(ValueError, match="freq_scale: expected > 0"):
+        _core.rope_backward(x, pos, 8, 10000.0, 0.0, 0, np.empty_like(x), ext_factor=1.0,
+                            n_ctx_orig=4096)
+    with pytest.raises(ValueError, match="beta_fast"):
+        rope(ext_factor=1.0, n_ctx_orig=4096, beta_fast=0.0)
+    with pytest.raises(ValueError, match="attn_factor"):
+        rope(attn_factor=float("nan"))
+
+
+def test_attention_first_key_is_checked():
+    q = np.zeros((2, 4, 2, 8), np.float32)
+    kv = np.zeros((2, 6, 1, 8), np.float32)  # Skv - S = 2: query i's own key is i + 2
+    out, lse = np.empty_like(q), np.empty((2, 2, 4), np.float32)
+    grads = (np.empty_like(q), np.empty_like(kv), np.empty_like(kv))
+    ok = np.tile(np.arange(4, dtype=np.int32) + 2, (2, 1))
+    _core.attention_forward(q, kv, kv, 1.0, out, lse, first_key=ok)  # each sees only itself
+    bad = ok.copy()
+    bad[1, 3] = 6
+    with pytest.raises(ValueError, match=r"first_key: entry \[1, 3\] is 6, expected in \[0, 5\]"):
+        _core.attention_forward(q, kv, kv, 1.0, out, lse, first_key=bad)
+    bad[1, 3] = -1
+    with pytest.raises(ValueError, match=r"first_key: entry \[1, 3\] is -1"):
+        _core.attention_backward(q, q, kv, kv, out, lse, 1.0, *grads, first_key=bad)
+    with pytest.raises(ValueError, match="first_key: expected dtype int32"):
+        _core.attention_forward(q, kv, kv, 1.0, out, lse, first_key=ok.astype(np.int64))
+    with pytest.raises(ValueError, match="first_key: expected shape"):
+        _core.attention_backward(q, q, kv, kv, out, lse, 1.0, *grads, first_key=ok[:, :3].copy())
+    with pytest.raises(ValueError, match="first_key: expected a numpy array or None"):
+        _core.attention_forward(q, kv, kv, 1.0, out, lse, first_key=0)
+
+
+def test_geglu_and_bias_shapes_are_checked():
+    x = np.ones((4, 8), np.float32)
+    with pytest.raises(ValueError, match="up: expected shape"):
+        _core.geglu_forward(x, np.ones((4, 7), np.float32), np.empty_like(x))
+    with pytest.raises(ValueError, match="dup"):
+        _core.geglu_backward(x, x, x, np.empty_like(x), np.empty((8, 4), np.float32))
+    with pytest.raises(ValueError, match="bias: expected shape"):
+        _core.add_bias(x, np.ones(4, np.float32))
+    with pytest.raises(ValueError, match="y: expected a writable"):
+        ro = x.copy()
+        ro.flags.writeable = False
+        _core.add_bias(ro, np.ones(8, np.float32))
+    with pytest.raises(ValueError, match="dbias: expected shape"):
+        _core.bias_backward(x, np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="dy: expected dtype float32"):
+        _core.bias_backward(x.astype(np.float64), np.zeros(8, np.float32), accumulate=True)

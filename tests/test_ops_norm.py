@@ -39,3 +39,55 @@ def test_rms_norm_backward_matches_finite_differences(isa, C):
     dx_only = np.empty_like(x)
     _core.rms_norm_backward(dout, x, w, rstd, dx_only)  # dweight is optional
     np.testing.assert_array_equal(dx_only, dx)
+
+
+# ---- per-head q/k RMSNorm (qwen3, gemma3): q[T, H*D] viewed as [T*H, D], one weight [D] ----
+
+def per_head(x, H):
+    """The [T*H, D] view of x[T, H*D] (no copy: the kernel reads and writes the heads in place)."""
+    view = x.reshape(x.shape[0] * H, -1)
+    assert np.shares_memory(view, x)
+    return view
+
+
+@pytest.mark.parametrize("D", [64, 128, 256, 33, 97])
+@pytest.mark.parametrize("T,H", [(1, 1), (5, 4), (33, 9)])
+def test_rms_norm_per_head_forward_and_backward(isa, T, H, D):
+    rng = np.random.default_rng(T * H + D)
+    q, w, dout = f32(rng, T, H * D), f32(rng, D), f32(rng, T, H * D)
+    out, rstd = np.empty_like(q), np.empty(T * H, np.float32)
+    _core.rms_norm_forward(per_head(q, H), w, EPS, per_head(out, H), rstd)
+    q64, w64, g64 = (a.astype(np.float64) for a in (q, w, dout))
+    heads = q64.reshape(T, H, D)
+    ref_rstd = 1.0 / np.sqrt((heads**2).mean(axis=2) + EPS)  # one rstd per (token, head)
+    np.testing.assert_allclose(out, (heads * ref_rstd[..., None] * w64).reshape(T, H * D),
+                               rtol=2e-5, atol=2e-6)
+    np.testing.assert_allclose(rstd, ref_rstd.reshape(-1), rtol=2e-6)
+
+    dx = np.full_like(q, np.nan)
+    dw = np.full(D, 0.25, np.float32)  # accumulated into, over every token and head
+    _core.rms_norm_backward(per_head(dout, H), per_head(q, H), w, rstd, per_head(dx, H), dw)
+    # analytic float64: dw = sum over tokens and heads; dx per row
+    gh = g64.reshape(T, H, D)
+    r = ref_rstd[..., None]
+    ref_dw = (gh * heads * r).sum(axis=(0, 1))
+    ref_dx = r * w64 * gh - heads * r**3 / D * (gh * w64 * heads).sum(axis=2, keepdims=True)
+    np.testing.assert_allclose(dw - 0.25, ref_dw, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, ref_dx.reshape(T, H * D), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("D", [64, 33])
+def test_rms_norm_per_head_backward_matches_finite_differences(isa, D):
+    T, H = 2, 3
+    rng = np.random.default_rng(D + 1)
+    q, w, dout = f32(rng, T, H * D), f32(rng, D), f32(rng, T, H * D)
+    out, rstd = np.empty_like(q), np.empty(T * H, np.float32)
+    _core.rms_norm_forward(per_head(q, H), w, EPS, per_head(out, H), rstd)
+    dx, dw = np.empty_like(q), np.zeros(D, np.float32)
+    _core.rms_norm_backward(per_head(dout, H), per_head(q, H), w, rstd, per_head(dx, H), dw)
+
+    q64, w64, g64 = (a.astype(np.float64) for a in (q, w, dout))
+    loss = lambda: (rms_norm_ref(q64.reshape(T * H, D), w64, EPS)[0] * g64.reshape(T * H, D)).sum()
+    tol = dict(rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(dx, numeric_grad(loss, q64), **tol)
+    np.testing.assert_allclose(dw, numeric_grad(loss, w64), **tol)

@@ -1,7 +1,9 @@
-// Bindings of the llama ops (csrc/ops/): rms_norm, rope, attention, swiglu, cross-entropy,
-// embedding backward, element-wise add. Every shape relation is checked here, before the
+// Bindings of the model ops (csrc/ops/): rms_norm, rope, attention, swiglu, geglu, bias,
+// cross-entropy, embedding backward, element-wise add. Every shape relation is checked here, before the
 // GIL is released and a kernel runs on raw pointers.
+#include <cmath>
 #include <string>
+#include <utility>
 
 #include "bind/arrays.h"
 #include "ops/activation.h"
@@ -73,29 +75,82 @@ void rms_norm_backward(const py::array& dout, const py::array& x, const py::arra
   ops::norm_kernels().rms_norm_backward(pg, px, pw, pr, pdx, pdw, T, C);
 }
 
+// The YaRN and frequency-factor arguments of rope_forward/rope_backward (ggml_rope_ext's).
+struct RopeExtension {
+  py::object freq_factors;
+  float ext_factor, attn_factor, beta_fast, beta_slow;
+  int64_t n_ctx_orig;
+};
+
 ops::RopeParams rope_params(int64_t n_dims, float freq_base, float freq_scale, int mode,
-                            int64_t D) {
+                            const RopeExtension& ext, int64_t D) {
   if (n_dims <= 0 || n_dims % 2 != 0 || n_dims > D)
     fail("n_dims", "expected an even number in [2, head dim " + std::to_string(D) + "], got " +
                        std::to_string(n_dims));
   if (mode != ops::kRopeNormal && mode != ops::kRopeNeox)
     fail("mode", "expected 0 (normal) or 2 (neox), got " + std::to_string(mode));
   if (!(freq_base > 0.0f)) fail("freq_base", "expected > 0");
-  return {n_dims, freq_base, freq_scale, mode};
+  if (!std::isfinite(ext.ext_factor)) fail("ext_factor", "expected a finite number");
+  if (!std::isfinite(ext.attn_factor)) fail("attn_factor", "expected a finite number");
+  if (ext.ext_factor != 0.0f) {  // YaRN's ramp and magnitude need these to be meaningful
+    if (!(freq_scale > 0.0f)) fail("freq_scale", "expected > 0 with YaRN (ext_factor != 0)");
+    if (ext.n_ctx_orig <= 0) fail("n_ctx_orig", "expected > 0 with YaRN (ext_factor != 0)");
+    if (!(ext.beta_fast > 0.0f)) fail("beta_fast", "expected > 0");
+    if (!(ext.beta_slow > 0.0f)) fail("beta_slow", "expected > 0");
+  }
+  ops::RopeParams p{n_dims, freq_base, freq_scale, mode};
+  if (!ext.freq_factors.is_none()) {
+    if (!py::isinstance<py::array>(ext.freq_factors))
+      fail("freq_factors", "expected a numpy array or None");
+    const auto factors = ext.freq_factors.cast<py::array>();
+    p.freq_factors = cdata_of<float>(factors, "freq_factors", {n_dims / 2});
+    for (int64_t i = 0; i < n_dims / 2; ++i)
+      if (!(std::isfinite(p.freq_factors[i]) && p.freq_factors[i] > 0.0f))
+        fail("freq_factors", "entry " + std::to_string(i) + " is " +
+                                 std::to_string(p.freq_factors[i]) + ", expected a finite number > 0");
+  }
+  p.ext_factor = ext.ext_factor;
+  p.attn_factor = ext.attn_factor;
+  p.beta_fast = ext.beta_fast;
+  p.beta_slow = ext.beta_slow;
+  p.n_ctx_orig = ext.n_ctx_orig;
+  return p;
 }
 
 // Forward and backward share the checks; `backward` selects the rotation direction.
 void rope_apply(const py::array& x, const py::array& pos, int64_t n_dims, float freq_base,
-                float freq_scale, int mode, py::array& out, bool backward, const char* x_name,
-                const char* out_name) {
+                float freq_scale, int mode, py::array& out, const RopeExtension& ext,
+                bool backward, const char* x_name, const char* out_name) {
   const float* px = cdata_of<float>(x, x_name, {kAny, kAny, kAny});
   const int64_t T = dim(x, 0), H = dim(x, 1), D = dim(x, 2);
   const int32_t* pp = cdata_of<int32_t>(pos, "pos", {T});
   float* po = data_of<float>(out, out_name, {T, H, D}, true);
-  const ops::RopeParams p = rope_params(n_dims, freq_base, freq_scale, mode, D);
-  py::gil_scoped_release nogil;
+  const ops::RopeParams p = rope_params(n_dims, freq_base, freq_scale, mode, ext, D);
+  py::gil_scoped_release nogil;  // ext (and so freq_factors' array) outlives the call
   if (backward) ops::rope_backward(px, pp, p, po, T, H, D);
   else ops::rope_forward(px, pp, p, po, T, H, D);
+}
+
+// rope_forward(x, pos, n_dims, freq_base, freq_scale, mode, out, freq_factors=None,
+// ext_factor=0.0, attn_factor=1.0, beta_fast=32.0, beta_slow=1.0, n_ctx_orig=0), and
+// rope_backward with (dout, ..., dx, ...) in place of (x, ..., out, ...).
+void def_rope(py::module_& m, const char* name, const char* x_name, const char* out_name,
+              bool backward, const char* doc) {
+  using py::arg;
+  m.def(
+      name,
+      [=](const py::array& x, const py::array& pos, int64_t n_dims, float freq_base,
+          float freq_scale, int mode, py::array& out, py::object freq_factors, float ext_factor,
+          float attn_factor, float beta_fast, float beta_slow, int64_t n_ctx_orig) {
+        const RopeExtension ext{std::move(freq_factors), ext_factor, attn_factor,
+                                beta_fast,               beta_slow,  n_ctx_orig};
+        rope_apply(x, pos, n_dims, freq_base, freq_scale, mode, out, ext, backward, x_name,
+                   out_name);
+      },
+      arg(x_name), arg("pos"), arg("n_dims"), arg("freq_base"), arg("freq_scale"), arg("mode"),
+      arg(out_name), arg("freq_factors") = py::none(), arg("ext_factor") = 0.0f,
+      arg("attn_factor") = 1.0f, arg("beta_fast") = 32.0f, arg("beta_slow") = 1.0f,
+      arg("n_ctx_orig") = 0, doc);
 }
 
 AttentionShape attention_shape(const py::array& q, const py::array& k, const py::array& v) {
@@ -113,20 +168,40 @@ AttentionShape attention_shape(const py::array& q, const py::array& k, const py:
   return {B, S, Skv, Hq, Hkv, D};
 }
 
+// first_key: None or int32 [B, S] with 0 <= first_key[b,i] <= i + (Skv - S) (the query's own
+// position), so every query sees at least itself and the kernel never reads outside k/v.
+const int32_t* first_key_of(const py::object& first_key, const AttentionShape& s) {
+  if (first_key.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(first_key)) fail("first_key", "expected a numpy array or None");
+  const auto bounds = first_key.cast<py::array>();
+  const int32_t* p = cdata_of<int32_t>(bounds, "first_key", {s.B, s.S});
+  for (int64_t b = 0; b < s.B; ++b)
+    for (int64_t i = 0; i < s.S; ++i) {
+      const int64_t lo = p[b * s.S + i], own = i + s.Skv - s.S;
+      if (lo < 0 || lo > own)
+        fail("first_key", "entry [" + std::to_string(b) + ", " + std::to_string(i) + "] is " +
+                              std::to_string(lo) + ", expected in [0, " + std::to_string(own) +
+                              "] (the query's own key position)");
+    }
+  return p;  // points into the caller's array, which outlives the kernel call
+}
+
 void attention_forward(const py::array& q, const py::array& k, const py::array& v, float scale,
-                       py::array& out, py::array& lse) {
+                       py::array& out, py::array& lse, const py::object& first_key) {
   const AttentionShape s = attention_shape(q, k, v);
   float* po = data_of<float>(out, "out", {s.B, s.S, s.Hq, s.D}, true);
   float* pl = data_of<float>(lse, "lse", {s.B, s.Hq, s.S}, true);
+  const int32_t* pf = first_key_of(first_key, s);
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, s);
+  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, pf, s);
 }
 
 void attention_backward(const py::array& dout, const py::array& q, const py::array& k,
                         const py::array& v, const py::array& out, const py::array& lse,
-                        float scale, py::array& dq, py::array& dk, py::array& dv) {
+                        float scale, py::array& dq, py::array& dk, py::array& dv,
+                        const py::object& first_key) {
   const AttentionShape s = attention_shape(q, k, v);
   const float* pg = cdata_of<float>(dout, "dout", {s.B, s.S, s.Hq, s.D});
   const float* po = cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
@@ -134,23 +209,29 @@ void attention_backward(const py::array& dout, const py::array& q, const py::arr
   float* pdq = data_of<float>(dq, "dq", {s.B, s.S, s.Hq, s.D}, true);
   float* pdk = data_of<float>(dk, "dk", {s.B, s.Skv, s.Hkv, s.D}, true);
   float* pdv = data_of<float>(dv, "dv", {s.B, s.Skv, s.Hkv, s.D}, true);
+  const int32_t* pf = first_key_of(first_key, s);
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, s);
+  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, pf, s);
 }
 
-void swiglu_forward(const py::array& gate, const py::array& up, py::array& out) {
+using GatedForward = void (*)(const float*, const float*, float*, int64_t);
+using GatedBackward = void (*)(const float*, const float*, const float*, float*, float*, int64_t);
+
+// out[T,F] = act(gate) * up: SwiGLU and GEGLU share the shapes and checks.
+void gated_forward(GatedForward kernel, const py::array& gate, const py::array& up,
+                   py::array& out) {
   const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
   const int64_t T = dim(gate, 0), F = dim(gate, 1);
   const float* pu = cdata_of<float>(up, "up", {T, F});
   float* po = data_of<float>(out, "out", {T, F}, true);
   py::gil_scoped_release nogil;
-  ops::activation_kernels().swiglu_forward(pg, pu, po, T * F);
+  kernel(pg, pu, po, T * F);
 }
 
-void swiglu_backward(const py::array& dout, const py::array& gate, const py::array& up,
-                     py::array& dgate, py::array& dup) {
+void gated_backward(GatedBackward kernel, const py::array& dout, const py::array& gate,
+                    const py::array& up, py::array& dgate, py::array& dup) {
   const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
   const int64_t T = dim(gate, 0), F = dim(gate, 1);
   const float* pd = cdata_of<float>(dout, "dout", {T, F});
@@ -158,7 +239,47 @@ void swiglu_backward(const py::array& dout, const py::array& gate, const py::arr
   float* pdg = data_of<float>(dgate, "dgate", {T, F}, true);
   float* pdu = data_of<float>(dup, "dup", {T, F}, true);
   py::gil_scoped_release nogil;
-  ops::activation_kernels().swiglu_backward(pd, pg, pu, pdg, pdu, T * F);
+  kernel(pd, pg, pu, pdg, pdu, T * F);
+}
+
+// <name>_forward(gate, up, out) and <name>_backward(dout, gate, up, dgate, dup), calling the
+// active tier's kernel (looked up at each call: the tier can change).
+void def_gated(py::module_& m, const std::string& name,
+               GatedForward ops::ActivationKernels::*forward,
+               GatedBackward ops::ActivationKernels::*backward, const char* doc) {
+  using py::arg;
+  m.def(
+      (name + "_forward").c_str(),
+      [forward](const py::array& gate, const py::array& up, py::array& out) {
+        gated_forward(ops::activation_kernels().*forward, gate, up, out);
+      },
+      arg("gate"), arg("up"), arg("out"), doc);
+  m.def(
+      (name + "_backward").c_str(),
+      [backward](const py::array& dout, const py::array& gate, const py::array& up,
+                 py::array& dgate, py::array& dup) {
+        gated_backward(ops::activation_kernels().*backward, dout, gate, up, dgate, dup);
+      },
+      arg("dout"), arg("gate"), arg("up"), arg("dgate"), arg("dup"),
+      "dgate, dup [T,F] overwritten.");
+}
+
+// y[T,N] += bias[N], in place.
+void add_bias(py::array& y, const py::array& bias) {
+  float* py_ = data_of<float>(y, "y", {kAny, kAny}, true);
+  const int64_t T = dim(y, 0), N = dim(y, 1);
+  const float* pb = cdata_of<float>(bias, "bias", {N});
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().add_bias(py_, pb, T, N);
+}
+
+// dbias[N] (= or +=) column sums of dy[T,N].
+void bias_backward(const py::array& dy, py::array& dbias, bool accumulate) {
+  const float* pd = cdata_of<float>(dy, "dy", {kAny, kAny});
+  const int64_t T = dim(dy, 0), N = dim(dy, 1);
+  float* pb = data_of<float>(dbias, "dbias", {N}, true);
+  py::gil_scoped_release nogil;
+  ops::activation_kernels().bias_backward(pd, pb, T, N, accumulate);
 }
 
 void cross_entropy_forward(const py::array& logits, const py::array& targets, py::array& loss) {
@@ -253,37 +374,38 @@ void bind_ops(py::module_& m) {
   m.def("rms_norm_backward", &rms_norm_backward, arg("dout"), arg("x"), arg("weight"), arg("rstd"),
         arg("dx"), arg("dweight") = py::none(),
         "dx[T,C] overwritten; dweight[C] accumulated (+=) when given.");
-  m.def(
-      "rope_forward",
-      [](const py::array& x, const py::array& pos, int64_t n_dims, float freq_base,
-         float freq_scale, int mode, py::array& out) {
-        rope_apply(x, pos, n_dims, freq_base, freq_scale, mode, out, false, "x", "out");
-      },
-      arg("x"), arg("pos"), arg("n_dims"), arg("freq_base"), arg("freq_scale"), arg("mode"),
-      arg("out"),
-      "Rotary embedding of x[T,H,D] at int32 positions pos[T], llama.cpp semantics: mode 0 "
-      "rotates pairs (2i, 2i+1), mode 2 (neox) pairs (i, i+n_dims/2); theta = pos * freq_scale "
-      "* freq_base^(-2i/n_dims); dims >= n_dims pass through. out may be x.");
-  m.def(
-      "rope_backward",
-      [](const py::array& dout, const py::array& pos, int64_t n_dims, float freq_base,
-         float freq_scale, int mode, py::array& dx) {
-        rope_apply(dout, pos, n_dims, freq_base, freq_scale, mode, dx, true, "dout", "dx");
-      },
-      arg("dout"), arg("pos"), arg("n_dims"), arg("freq_base"), arg("freq_scale"), arg("mode"),
-      arg("dx"), "dx = rotation of dout by -theta (overwritten; may be dout).");
+  def_rope(m, "rope_forward", "x", "out", false,
+           "Rotary embedding of x[T,H,D] at int32 positions pos[T], ggml_rope_ext's semantics: "
+           "mode 0 rotates pairs (2i, 2i+1), mode 2 (neox) pairs (i, i+n_dims/2); theta_i = pos "
+           "* freq_scale * freq_base^(-2i/n_dims) / freq_factors[i] (float32 [n_dims/2], llama "
+           "3.1's rope_freqs; None = 1); ext_factor != 0 turns on YaRN (ramp between "
+           "interpolated and extrapolated theta over ggml_rope_yarn_corr_dims(n_dims, "
+           "n_ctx_orig, freq_base, beta_fast, beta_slow), magnitude attn_factor * (1 + 0.1 "
+           "ln(1/freq_scale))); otherwise the rotation is scaled by attn_factor. Dims >= n_dims "
+           "pass through. out may be x.");
+  def_rope(m, "rope_backward", "dout", "dx", true,
+           "dx = the transpose of rope_forward's rotation applied to dout (the same magnitude, "
+           "-theta); overwritten, may be dout.");
   m.def("attention_forward", &attention_forward, arg("q"), arg("k"), arg("v"), arg("scale"),
-        arg("out"), arg("lse"),
-        "Causal GQA attention: q[B,S,Hq,D], k/v[B,Skv,Hkv,D] (Skv >= S, query i sees keys j <= "
-        "i + Skv - S; head h reads KV head h // (Hq/Hkv)); writes out[B,S,Hq,D] and "
-        "lse[B,Hq,S], the log-sum-exp of the scaled scores.");
+        arg("out"), arg("lse"), arg("first_key") = py::none(),
+        "Causal GQA attention: q[B,S,Hq,D], k/v[B,Skv,Hkv,D] (Skv >= S; query i sees keys "
+        "first_key[b,i] <= j <= i + Skv - S; head h reads KV head h // (Hq/Hkv)); first_key is "
+        "None (0 everywhere) or int32 [B,S] (sliding windows, packed samples); writes "
+        "out[B,S,Hq,D] and lse[B,Hq,S], the log-sum-exp of the scaled scores.");
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("scale"), arg("dq"), arg("dk"), arg("dv"),
-        "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head).");
-  m.def("swiglu_forward", &swiglu_forward, arg("gate"), arg("up"), arg("out"),
-        "out[T,F] = silu(gate) * up.");
-  m.def("swiglu_backward", &swiglu_backward, arg("dout"), arg("gate"), arg("up"), arg("dgate"),
-        arg("dup"), "dgate, dup [T,F] overwritten.");
+        arg("first_key") = py::none(),
+        "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head); "
+        "first_key as given to the forward.");
+  def_gated(m, "swiglu", &ops::ActivationKernels::swiglu_forward,
+            &ops::ActivationKernels::swiglu_backward, "out[T,F] = silu(gate) * up.");
+  def_gated(m, "geglu", &ops::ActivationKernels::geglu_forward,
+            &ops::ActivationKernels::geglu_backward,
+            "out[T,F] = gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + "
+            "0.044715 x^3))), computed exactly (ggml's CPU kernel reads an f16 table).");
+  m.def("add_bias", &add_bias, arg("y"), arg("bias"), "y[T,N] += bias[N], in place.");
+  m.def("bias_backward", &bias_backward, arg("dy"), arg("dbias"), arg("accumulate") = false,
+        "dbias[N] = (or += when accumulate) the column sums of dy[T,N], rows in order.");
   m.def("cross_entropy_forward", &cross_entropy_forward, arg("logits"), arg("targets"),
         arg("loss"),
         "loss[t] = -log softmax(logits[t])[targets[t]] (float32 [T,V], int32 [T]); rows with a "

@@ -1,6 +1,8 @@
-// Element-wise kernels: SwiGLU (llama's feed-forward gate) forward and backward, and the
-// plain element-wise arithmetic the trainer needs (residual add, scaled accumulate).
-// Legend: T tokens, F feed-forward width; n = number of elements of a flat array.
+// Element-wise kernels: the feed-forward gates SwiGLU (llama, qwen) and GEGLU (gemma) forward
+// and backward, bias add and its backward (qwen2's q/k/v biases), and the plain element-wise
+// arithmetic the trainer needs (residual add, scaled accumulate).
+// Legend: T tokens, F feed-forward width, N features of a biased product; n = number of
+// elements of a flat array.
 #pragma once
 
 #include <cstdint>
@@ -14,6 +16,17 @@ struct ActivationKernels {
   // dgate, dup overwritten.
   void (*swiglu_backward)(const float* dout /*[T,F]*/, const float* gate, const float* up,
                           float* dgate /*[T,F]*/, float* dup /*[T,F]*/, int64_t n);
+  // out = gelu_tanh(gate) * up,  gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
+  void (*geglu_forward)(const float* gate /*[T,F]*/, const float* up /*[T,F]*/,
+                        float* out /*[T,F]*/, int64_t n);
+  // dgate, dup overwritten.
+  void (*geglu_backward)(const float* dout /*[T,F]*/, const float* gate, const float* up,
+                         float* dgate /*[T,F]*/, float* dup /*[T,F]*/, int64_t n);
+  // y[t,:] += bias, in place.
+  void (*add_bias)(float* y /*[T,N]*/, const float* bias /*[N]*/, int64_t T, int64_t N);
+  // dbias = (accumulate ? dbias : 0) + sum_t dy[t,:], rows summed in order (deterministic).
+  void (*bias_backward)(const float* dy /*[T,N]*/, float* dbias /*[N]*/, int64_t T, int64_t N,
+                        bool accumulate);
   void (*add)(const float* a /*[n]*/, const float* b /*[n]*/, float* out /*[n]*/, int64_t n);
   // out += alpha * x
   void (*scale_add)(float* out /*[n]*/, const float* x /*[n]*/, float alpha, int64_t n);

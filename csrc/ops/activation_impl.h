@@ -25,26 +25,83 @@ inline typename U::T sigmoid(typename U::T g) {
   return U::div(one, U::add(one, U::exp(U::sub(U::zero(), g))));
 }
 
-template <class V>
-void swiglu_forward_v(const float* gate, const float* up, float* out, int64_t n) {
+// A gate act(g) = g * sigmoid(z(g)), with d act/dg = s * (1 + g * (1 - s) * z'(g)), s = sigmoid(z).
+// SiLU: z = g. GELU-tanh: z = 2u, u = sqrt(2/pi) (g + 0.044715 g^3); g * sigmoid(2u) is the same
+// function as 0.5 g (1 + tanh u), without tanh's cancellation near 0 or its overflow for large |u|.
+struct SiluGate {
+  template <class U>
+  static typename U::T z(typename U::T g) { return g; }
+  template <class U>
+  static typename U::T derivative(typename U::T g, typename U::T s) {
+    return U::mul(s, U::fmadd(g, U::sub(U::set1(1.0f), s), U::set1(1.0f)));
+  }
+};
+
+struct GeluTanhGate {
+  static constexpr float kLinear = 1.5957691216057308f;  // 2 sqrt(2/pi)
+  static constexpr float kCubic = kLinear * 0.044715f;    // 2 sqrt(2/pi) * 0.044715
+  template <class U>
+  static typename U::T z(typename U::T g) {
+    return U::mul(g, U::fmadd(U::mul(g, g), U::set1(kCubic), U::set1(kLinear)));
+  }
+  template <class U>
+  static typename U::T derivative(typename U::T g, typename U::T s) {
+    const auto dz = U::fmadd(U::mul(g, g), U::set1(3.0f * kCubic), U::set1(kLinear));
+    return U::mul(s, U::fmadd(U::mul(g, U::sub(U::set1(1.0f), s)), dz, U::set1(1.0f)));
+  }
+};
+
+// out = act(gate) * up
+template <class V, class Gate>
+void gated_forward_v(const float* gate, const float* up, float* out, int64_t n) {
   elementwise<V>(n, [&](auto u, int64_t i) {
     using U = decltype(u);
     const auto g = U::load(gate + i);
-    U::store(out + i, U::mul(U::mul(g, sigmoid<U>(g)), U::load(up + i)));
+    const auto s = sigmoid<U>(Gate::template z<U>(g));
+    U::store(out + i, U::mul(U::mul(g, s), U::load(up + i)));
   });
 }
 
-// d silu(g)/dg = s * (1 + g * (1 - s)) with s = sigmoid(g).
-template <class V>
-void swiglu_backward_v(const float* dout, const float* gate, const float* up, float* dgate,
-                       float* dup, int64_t n) {
+// dgate = dout * up * act'(gate),  dup = dout * act(gate)
+template <class V, class Gate>
+void gated_backward_v(const float* dout, const float* gate, const float* up, float* dgate,
+                      float* dup, int64_t n) {
   elementwise<V>(n, [&](auto u, int64_t i) {
     using U = decltype(u);
-    const auto g = U::load(gate + i), d = U::load(dout + i), one = U::set1(1.0f);
-    const auto s = sigmoid<U>(g);
-    const auto dsilu = U::mul(s, U::fmadd(g, U::sub(one, s), one));
-    U::store(dgate + i, U::mul(U::mul(d, U::load(up + i)), dsilu));
+    const auto g = U::load(gate + i), d = U::load(dout + i);
+    const auto s = sigmoid<U>(Gate::template z<U>(g));
+    U::store(dgate + i, U::mul(U::mul(d, U::load(up + i)), Gate::template derivative<U>(g, s)));
     U::store(dup + i, U::mul(d, U::mul(g, s)));
+  });
+}
+
+// Rows split over threads, at least kElementGrain elements each.
+template <class V>
+void add_bias_v(float* y, const float* bias, int64_t T, int64_t N) {
+  const int64_t grain = N >= kElementGrain || N == 0 ? 1 : kElementGrain / N;
+  parallel_for(T, grain, [&](int64_t t0, int64_t t1) {
+    for (int64_t t = t0; t < t1; ++t) {
+      float* row = y + t * N;
+      for_chunks<V>(N, [&](auto u, int64_t i) {
+        using U = decltype(u);
+        U::store(row + i, U::add(U::load(row + i), U::load(bias + i)));
+      });
+    }
+  });
+}
+
+// Columns split over threads: each dbias entry is summed by one thread in row order.
+template <class V>
+void bias_backward_v(const float* dy, float* dbias, int64_t T, int64_t N, bool accumulate) {
+  parallel_for(N, 64, [&](int64_t c0, int64_t c1) {
+    if (!accumulate) std::memset(dbias + c0, 0, sizeof(float) * (c1 - c0));
+    for (int64_t t = 0; t < T; ++t) {
+      const float* row = dy + t * N + c0;
+      for_chunks<V>(c1 - c0, [&](auto u, int64_t i) {
+        using U = decltype(u);
+        U::store(dbias + c0 + i, U::add(U::load(dbias + c0 + i), U::load(row + i)));
+      });
+    }
   });
 }
 
@@ -66,7 +123,10 @@ void scale_add_v(float* out, const float* x, float alpha, int64_t n) {
 
 template <class V>
 constexpr ActivationKernels make_activation_kernels() {
-  return {&swiglu_forward_v<V>, &swiglu_backward_v<V>, &add_v<V>, &scale_add_v<V>};
+  return {&gated_forward_v<V, SiluGate>,     &gated_backward_v<V, SiluGate>,
+          &gated_forward_v<V, GeluTanhGate>, &gated_backward_v<V, GeluTanhGate>,
+          &add_bias_v<V>,                    &bias_backward_v<V>,
+          &add_v<V>,                         &scale_add_v<V>};
 }
 
 }  // namespace

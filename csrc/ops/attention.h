@@ -2,8 +2,11 @@
 // Legend: B batch, S query positions, Skv key/value positions (Skv >= S; the last S of them
 // are the queries' own positions, the rest a cache), Hq query heads, Hkv key/value heads
 // (Hq a multiple of Hkv; query head h reads KV head h / (Hq / Hkv)), D head dim.
-//   out_i = sum_j softmax_j(scale * q_i . k_j) v_j  over keys j <= i + (Skv - S)
-//   lse_i = log sum_j exp(scale * q_i . k_j)       (saved for the backward)
+//   out_i = sum_j softmax_j(scale * q_i . k_j) v_j   over keys lo_i <= j <= i + (Skv - S)
+//   lse_i = log sum_j exp(scale * q_i . k_j)        (the same keys; saved for the backward)
+// with lo_i = first_key[b,i] (int32 [B,S]; null means 0 everywhere: plain causal attention),
+// a per-query lower bound on the keys: pos - window + 1 for a sliding window, a packed sample's
+// first position for samples sharing a row. The caller guarantees 0 <= lo_i <= i + (Skv - S).
 // Blocked like FlashAttention: scores exist only one tile at a time (memory O(S) per head),
 // the forward keeps an online softmax, the backward recomputes probabilities from lse.
 #pragma once
@@ -19,12 +22,14 @@ struct AttentionShape {
 struct AttentionKernels {
   void (*forward)(const float* q /*[B,S,Hq,D]*/, const float* k /*[B,Skv,Hkv,D]*/,
                   const float* v /*[B,Skv,Hkv,D]*/, float scale, float* out /*[B,S,Hq,D]*/,
-                  float* lse /*[B,Hq,S]*/, const AttentionShape& s);
+                  float* lse /*[B,Hq,S]*/, const int32_t* first_key /*[B,S] or null*/,
+                  const AttentionShape& s);
   // dq, dk, dv overwritten; dk/dv sum over the query heads sharing a KV head.
   void (*backward)(const float* dout /*[B,S,Hq,D]*/, const float* q, const float* k,
                    const float* v, const float* out /*[B,S,Hq,D]*/, const float* lse /*[B,Hq,S]*/,
                    float scale, float* dq /*[B,S,Hq,D]*/, float* dk /*[B,Skv,Hkv,D]*/,
-                   float* dv /*[B,Skv,Hkv,D]*/, const AttentionShape& s);
+                   float* dv /*[B,Skv,Hkv,D]*/, const int32_t* first_key /*[B,S] or null*/,
+                   const AttentionShape& s);
 };
 
 const AttentionKernels& attention_kernels();  // the active tier's kernels

@@ -55,7 +55,7 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // online softmax (running max m and sum l per row), then are normalised by l.
 template <class V>
 void attention_forward_v(const float* q, const float* k, const float* v, float scale, float* out,
-                         float* lse, const AttentionShape& s) {
+                         float* lse, const int32_t* first_key, const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
@@ -70,6 +70,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
     const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * s.Skv;          // [D, Skv]
     const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
+    const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
     for (int64_t r = 0; r < nr; ++r) {
       std::memset(out_tile + r * ldq, 0, sizeof(float) * D);
@@ -83,14 +84,18 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
                     false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
-        const int64_t n_valid = std::clamp<int64_t>(i0 + r + off + 1 - j0, 0, nc);
-        std::memset(srow + n_valid, 0, sizeof(float) * (nc - n_valid));  // masked: p = 0
-        if (n_valid == 0) continue;
-        const float m_new = std::max(m.p[r], reduce_max<V>(srow, n_valid));
-        const float p_sum = reduce_sum<V>(n_valid, [&](auto u, int64_t c) {
+        // The row's keys in this tile are [c_lo, c_hi); the others are masked (p = 0).
+        const int64_t c_lo = lo_tile ? std::clamp<int64_t>(lo_tile[r] - j0, 0, nc) : 0;
+        const int64_t c_hi = std::clamp<int64_t>(i0 + r + off + 1 - j0, 0, nc);
+        std::memset(srow, 0, sizeof(float) * c_lo);
+        std::memset(srow + c_hi, 0, sizeof(float) * (nc - c_hi));
+        if (c_hi <= c_lo) continue;
+        float* valid = srow + c_lo;
+        const float m_new = std::max(m.p[r], reduce_max<V>(valid, c_hi - c_lo));
+        const float p_sum = reduce_sum<V>(c_hi - c_lo, [&](auto u, int64_t c) {
           using U = decltype(u);
-          const auto p = U::exp(U::sub(U::load(srow + c), U::set1(m_new)));
-          U::store(srow + c, p);
+          const auto p = U::exp(U::sub(U::load(valid + c), U::set1(m_new)));
+          U::store(valid + c, p);
           return p;
         });
         const float alpha = std::exp(m.p[r] - m_new);  // 0 on the first block (m = -inf)
@@ -124,6 +129,19 @@ void attention_delta(const float* dout, const float* out, float* delta, const At
   });
 }
 
+// Zeroes P^T and dS^T where key j0 + c lies below query r's first key. The lower bounds of a
+// tile's queries need not be monotonic (random bounds, packed samples), so this goes entry
+// by entry; it runs only on tiles some query of which starts inside or after the key tile.
+inline void mask_below_first_key(const int32_t* lo /*[nr]*/, int64_t nr, int64_t j0, int64_t nc,
+                                 float* pt /*[nc, kQueryBlock]*/, float* dst /*[nc, kQueryBlock]*/) {
+  int32_t lo_max = 0;
+  for (int64_t r = 0; r < nr; ++r) lo_max = lo[r] > lo_max ? lo[r] : lo_max;
+  if (lo_max <= j0) return;  // every query sees every key of the tile its causal bound allows
+  for (int64_t c = 0; c < nc; ++c)
+    for (int64_t r = 0; r < nr; ++r)
+      if (lo[r] > j0 + c) pt[c * kQueryBlock + r] = dst[c * kQueryBlock + r] = 0.0f;
+}
+
 // Backward, FlashAttention-2 order: a task owns one KV head's key blocks (every
 // n_chunks-th one, which balances the causal work) and so owns their dk/dv rows, summed
 // over the query heads of the group; it adds its share of dq into its own dq buffer.
@@ -135,7 +153,7 @@ void attention_delta(const float* dout, const float* out, float* delta, const At
 template <class V>
 void attention_backward_v(const float* dout, const float* q, const float* k, const float* v,
                           const float* out, const float* lse, float scale, float* dq, float* dk,
-                          float* dv, const AttentionShape& s) {
+                          float* dv, const int32_t* first_key, const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
@@ -178,6 +196,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
           const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * s.S + i0;
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
+          const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;
           gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, s.S, pt.p, kQueryBlock, scale, false);
           gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, s.S, dst.p, kQueryBlock, 1.0f, false);
           for (int64_t c = 0; c < nc; ++c) {
@@ -194,6 +213,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
               U::store(dsrow + r, U::mul(p, U::sub(U::load(dsrow + r), U::load(delta_tile + r))));
             });
           }
+          if (lo_tile) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
           gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, 1, do_tile, ldq, dv_acc.p, D, 1.0f, true);
           gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, 1, q_tile, ldq, dk_acc.p, D, scale, true);
           // dS = (dS^T)^T, read through swapped strides
