@@ -4,15 +4,16 @@ import gguf
 import numpy as np
 import pytest
 
-from ggtune.checkpoint import (RANK_KINDS, Checkpoint, CheckpointError, ModelHparams, OptimizerCheckpoint,
+from ggtune.architecture import HParams
+from ggtune.checkpoint import (Checkpoint, CheckpointError, OptimizerCheckpoint,
                                TrainCounters, check_resume_compatible, load_checkpoint, load_checkpoint_if_present,
-                               lora_base_names,
                                output_names, parameter_names, save_checkpoint)
+from ggtune.names import ALL_KINDS as RANK_KINDS, lora_base_names
 from ggtune.data import ShuffleState, seed_rng_state
 
-HP = ModelHparams(n_ctx=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2,
-                  rms_norm_eps=float(np.float32(1e-5)),  # stored as f32: round-trips exactly
-                  rope_freq_base=10000.0, rope_freq_scale=1.0)
+HP = HParams(n_vocab=0, n_ctx_train=64, n_embd=8, n_ff=12, n_head=4, n_head_kv=2, n_layer=2, n_rot=2,
+             rms_eps=float(np.float32(1e-5)),  # stored as f32: round-trips exactly
+             rope_freq_base=10000.0, rope_freq_scale=1.0)
 N_VOCAB = 11
 
 

@@ -67,8 +67,8 @@ def test_weights_are_views_of_the_file_and_decode_like_gguf(tmp_path, wtype):
         assert w.data.dtype == np.uint8 and w.data.shape[0] == w.n_out
         assert isinstance(w.data.base, (np.memmap, np.ndarray)) and not w.data.flags.owndata
         np.testing.assert_array_equal(w.dequantize(), ref.w[name].astype(np.float32), err_msg=name)
-    assert m.layers[0].wq.ggml_type == wtype
-    np.testing.assert_array_equal(m.layers[0].attn_norm, ref.w["blk.0.attn_norm.weight"])
+    assert m.layers[0].matrices["attn_q"].ggml_type == wtype
+    np.testing.assert_array_equal(m.layers[0].norms["attn_norm"], ref.w["blk.0.attn_norm.weight"])
 
 
 def test_metadata_is_plain_python(tmp_path):
@@ -211,4 +211,4 @@ def test_smollm2_hparams(smollm2_path):
     assert (hp.n_vocab, hp.n_embd, hp.n_ff, hp.n_head, hp.n_head_kv, hp.n_layer) == (49152, 576, 1536, 9, 3, 30)
     assert hp.n_rot == 64 and hp.rope_freq_base == 100000.0 and hp.n_ctx_train == 8192
     assert m.tied_embeddings
-    assert m.layers[0].wq.ggml_type == T.Q4_1 and m.token_embd.ggml_type == T.Q8_0
+    assert m.layers[0].matrices["attn_q"].ggml_type == T.Q4_1 and m.token_embd.ggml_type == T.Q8_0

@@ -6,7 +6,8 @@ from gguf import GGMLQuantizationType as T
 
 from ggtune.gguf_io import read_llama_gguf
 from ggtune.graph import Graph, Grads
-from ggtune.lora import ALL_KINDS, init_lora, kind_of
+from ggtune.lora import init_lora
+from ggtune.names import ALL_KINDS, kind_of
 from reference_model import ReferenceLlama
 from tiny_models import write_tiny_llama
 

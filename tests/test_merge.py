@@ -15,8 +15,10 @@ from gguf import GGMLQuantizationType as T
 
 from ggtune import quantize as q
 from ggtune.adapters import AdapterError, checkpoint_to_modern
-from ggtune.checkpoint import (RANK_KINDS, Checkpoint, ModelHparams, OptimizerCheckpoint, TrainCounters,
-                               lora_base_names, save_checkpoint)
+from ggtune.architecture import HParams
+from ggtune.checkpoint import (Checkpoint, OptimizerCheckpoint, TrainCounters,
+                               save_checkpoint)
+from ggtune.names import ALL_KINDS as RANK_KINDS, lora_base_names
 from ggtune.data import ShuffleState
 from ggtune.gguf_io import GGUFError, read_llama_gguf
 from ggtune.graph import Graph
@@ -165,9 +167,7 @@ def write_checkpoint(path, weights, ranks: dict[str, int], seed=0,
                       (0.3 * rng.standard_normal((n_out, r))).astype(np.float32))
     count = sum(a.size + b.size for a, b in lora.values())
     ckpt = Checkpoint(
-        hparams=ModelHparams(n_ctx=hp.n_ctx_train, n_embd=hp.n_embd, n_ff=hp.n_ff, n_head=hp.n_head,
-                             n_head_kv=hp.n_head_kv, n_layer=hp.n_layer, n_rot=hp.n_rot, rms_norm_eps=hp.rms_eps,
-                             rope_freq_base=hp.rope_freq_base, rope_freq_scale=hp.rope_freq_scale),
+        hparams=hp,
         ranks=ranks, lora=lora,
         optimizer=OptimizerCheckpoint(m=np.zeros(count, np.float32), v=np.zeros(count, np.float32)),
         counters=TrainCounters(), shuffle=ShuffleState(rng_state="unused", samples_hash=0, sample_count=0, next_sample=0),
@@ -194,7 +194,7 @@ def test_checkpoint_source_matches_numpy_expectation(tmp_path, tied):
         delta = scale * (b_ck.astype(np.float64) @ a_ck.T.astype(np.float64))  # (n_out, n_in)
         if name.endswith("norm.weight"):  # w (n_embd,) + s·(B_ck @ A_ck.T)[0]
             norms = {"output_norm.weight": weights.output_norm}
-            norms.update({f"blk.{i}.{k}.weight": getattr(layer, k) for i, layer in enumerate(weights.layers)
+            norms.update({f"blk.{i}.{k}.weight": layer.norms[k] for i, layer in enumerate(weights.layers)
                           for k in ("attn_norm", "ffn_norm")})
             expected = norms[name].astype(np.float64) + delta[0]
         else:

@@ -130,7 +130,7 @@ def test_bad_tokens(tmp_path):
 
 def test_linear_applies_lora_without_materialising(tmp_path):
     """linear = x W^T + sum scale (x A^T) B^T, for several adapters on one weight."""
-    w = read_llama_gguf(tiny_path(tmp_path, T.Q8_0)).layers[0].w_gate  # [96, 64]
+    w = read_llama_gguf(tiny_path(tmp_path, T.Q8_0)).layers[0].matrices["ffn_gate"]  # [96, 64]
     rng = np.random.default_rng(3)
     x = rng.standard_normal((5, 64)).astype(np.float32)
     pairs = [LoraPair(rng.standard_normal((r, 64)).astype(np.float32),

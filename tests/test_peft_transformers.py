@@ -81,7 +81,7 @@ def hf_logits(hf, peft_dir, ids) -> np.ndarray:
 
 def test_weights_are_dequantized_identically(setup):
     """attn_v is not permuted: transformers' float32 weight is exactly ggtune's dequantized Q4_1."""
-    ours = setup["ours"].weights.layers[3].wv.dequantize()
+    ours = setup["ours"].weights.layers[3].matrices["attn_v"].dequantize()
     theirs = setup["hf"].model.layers[3].self_attn.v_proj.weight.detach().numpy()
     np.testing.assert_array_equal(theirs, ours)
 

@@ -23,7 +23,7 @@ import struct
 import numpy as np
 
 from .atomic import atomic_path
-from .checkpoint import GLOBAL_KINDS, LAYER_KINDS, NORM_KINDS, RANK_KINDS, kind_of
+from .names import ALL_KINDS, NORM_KINDS, checkpoint_order, kind_of
 from .optim import ggml_n_dims
 
 FORMATS = ("gguf", "ggla")
@@ -38,14 +38,14 @@ class AdapterError(ValueError):
 # ---- what a format can carry ---------------------------------------------------------------------
 
 def adapter_capabilities(fmt: str, tied_embeddings: bool) -> frozenset[str]:
-    """The tensor kinds (names of checkpoint.RANK_KINDS) an adapter in ``fmt`` can carry for a
+    """The tensor kinds (names.ALL_KINDS) an adapter in ``fmt`` can carry for a
     model with or without tied embeddings (no output.weight).
 
     gguf: llama.cpp ignores norm adapters, and aborts on a token_embd adapter of a tied model;
     output exists only on untied models. ggla: every kind the model has."""
     if fmt not in FORMATS:
         raise AdapterError(f"adapter format: expected one of {FORMATS}, got {fmt!r}")
-    kinds = set(RANK_KINDS)
+    kinds = set(ALL_KINDS)
     if tied_embeddings:
         kinds.discard("output")
     if fmt == "gguf":
@@ -77,16 +77,6 @@ def _check_pair(base: str, a: np.ndarray, b: np.ndarray) -> int:
     return a.shape[0]
 
 
-def _canonical_order(bases) -> list[str]:
-    """token_embd, output_norm, output, then layer by layer in section D's kind order."""
-    def key(base):
-        kind = kind_of(base)
-        if kind in GLOBAL_KINDS:
-            return (-1, GLOBAL_KINDS.index(kind))
-        return (int(base.split(".")[1]), LAYER_KINDS.index(kind))
-    return sorted(bases, key=key)
-
-
 # ---- GGUF adapter --------------------------------------------------------------------------------
 
 def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray, np.ndarray]], *,
@@ -115,7 +105,7 @@ def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
         w.add_float32("adapter.lora.alpha", float(alpha))
         for key, value in (metadata or {}).items():
             w.add_bool(key, value) if isinstance(value, bool) else w.add_float32(key, float(value))
-        for base in _canonical_order(lora):
+        for base in checkpoint_order(lora):
             a, b = lora[base]
             if kind_of(base) == "token_embd":  # llama.cpp gathers rows of lora_a: flipped pair
                 a, b = b, a.T
@@ -214,7 +204,7 @@ def write_ggla_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
     header_scale = header_alpha / lora_r
     with atomic_path(path) as tmp, open(tmp, "wb") as f:
         f.write(struct.pack("<4I", GGLA_MAGIC, 1, lora_r, header_alpha))
-        for base in _canonical_order(lora):
+        for base in checkpoint_order(lora):
             a, b = lora[base]
             r = a.shape[1]
             if a.ndim != 2 or b.ndim != 2 or b.shape[1] != r:

@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic import atomic_path
+from .architecture import HParams
 from .data import ShuffleState
+from .names import ALL_KINDS, kind_of, lora_base_names
 
 TRAINING_TYPE = "finetune_lora"
-GLOBAL_KINDS = ("token_embd", "output_norm", "output")
-LAYER_KINDS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output", "ffn_norm", "ffn_gate", "ffn_down",
-               "ffn_up")
 # The LoRA alpha the checkpoint was trained with: ggtune writes it (the original did not, so a
 # resume with another --lora-alpha silently changed the adapters' scale); the original's
 # converter and loader ignore keys they do not know.
@@ -38,27 +37,10 @@ RSLORA_KEY = "ggtune.training.rslora"
 SEED_KEY = "ggtune.training.seed"
 BEST_VAL_KEY = "ggtune.training.best_val_loss"
 SINCE_BEST_KEY = "ggtune.training.evals_since_best"
-RANK_KINDS = GLOBAL_KINDS + LAYER_KINDS  # order of the training.lora.rank.* keys
-NORM_KINDS = ("output_norm", "attn_norm", "ffn_norm")
 
 
 class CheckpointError(ValueError):
     """A checkpoint that cannot be read or used; the message names the file or the setting."""
-
-
-@dataclass
-class ModelHparams:
-    """The llama.* keys a checkpoint records about its base model."""
-    n_ctx: int  # llama.context_length (the training context)
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    n_layer: int
-    n_rot: int
-    rms_norm_eps: float
-    rope_freq_base: float
-    rope_freq_scale: float
 
 
 @dataclass
@@ -89,8 +71,8 @@ class OptimizerCheckpoint:
 
 @dataclass
 class Checkpoint:
-    hparams: ModelHparams
-    ranks: dict[str, int]  # every kind of RANK_KINDS -> rank (0 = not trained)
+    hparams: HParams  # of the base model; n_ctx_train is the training context, n_vocab 0 when read back
+    ranks: dict[str, int]  # every kind of ALL_KINDS -> rank (0 = not trained)
     lora: dict[str, tuple[np.ndarray, np.ndarray]]  # base name "blk.0.attn_q.weight" -> (A (n_in, r), B (n_out, r))
     optimizer: OptimizerCheckpoint
     counters: TrainCounters
@@ -103,25 +85,12 @@ class Checkpoint:
     evals_since_best: int = 0
 
 
-# ---- names ---------------------------------------------------------------------------------------
-
-def lora_base_names(n_layer: int, ranks: dict[str, int]) -> list[str]:
-    """Base tensor names carrying an adapter, in the checkpoint's order."""
-    names = [f"{kind}.weight" for kind in GLOBAL_KINDS if ranks.get(kind, 0) > 0]
-    for layer in range(n_layer):
-        names += [f"blk.{layer}.{kind}.weight" for kind in LAYER_KINDS if ranks.get(kind, 0) > 0]
-    return names
-
+# ---- names ----------------------------------------------------------------------------------------
 
 def parameter_names(n_layer: int, ranks: dict[str, int]) -> list[str]:
     """The optimizer's parameters in the order of its flat moment vectors:
-    ``<base>.lora_a``, ``<base>.lora_b`` for each base name of :func:`lora_base_names`."""
+    ``<base>.lora_a``, ``<base>.lora_b`` for each base name of :func:`names.lora_base_names`."""
     return [f"{base}.{half}" for base in lora_base_names(n_layer, ranks) for half in ("lora_a", "lora_b")]
-
-
-def kind_of(base_name: str) -> str:
-    """"blk.3.attn_q.weight" -> "attn_q"; "token_embd.weight" -> "token_embd"."""
-    return base_name.split(".")[-2]
 
 
 def output_names(pattern: str, iteration: int, pattern_it: str = "ITERATION", fn_latest: str = "LATEST") -> list[str]:
@@ -145,15 +114,15 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         w = gguf.GGUFWriter(tmp, "llama")  # writes general.architecture = "llama"
         w.add_string("training.type", TRAINING_TYPE)
         w.add_uint32("general.file_type", 0)
-        for key, value in (("context_length", hp.n_ctx), ("embedding_length", hp.n_embd),
+        for key, value in (("context_length", hp.n_ctx_train), ("embedding_length", hp.n_embd),
                            ("feed_forward_length", hp.n_ff), ("attention.head_count", hp.n_head),
                            ("attention.head_count_kv", hp.n_head_kv), ("block_count", hp.n_layer),
                            ("rope.dimension_count", hp.n_rot)):
             w.add_uint32(f"llama.{key}", value)
-        w.add_float32("llama.attention.layer_norm_rms_epsilon", hp.rms_norm_eps)
+        w.add_float32("llama.attention.layer_norm_rms_epsilon", hp.rms_eps)
         w.add_float32("llama.rope.freq_base", hp.rope_freq_base)
         w.add_float32("llama.rope.scale_linear", hp.rope_freq_scale)
-        for kind in RANK_KINDS:
+        for kind in ALL_KINDS:
             w.add_uint32(f"training.lora.rank.{kind}", ckpt.ranks[kind])
         w.add_uint32("training.file_version", 1)
         for key in ("iteration_count", "sample_count", "token_count", "epoch_count"):
@@ -194,7 +163,7 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
 
 
 def _validated_bases(ckpt: Checkpoint) -> list[str]:
-    missing_ranks = [k for k in RANK_KINDS if k not in ckpt.ranks]
+    missing_ranks = [k for k in ALL_KINDS if k not in ckpt.ranks]
     if missing_ranks:
         raise CheckpointError(f"checkpoint ranks: missing {missing_ranks}")
     bases = lora_base_names(ckpt.hparams.n_layer, ckpt.ranks)
@@ -258,14 +227,14 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
         raise CheckpointError(f"training.type is {training_type!r}, expected {TRAINING_TYPE!r} (a finetune checkpoint)")
     if get.string("optimizer.type") != "adam":
         raise CheckpointError(f"optimizer.type is {get.string('optimizer.type')!r}; only 'adam' is supported")
-    hp = ModelHparams(
-        n_ctx=get.int("llama.context_length"), n_embd=get.int("llama.embedding_length"),
+    hp = HParams(
+        n_vocab=0, n_ctx_train=get.int("llama.context_length"), n_embd=get.int("llama.embedding_length"),
         n_ff=get.int("llama.feed_forward_length"), n_head=get.int("llama.attention.head_count"),
         n_head_kv=get.int("llama.attention.head_count_kv"), n_layer=get.int("llama.block_count"),
         n_rot=get.int("llama.rope.dimension_count"),
-        rms_norm_eps=get.float("llama.attention.layer_norm_rms_epsilon"),
+        rms_eps=get.float("llama.attention.layer_norm_rms_epsilon"),
         rope_freq_base=get.float("llama.rope.freq_base"), rope_freq_scale=get.float("llama.rope.scale_linear"))
-    ranks = {kind: get.int(f"training.lora.rank.{kind}") for kind in RANK_KINDS}
+    ranks = {kind: get.int(f"training.lora.rank.{kind}") for kind in ALL_KINDS}
     lora = {}
     for base in lora_base_names(hp.n_layer, ranks):
         lora[base] = (_tensor(tensors, f"{base}.lora_a"), _tensor(tensors, f"{base}.lora_b"))
@@ -349,7 +318,7 @@ class _FieldGetter:
 
 def check_resume_compatible(ckpt: Checkpoint, ranks: dict[str, int], opt_past: int) -> None:
     """Aborts a resume whose settings differ from the checkpoint's, as the original did."""
-    changed = [f"{k} {ckpt.ranks.get(k, 0)} -> {ranks.get(k, 0)}" for k in RANK_KINDS
+    changed = [f"{k} {ckpt.ranks.get(k, 0)} -> {ranks.get(k, 0)}" for k in ALL_KINDS
                if ckpt.ranks.get(k, 0) != ranks.get(k, 0)]
     if changed:
         raise CheckpointError(

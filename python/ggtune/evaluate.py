@@ -13,7 +13,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .model import LlamaModel
+from .model import Model
 
 DEFAULT_BATCH_TOKENS = 512  # tokens per forward batch, like llama.cpp's n_batch
 
@@ -34,7 +34,7 @@ def chunk_tokens(tokens: Sequence[int], ctx: int) -> list[np.ndarray]:
     return [ids[i:i + ctx] for i in range(0, len(ids), ctx) if len(ids[i:i + ctx]) >= 2]
 
 
-def perplexity(model: LlamaModel, tokens: Sequence[int], ctx: int, batch_tokens: int = DEFAULT_BATCH_TOKENS,
+def perplexity(model: Model, tokens: Sequence[int], ctx: int, batch_tokens: int = DEFAULT_BATCH_TOKENS,
                progress: Optional[Callable[[int, int], None]] = None) -> PerplexityResult:
     """Mean next-token cross-entropy of `tokens` scored in chunks of ctx; progress(done, total) in tokens."""
     if ctx < 2:

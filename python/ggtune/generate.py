@@ -12,7 +12,7 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-from .model import LlamaModel
+from .model import Model
 
 
 def sample_next(logits: np.ndarray, rng: np.random.Generator, temp: float = 0.8, top_k: int = 40,
@@ -34,7 +34,7 @@ def sample_next(logits: np.ndarray, rng: np.random.Generator, temp: float = 0.8,
     return int(ids[rng.choice(len(ids), p=p / p.sum())])
 
 
-def generate(model: LlamaModel, prompt: Sequence[int], n_predict: int = 128, *, temp: float = 0.8,
+def generate(model: Model, prompt: Sequence[int], n_predict: int = 128, *, temp: float = 0.8,
              top_k: int = 40, top_p: float = 0.95, seed: Optional[int] = None,
              on_token: Optional[Callable[[int], None]] = None) -> list[int]:
     """Up to n_predict new token ids after `prompt`, stopping at an end-of-generation token.
@@ -64,7 +64,7 @@ def generate(model: LlamaModel, prompt: Sequence[int], n_predict: int = 128, *, 
     return out
 
 
-def chat_prompt(model: LlamaModel, user_text: str) -> str:
+def chat_prompt(model: Model, user_text: str) -> str:
     """The user's message wrapped by the model's chat template, ready for the assistant's answer."""
     from .chat import ChatTemplateError, render_chat
 
@@ -80,7 +80,7 @@ def chat_prompt(model: LlamaModel, user_text: str) -> str:
 class TextStream:
     """Writes generated tokens' text as soon as it is valid UTF-8 (a character may span tokens)."""
 
-    def __init__(self, model: LlamaModel, out=None):
+    def __init__(self, model: Model, out=None):
         self.tokenizer = model.tokenizer
         self.decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self.out = out or sys.stdout

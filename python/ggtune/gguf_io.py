@@ -1,4 +1,4 @@
-"""Read LLaMA-family GGUF models, memory-mapped, weights kept in their stored (quantized) form.
+"""Read GGUF models (the families of architecture.py), memory-mapped, weights kept in their stored (quantized) form.
 
 Shapes: numpy order, row-major. A weight with ggml ne = (n_in, n_out) is stored as n_out rows of
 n_in elements; here it is a `Weight` whose `data` is a uint8 view [n_out, row_bytes] into the map.
@@ -16,23 +16,15 @@ import numpy as np
 import gguf
 
 from . import _core
+from .architecture import Architecture, GGUFError, HParams, family_of, read_hparams  # noqa: F401 (GGUFError: here since the start)
+from .names import BIAS_KINDS, ROPE_FREQS, tensor_name
 
 GGUF_MAGIC = b"GGUF"
-ARCHITECTURE = "llama"
 
 # ggml type ids of weights ggtune loads: those of csrc/quant/types.h except Q8_1, which llama.cpp
 # never stores as a weight and which gguf-py sizes as 40-byte blocks where ggml's are 36 bytes.
 SUPPORTED_TYPES = frozenset({0, 1, 2, 3, 6, 7, 8, 10, 11, 12, 13, 14, 30})
 
-# Defaults for optional keys, as llama.cpp assumes them. A converted training checkpoint carries
-# neither a vocabulary, a KV head count, a context length nor a frequency base.
-DEFAULT_CONTEXT_LENGTH = 2048
-DEFAULT_ROPE_FREQ_BASE = 10000.0
-DEFAULT_RMS_EPS = 1e-5
-
-
-class GGUFError(ValueError):
-    """A GGUF file that ggtune cannot use; the message names the file (and key or tensor)."""
 
 
 def type_name(ggml_type: int) -> str:
@@ -71,57 +63,27 @@ class Weight:
 
 
 @dataclass
-class HParams:
-    n_vocab: int
-    n_ctx_train: int
-    n_embd: int
-    n_ff: int
-    n_head: int
-    n_head_kv: int
-    n_layer: int
-    n_rot: int  # rotated dimensions per head (rope.dimension_count)
-    rope_freq_base: float
-    rope_freq_scale: float  # 1 / linear scaling factor
-    rms_eps: float
-
-    @property
-    def head_dim(self) -> int:
-        return self.n_embd // self.n_head
-
-    @property
-    def n_embd_kv(self) -> int:
-        return self.head_dim * self.n_head_kv
-
-
-@dataclass
 class LayerWeights:
-    attn_norm: np.ndarray  # f32 [C]
-    wq: Weight  # [H*D, C]
-    wk: Weight  # [Hkv*D, C]
-    wv: Weight  # [Hkv*D, C]
-    wo: Weight  # [C, H*D]
-    ffn_norm: np.ndarray  # f32 [C]
-    w_gate: Weight  # [F, C]
-    w_up: Weight  # [F, C]
-    w_down: Weight  # [C, F]
+    """One block's tensors by kind (names.py): matrices stay in their stored type, vectors are f32."""
 
-    def linears(self) -> dict[str, Weight]:
-        """The layer's matrices by their GGUF short name (attn_q, ..., ffn_up)."""
-        return {
-            "attn_q": self.wq, "attn_k": self.wk, "attn_v": self.wv, "attn_output": self.wo,
-            "ffn_gate": self.w_gate, "ffn_up": self.w_up, "ffn_down": self.w_down,
-        }
+    matrices: dict[str, Weight]  # attn_q [Hq*D, C], attn_k/v [Hkv*D, C], attn_output [C, Hq*D], ffn_* [F, C] / [C, F]
+    norms: dict[str, np.ndarray]  # attn_norm, ffn_norm [C]; the family's frozen norms (q/k [D], post [C])
+    biases: dict[str, np.ndarray] = field(default_factory=dict)  # attn_q/k/v [n_out] (qwen2)
 
 
 @dataclass
 class ModelWeights:
     path: str
-    hparams: HParams
+    arch: Architecture
     token_embd: Weight  # [V, C]
     output_norm: np.ndarray  # f32 [C]
     output: Weight  # [V, C]; the same object as token_embd when embeddings are tied
     layers: list[LayerWeights]
     metadata: dict[str, Any] = field(repr=False)  # every key/value of the file, as Python values
+
+    @property
+    def hparams(self) -> HParams:
+        return self.arch.hp
 
     @property
     def tied_embeddings(self) -> bool:
@@ -133,8 +95,8 @@ class ModelWeights:
         if not self.tied_embeddings:
             named["output.weight"] = self.output
         for i, layer in enumerate(self.layers):
-            for short, w in layer.linears().items():
-                named[f"blk.{i}.{short}.weight"] = w
+            for kind, w in layer.matrices.items():
+                named[tensor_name(kind, i)] = w
         return named
 
 
@@ -162,51 +124,6 @@ def open_gguf(path: str | os.PathLike) -> gguf.GGUFReader:
 def read_metadata(reader: gguf.GGUFReader) -> dict[str, Any]:
     """Every key/value pair as plain Python values (str, int, float, bool, lists of them)."""
     return {key: f.contents() for key, f in reader.fields.items() if not key.startswith("GGUF.")}
-
-
-def read_hparams(path: str, meta: dict[str, Any], n_vocab_default: int) -> HParams:
-    arch = meta.get("general.architecture")
-    if arch != ARCHITECTURE:
-        raise GGUFError(f"{path}: general.architecture is {arch!r}, ggtune runs '{ARCHITECTURE}' models")
-
-    def key(name: str, default: Any = None) -> Any:
-        full = f"{ARCHITECTURE}.{name}"
-        if full in meta:
-            return meta[full]
-        if default is None:
-            raise GGUFError(f"{path}: missing metadata key '{full}'")
-        return default
-
-    n_embd = int(key("embedding_length"))
-    n_head = int(key("attention.head_count"))
-    if n_head <= 0 or n_embd % n_head:
-        raise GGUFError(f"{path}: embedding_length {n_embd} is not a multiple of head_count {n_head}")
-    n_head_kv = int(key("attention.head_count_kv", n_head))
-    if n_head_kv <= 0 or n_head % n_head_kv:
-        raise GGUFError(f"{path}: head_count {n_head} is not a multiple of head_count_kv {n_head_kv}")
-    tokens = meta.get("tokenizer.ggml.tokens")
-    n_vocab = int(key("vocab_size", len(tokens) if tokens else n_vocab_default))
-    head_dim = n_embd // n_head
-    n_rot = int(key("rope.dimension_count", head_dim))
-    if n_rot > head_dim or n_rot % 2:
-        raise GGUFError(f"{path}: rope.dimension_count {n_rot} must be even and <= head size {head_dim}")
-    linear_factor = float(key("rope.scaling.factor", key("rope.scale_linear", 1.0)))
-    if meta.get(f"{ARCHITECTURE}.rope.scaling.type", "linear") not in ("linear", "none"):
-        raise GGUFError(f"{path}: rope scaling type {meta[f'{ARCHITECTURE}.rope.scaling.type']!r} "
-                        "is not supported (only linear)")
-    return HParams(
-        n_vocab=n_vocab,
-        n_ctx_train=int(key("context_length", DEFAULT_CONTEXT_LENGTH)),
-        n_embd=n_embd,
-        n_ff=int(key("feed_forward_length")),
-        n_head=n_head,
-        n_head_kv=n_head_kv,
-        n_layer=int(key("block_count")),
-        n_rot=n_rot,
-        rope_freq_base=float(key("rope.freq_base", DEFAULT_ROPE_FREQ_BASE)),
-        rope_freq_scale=1.0 / linear_factor if linear_factor else 1.0,
-        rms_eps=float(key("attention.layer_norm_rms_epsilon", DEFAULT_RMS_EPS)),
-    )
 
 
 class _TensorTable:
@@ -248,8 +165,8 @@ class _TensorTable:
         return Weight(t.data.view(np.uint8).reshape(1, -1), int(t.tensor_type), 1, n, name).dequantize()[0]
 
 
-def read_llama_gguf(path: str | os.PathLike) -> ModelWeights:
-    """Reads a llama-architecture GGUF model; weights stay views of the memory map."""
+def read_model_gguf(path: str | os.PathLike) -> ModelWeights:
+    """Reads a GGUF model of a supported family (architecture.py); weights stay views of the map."""
     path = os.fspath(path)
     reader = open_gguf(path)
     meta = read_metadata(reader)
@@ -259,24 +176,35 @@ def read_llama_gguf(path: str | os.PathLike) -> ModelWeights:
     if not table.has("token_embd.weight"):
         raise GGUFError(f"{path}: missing tensor 'token_embd.weight'")
     n_vocab_from_embd = int(table.tensors["token_embd.weight"].shape[-1])
+    family = family_of(path, meta)
     hp = read_hparams(path, meta, n_vocab_from_embd)
-    C, F, D = hp.n_embd, hp.n_ff, hp.head_dim
+    rope_freqs = table.vector(ROPE_FREQS, hp.n_rot // 2) if family.rope_freqs and table.has(ROPE_FREQS) else None
+    arch = Architecture(family, hp, rope_freqs)
+    C = hp.n_embd
     token_embd = table.weight("token_embd.weight", C, hp.n_vocab)
     output = table.weight("output.weight", C, hp.n_vocab) if table.has("output.weight") else token_embd
-    layers = []
-    for i in range(hp.n_layer):
-        p = f"blk.{i}."
-        layers.append(LayerWeights(
-            attn_norm=table.vector(p + "attn_norm.weight", C),
-            wq=table.weight(p + "attn_q.weight", C, hp.n_head * D),
-            wk=table.weight(p + "attn_k.weight", C, hp.n_head_kv * D),
-            wv=table.weight(p + "attn_v.weight", C, hp.n_head_kv * D),
-            wo=table.weight(p + "attn_output.weight", hp.n_head * D, C),
-            ffn_norm=table.vector(p + "ffn_norm.weight", C),
-            w_gate=table.weight(p + "ffn_gate.weight", C, F),
-            w_up=table.weight(p + "ffn_up.weight", C, F),
-            w_down=table.weight(p + "ffn_down.weight", F, C),
-        ))
-    return ModelWeights(path=path, hparams=hp, token_embd=token_embd,
+    layers = [_read_layer(table, arch, i) for i in range(hp.n_layer)]
+    return ModelWeights(path=path, arch=arch, token_embd=token_embd,
                         output_norm=table.vector("output_norm.weight", C), output=output,
                         layers=layers, metadata=meta)
+
+
+read_llama_gguf = read_model_gguf  # the name from when llama was the only family
+
+
+def _read_layer(table: "_TensorTable", arch: Architecture, i: int) -> LayerWeights:
+    hp, family = arch.hp, arch.family
+    C, F, Q, KV = hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
+    shapes = {"attn_q": (C, Q), "attn_k": (C, KV), "attn_v": (C, KV), "attn_output": (Q, C),
+              "ffn_gate": (C, F), "ffn_up": (C, F), "ffn_down": (F, C)}  # ggml ne (n_in, n_out)
+    norm_sizes = {"attn_norm": C, "ffn_norm": C}
+    if family.qk_norm:
+        norm_sizes.update(attn_q_norm=hp.head_dim, attn_k_norm=hp.head_dim)
+    if family.post_norms:
+        norm_sizes.update(post_attention_norm=C, post_ffw_norm=C)
+    norms = {kind: table.vector(tensor_name(kind, i), n) for kind, n in norm_sizes.items()}
+    matrices = {kind: table.weight(tensor_name(kind, i), *ne) for kind, ne in shapes.items()}
+    biases = {}
+    if family.qkv_bias:
+        biases = {kind: table.vector(tensor_name(kind, i, "bias"), shapes[kind][1]) for kind in BIAS_KINDS}
+    return LayerWeights(matrices=matrices, norms=norms, biases=biases)

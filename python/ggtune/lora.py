@@ -18,31 +18,7 @@ import numpy as np
 from .lora_options import lora_scale
 from .model import LoraPair  # a (r, n_in), b (n_out, r), scale
 
-# The tensor kinds of the original finetune (spec section A), with their per-kind flag names.
-LAYER_KINDS = ("attn_norm", "attn_q", "attn_k", "attn_v", "attn_output",
-               "ffn_norm", "ffn_gate", "ffn_down", "ffn_up")
-MODEL_KINDS = ("token_embd", "output_norm", "output")
-ALL_KINDS = MODEL_KINDS + LAYER_KINDS
-NORM_KINDS = ("attn_norm", "ffn_norm", "output_norm")
-MATRIX_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_down", "ffn_up")
-
-# spec option name -> tensor kind
-RANK_OPTIONS = {
-    "rank_att_norm": "attn_norm", "rank_ffn_norm": "ffn_norm", "rank_out_norm": "output_norm",
-    "rank_tok_embd": "token_embd", "rank_out": "output",
-    "rank_wq": "attn_q", "rank_wk": "attn_k", "rank_wv": "attn_v", "rank_wo": "attn_output",
-    "rank_w1": "ffn_gate", "rank_w2": "ffn_down", "rank_w3": "ffn_up",
-}
-
-
-def tensor_name(kind: str, layer: int | None) -> str:
-    """GGUF base-tensor name of a kind, e.g. ('attn_q', 3) -> 'blk.3.attn_q.weight'."""
-    return f"{kind}.weight" if layer is None else f"blk.{layer}.{kind}.weight"
-
-
-def kind_of(name: str) -> str:
-    """Inverse of tensor_name: 'blk.3.attn_q.weight' -> 'attn_q'."""
-    return name.split(".")[-2]
+from .names import ALL_KINDS, NORM_KINDS, kind_of, lora_base_names
 
 
 @dataclass
@@ -93,13 +69,9 @@ def target_shapes(weights, ranks: dict[str, int]) -> dict[str, tuple[int, int, i
     """name -> (rank, n_out, n_in) for every tensor of `weights` (gguf_io.ModelWeights) whose kind
     has rank > 0, in checkpoint order (token_embd, output_norm, output, then per layer)."""
     hp, matrices = weights.hparams, weights.weights_by_name()
-    names = [tensor_name(kind, None) for kind in MODEL_KINDS]
-    names += [tensor_name(kind, layer) for layer in range(hp.n_layer) for kind in LAYER_KINDS]
     shapes: dict[str, tuple[int, int, int]] = {}
-    for name in names:
-        rank = ranks.get(kind_of(name), 0)
-        if rank <= 0:
-            continue
+    for name in lora_base_names(hp.n_layer, ranks):
+        rank = ranks[kind_of(name)]
         if kind_of(name) in NORM_KINDS:
             shapes[name] = (rank, 1, hp.n_embd)
         elif name in matrices:  # output.weight is absent on tied-embedding models

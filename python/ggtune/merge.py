@@ -39,10 +39,11 @@ import gguf
 from . import quantize as q
 from .adapters import AdapterError, checkpoint_to_modern, read_gguf_adapter
 from .atomic import atomic_path
-from .checkpoint import NORM_KINDS, TRAINING_TYPE, CheckpointError, load_checkpoint
+from .checkpoint import TRAINING_TYPE, CheckpointError, load_checkpoint
+from .names import NORM_KINDS
 from .gguf_io import GGUFError, open_gguf, read_llama_gguf, row_bytes, type_name
 from .lora_options import lora_scale
-from .model import LlamaModel, LoraPair
+from .model import InferenceLinears, Model, LoraPair
 
 OUTTYPE_CHOICES = ("same",) + tuple(q.OUTTYPES)
 REQUANTIZE_CHOICES = ("gptq", "nearest")
@@ -251,7 +252,20 @@ def default_calibration() -> str:
     return str(resources.files("ggtune").joinpath("data/demo.txt"))
 
 
-class _InputCollector(LlamaModel):
+class _CollectingLinears(InferenceLinears):
+    """Inference products that first hand each linear layer's input x f32 [T, n_in] to on_input."""
+
+    def __init__(self, lora, precision: str, on_input: Callable[[str, np.ndarray], None]):
+        super().__init__(lora, precision)
+        self.on_input = on_input
+
+    def forward(self, x, items, outs=None):
+        for _, name in items:
+            self.on_input(name, x)
+        return super().forward(x, items, outs)
+
+
+class _InputCollector(Model):
     """The base + adapter forward that hands each linear layer's input x f32 [T, n_in] to on_input."""
 
     def __init__(self, weights, lora, on_input: Callable[[str, np.ndarray], None]):
@@ -259,14 +273,10 @@ class _InputCollector(LlamaModel):
         # activations (int8, ggml) move this model's inputs by 2-5% after a few layers, and
         # a fit to them measured 2% off in cross-entropy (0.1% with f32).
         super().__init__(weights, lora, precision="f32")
-        self.on_input = on_input
-
-    def _linear(self, x, name, weight):
-        self.on_input(name, x)
-        return super()._linear(x, name, weight)
+        self.block.lin = _CollectingLinears(self.lora, "f32", on_input)
 
 
-def _calibration_batch(model: LlamaModel, calibration: str, model_path: str) -> np.ndarray:
+def _calibration_batch(model: Model, calibration: str, model_path: str) -> np.ndarray:
     """Token ids int32 [B, S] of the calibration text: consecutive windows of S tokens."""
     try:
         with open(calibration, encoding="utf-8") as f:

@@ -1,4 +1,6 @@
-"""The llama forward pass over GGUF weights, built from ggtune's kernels.
+"""Inference over GGUF weights: the model object, its KV cache and LoRA adapters at inference.
+
+The layers run block.Block, the same forward training uses.
 
 Legend: B sequences, S tokens per sequence, T = B*S tokens, C n_embd, H heads, Hkv kv heads,
 D head dim, F n_ff, V vocab, r LoRA rank.
@@ -16,11 +18,11 @@ from typing import Optional, Sequence
 import numpy as np
 
 from . import _core
-from .gguf_io import GGUFError, HParams, ModelWeights, Weight, read_llama_gguf
+from .architecture import HParams
+from .block import Block, Tokens
+from .gguf_io import GGUFError, ModelWeights, Weight, read_model_gguf
 
-ROPE_MODE_NORMAL = 0  # llama.cpp's llama architecture: adjacent pairs, on GGUF's permuted Q/K rows
-LOGITS_ROWS_PER_CHUNK = 256
-F16 = 1  # ggml type id  # rows of [rows, V] logits computed at once by cross_entropy
+LOGITS_ROWS_PER_CHUNK = 256  # rows of [rows, V] logits computed at once by cross_entropy
 
 
 @dataclass
@@ -55,10 +57,24 @@ def linear(x: np.ndarray, weight: Weight, lora: Optional[Sequence[LoraPair]] = N
     return out
 
 
-def round_f16(x: np.ndarray) -> np.ndarray:
-    """x rounded to float16 and back, in place (llama.cpp's default F16 KV cache)."""
-    _core.round_activations(x.reshape(-1, x.shape[-1]), F16, x.reshape(-1, x.shape[-1]))
-    return x
+class InferenceLinears:
+    """The block's matrix products at inference: `linear` with every adapter loaded on a weight
+    (llama.cpp ignores norm adapters, and so does read_adapter: norms pass unchanged)."""
+
+    def __init__(self, lora: dict[str, list[LoraPair]], precision: str):
+        self.lora, self.precision = lora, precision
+
+    def forward(self, x, items, outs=None):
+        """[(weight, name), ...] reading x [T, n_in] -> [(y [T, n_out], None), ...]."""
+        outs = outs or [None] * len(items)
+        return [(linear(x, w, self.lora.get(name), out=out, precision=self.precision), None)
+                for (w, name), out in zip(items, outs)]
+
+    def norm_weight(self, weight: np.ndarray, name: str) -> np.ndarray:
+        return weight
+
+    def has_adapter(self, name: str) -> bool:
+        return False
 
 
 class KVCache:
@@ -81,8 +97,8 @@ class KVCache:
         return (np.ascontiguousarray(self.k[layer][:, :end]), np.ascontiguousarray(self.v[layer][:, :end]))
 
 
-class LlamaModel:
-    """A llama GGUF model ready to run: weights (memory-mapped), adapters, tokenizer."""
+class Model:
+    """A GGUF model ready to run: weights (memory-mapped), adapters, tokenizer."""
 
     def __init__(self, weights: ModelWeights, lora: Optional[dict[str, list[LoraPair]]] = None,
                  precision: str = "auto"):
@@ -91,6 +107,8 @@ class LlamaModel:
         self.lora = lora or {}  # {GGUF tensor name: [LoraPair, ...]}
         self.precision = precision
         self._tokenizer = None
+        # "ggml": q, k, v rounded to F16 as llama.cpp's default KV cache and K·Q product see them
+        self.block = Block(weights, InferenceLinears(self.lora, precision), _core, round_kv_f16=precision == "ggml")
 
     # ----- tokens -----
     @property
@@ -108,61 +126,30 @@ class LlamaModel:
         return self.tokenizer.detokenize(ids)
 
     # ----- forward -----
-    def _linear(self, x: np.ndarray, name: str, weight: Weight) -> np.ndarray:
-        return linear(x, weight, self.lora.get(name), precision=self.precision)
-
     def hidden(self, tokens: np.ndarray, cache: Optional[KVCache] = None) -> np.ndarray:
         """tokens int [B, S] -> final normed hidden states f32 [B*S, C]; appends to `cache` if given."""
         hp = self.hparams
         B, S = tokens.shape
-        T, H, Hkv, D = B * S, hp.n_head, hp.n_head_kv, hp.head_dim
-        n_past = cache.n_past if cache else 0
-        ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(T)
+        ids = np.ascontiguousarray(tokens, dtype=np.int32).reshape(B * S)
         if ids.min() < 0 or ids.max() >= hp.n_vocab:
             raise ValueError(f"tokens: ids must be in [0, {hp.n_vocab}), got {ids.min()}..{ids.max()}")
-        pos = np.tile(np.arange(n_past, n_past + S, dtype=np.int32), B)  # [T]
-        x = np.empty((T, hp.n_embd), dtype=np.float32)  # the residual stream [T, C]
+        where = Tokens.rows(B, S, n_past=cache.n_past if cache else 0)
+        x = np.empty((B * S, hp.n_embd), dtype=np.float32)  # the residual stream [T, C]
         _core.get_rows(self.weights.token_embd.data, self.weights.token_embd.ggml_type, ids, x)
-        h = np.empty_like(x)
-        rstd = np.empty(T, dtype=np.float32)
-        att = np.empty((B, S, H, D), dtype=np.float32)
-        lse = np.empty((B, H, S), dtype=np.float32)
-        act = None
-        for i, layer in enumerate(self.weights.layers):
-            p = f"blk.{i}."
-            _core.rms_norm_forward(x, layer.attn_norm, hp.rms_eps, h, rstd)
-            q = self._linear(h, p + "attn_q.weight", layer.wq).reshape(T, H, D)
-            k = self._linear(h, p + "attn_k.weight", layer.wk).reshape(T, Hkv, D)
-            v = self._linear(h, p + "attn_v.weight", layer.wv).reshape(B, S, Hkv, D)
-            self._rope(q, pos)
-            self._rope(k, pos)
-            k = k.reshape(B, S, Hkv, D)
-            if self.precision == "ggml":  # what llama.cpp's F16 KV cache and K·Q product see
-                q, k, v = round_f16(q), round_f16(k), round_f16(v)
-            if cache is not None:
-                k, v = cache.store(i, k, v)
-            _core.attention_forward(q.reshape(B, S, H, D), k, v, 1.0 / np.sqrt(D), att, lse)
-            x += self._linear(att.reshape(T, H * D), p + "attn_output.weight", layer.wo)
-            _core.rms_norm_forward(x, layer.ffn_norm, hp.rms_eps, h, rstd)
-            gate = self._linear(h, p + "ffn_gate.weight", layer.w_gate)
-            up = self._linear(h, p + "ffn_up.weight", layer.w_up)
-            if act is None:
-                act = np.empty_like(gate)
-            _core.swiglu_forward(gate, up, act)
-            x += self._linear(act, p + "ffn_down.weight", layer.w_down)
+        scale = self.weights.arch.embedding_scale
+        if scale != 1.0:
+            x *= np.float32(scale)
+        for i in range(hp.n_layer):
+            x, _ = self.block.forward(i, x, where, cache=cache)
         if cache is not None:
             cache.n_past += S
-        _core.rms_norm_forward(x, self.weights.output_norm, hp.rms_eps, h, rstd)
+        h, _ = self.block._rms_norm(x, self.weights.output_norm)
         return h
-
-    def _rope(self, x: np.ndarray, pos: np.ndarray) -> None:
-        """x f32 [T, heads, D], rotated in place."""
-        hp = self.hparams
-        _core.rope_forward(x, pos, hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, ROPE_MODE_NORMAL, x)
 
     def output_logits(self, h: np.ndarray) -> np.ndarray:
         """h f32 [T, C] (normed hidden states) -> logits f32 [T, V]."""
-        return self._linear(np.ascontiguousarray(h), "output.weight", self.weights.output)
+        return linear(np.ascontiguousarray(h), self.weights.output, self.lora.get("output.weight"),
+                      precision=self.precision)
 
     def logits(self, tokens) -> np.ndarray:
         """tokens int [S] -> f32 [S, V], or [B, S] -> f32 [B, S, V]."""
@@ -235,8 +222,8 @@ def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeigh
 
 
 def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
-               lora: Optional[Sequence[tuple[str, float]]] = None, precision: str = "auto") -> LlamaModel:
-    """Loads a llama GGUF model, memory-mapped (weights stay in their stored type).
+               lora: Optional[Sequence[tuple[str, float]]] = None, precision: str = "auto") -> Model:
+    """Loads a GGUF model of a supported family (architecture.SUPPORTED), memory-mapped (weights stay in their stored type).
 
     n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
     at inference as llama.cpp does. precision: the matmul precision, "auto", "f32", "bf16" or "int8"
@@ -247,9 +234,9 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     perplexities closely; "f32" computes the exact products.
     """
     _core.set_num_threads(int(n_threads or 0))  # 0: every core
-    weights = read_llama_gguf(path)
+    weights = read_model_gguf(path)
     adapters: dict[str, list[LoraPair]] = {}
     for adapter_path, scale in lora or ():
         for name, pair in read_adapter(adapter_path, scale, weights).items():
             adapters.setdefault(name, []).append(pair)
-    return LlamaModel(weights, adapters, precision)
+    return Model(weights, adapters, precision)

@@ -12,24 +12,22 @@ import os
 import signal
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io, validation
 from .dropout import LoraDropout
 from .graph import Graph, Grads
-from .lora import LoraSet, RANK_OPTIONS, init_lora
+from .lora import LoraSet, init_lora
 from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
 from .metrics import MetricsLog, resolve_metrics_path
+from .names import MATRIX_DEFAULT_KINDS, RANK_OPTIONS
 from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
 from .progress import Progress
 from .profile import Profiler
-
-MATRIX_DEFAULT_KINDS = ("token_embd", "output", "attn_q", "attn_k", "attn_v", "attn_output",
-                        "ffn_gate", "ffn_down", "ffn_up")
 
 
 @dataclass
@@ -254,10 +252,7 @@ class _TrainState:
         hp = self.model.hparams
         conv = self.convergence
         return ckpt_io.Checkpoint(
-            hparams=ckpt_io.ModelHparams(n_ctx=self.opts.ctx, n_embd=hp.n_embd, n_ff=hp.n_ff, n_head=hp.n_head,
-                                         n_head_kv=hp.n_head_kv, n_layer=hp.n_layer, n_rot=hp.n_rot,
-                                         rms_norm_eps=hp.rms_eps, rope_freq_base=hp.rope_freq_base,
-                                         rope_freq_scale=hp.rope_freq_scale),
+            hparams=replace(hp, n_ctx_train=self.opts.ctx),
             ranks=self.lora.ranks_by_kind(),
             lora={name: (p.a.T.copy(), p.b.copy()) for name, p in self.lora.pairs.items()},
             optimizer=ckpt_io.OptimizerCheckpoint(

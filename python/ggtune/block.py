@@ -1,0 +1,305 @@
+"""The transformer block of every family, forward and backward side by side.
+
+Shape legend: B rows, S tokens per row, T = B*S, C n_embd, F n_ff, Hq / Hkv query / key-value
+heads, D head dim, Skv keys (S, or n_past + S with a KV cache), r LoRA rank.
+
+One forward serves inference (model.py: perplexity, generate with a KV cache) and training
+(graph.py: keep=True returns the `Saved` record the backward reads). What differs between
+families is read from the architecture description (architecture.py), never from the family name:
+
+    h  = rms_norm(x, attn_norm)
+    q, k, v = h·Wqᵀ (+bq), h·Wkᵀ (+bk), h·Wvᵀ (+bv)          qkv_bias
+    q, k = rms_norm per head (attn_q_norm, attn_k_norm)     qk_norm
+    q, k = rope(q), rope(k)                                 per layer: base, scale, factors, yarn
+    a  = attention(q, k, v), keys first_key..i              causal; sliding window; packed samples
+    o  = a·Woᵀ;  o = rms_norm(o, post_attention_norm)       post_norms
+    x1 = x + o
+    h2 = rms_norm(x1, ffn_norm)
+    f  = (act(h2·Wgᵀ) * h2·Wuᵀ)·Wdᵀ                         act: SiLU (swiglu) or GELU-tanh (geglu)
+    f  = rms_norm(f, post_ffw_norm)                         post_norms
+    x2 = x1 + f
+
+Matrix products go through a `linears` object (graph.LoraLinears in training, model's
+InferenceLinears at inference), which adds the LoRA terms s·(x·Aᵀ)·Bᵀ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Optional
+
+import numpy as np
+
+from .architecture import Architecture
+from .names import tensor_name
+
+F32 = 4
+
+
+def empty(*shape: int) -> np.ndarray:
+    return np.empty(shape, np.float32)
+
+
+@dataclass
+class Tokens:
+    """Where a batch's tokens sit: B rows of S tokens, each with a position and a first key.
+
+    positions int32 [B, S] (rope; packed samples restart at 0), first_key int32 [B, S] or None
+    (query (b, i) attends keys first_key[b, i] ..= n_past + i; None: all keys before it). n_past:
+    tokens already in the KV cache (their keys come first)."""
+
+    B: int
+    S: int
+    positions: np.ndarray
+    first_key: Optional[np.ndarray] = None
+    n_past: int = 0
+
+    @classmethod
+    def rows(cls, B: int, S: int, positions=None, first_key=None, n_past: int = 0) -> "Tokens":
+        if positions is None:
+            positions = np.broadcast_to(np.arange(n_past, n_past + S, dtype=np.int32), (B, S))
+        positions = np.ascontiguousarray(positions, np.int32)
+        if positions.shape != (B, S):
+            raise ValueError(f"positions: expected int32 [{B}, {S}], got shape {positions.shape}")
+        if first_key is not None:
+            first_key = np.ascontiguousarray(first_key, np.int32)
+            if first_key.shape != (B, S):
+                raise ValueError(f"first_key: expected int32 [{B}, {S}], got shape {first_key.shape}")
+        return cls(B, S, positions, first_key, n_past)
+
+    @property
+    def T(self) -> int:
+        return self.B * self.S
+
+    def first_keys(self, window: int) -> Optional[np.ndarray]:
+        """int32 [B, S] for a layer with this sliding window (0: none), combined with the given
+        first keys by max; None when every query sees every key before it."""
+        if not window:
+            return self.first_key
+        own = np.arange(self.n_past, self.n_past + self.S, dtype=np.int32) - (window - 1)  # key index space
+        own = np.broadcast_to(np.maximum(own, 0), (self.B, self.S))
+        if self.first_key is not None:
+            own = np.maximum(own, self.first_key)
+        return np.ascontiguousarray(own, np.int32)
+
+
+@dataclass
+class Saved:
+    """What one layer's forward keeps for its backward (None where the family has no such step).
+    Every array counts in the memory plan: memory.py sizes this record from Block.kept_shapes."""
+
+    x: np.ndarray  # [T, C] layer input
+    h: np.ndarray  # [T, C] rms_norm(x)
+    rstd1: np.ndarray  # [T]
+    q: np.ndarray  # [T, Hq*D] after norm and rope
+    k: np.ndarray  # [T, Hkv*D]
+    v: np.ndarray  # [T, Hkv*D]
+    att: np.ndarray  # [T, Hq*D] attention output
+    lse: np.ndarray  # [B, Hq, S]
+    x1: np.ndarray  # [T, C] after the attention residual
+    h2: np.ndarray  # [T, C] rms_norm(x1)
+    rstd2: np.ndarray  # [T]
+    gate: np.ndarray  # [T, F]
+    up: np.ndarray  # [T, F]
+    act: np.ndarray  # [T, F]
+    q_raw: Optional[np.ndarray] = None  # [T, Hq*D] before the q norm (qk_norm)
+    rstd_q: Optional[np.ndarray] = None  # [T*Hq]
+    k_raw: Optional[np.ndarray] = None  # [T, Hkv*D]
+    rstd_k: Optional[np.ndarray] = None  # [T*Hkv]
+    o: Optional[np.ndarray] = None  # [T, C] attention projection before its post norm (post_norms)
+    rstd_o: Optional[np.ndarray] = None  # [T]
+    f: Optional[np.ndarray] = None  # [T, C] feed-forward output before its post norm
+    rstd_f: Optional[np.ndarray] = None  # [T]
+    z: dict = field(default_factory=dict)  # LoRA down-projections x·Aᵀ [T, r] by tensor name
+    # not sized: views of the weights and the batch
+    w_an: Optional[np.ndarray] = None
+    w_fn: Optional[np.ndarray] = None
+    tokens: Optional[Tokens] = None
+    first_key: Optional[np.ndarray] = None
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The sized arrays by field name (the memory plan's view of this record)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)
+               if f.name not in ("z", "w_an", "w_fn", "tokens", "first_key") and getattr(self, f.name) is not None}
+        out.update({f"z:{name}": z for name, z in self.z.items() if z is not None})
+        return out
+
+
+class Block:
+    """Forward and backward of layer `li` of a model (gguf_io.ModelWeights)."""
+
+    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False):
+        self.weights = weights
+        self.arch: Architecture = weights.arch
+        self.lin = linears
+        self.k = kernels
+        self.round_kv_f16 = round_kv_f16  # inference "ggml" precision: llama.cpp's F16 KV cache
+
+    # ---------------------------------------------------------------- what a layer keeps
+    def kept_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
+        """Shapes of the Saved arrays of one layer (without the LoRA z, see memory.py)."""
+        hp, fam = self.arch.hp, self.arch.family
+        T, C, F, Q, KV = B * S, hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
+        shapes = dict(x=(T, C), h=(T, C), rstd1=(T,), q=(T, Q), k=(T, KV), v=(T, KV), att=(T, Q),
+                      lse=(B, hp.n_head, S), x1=(T, C), h2=(T, C), rstd2=(T,), gate=(T, F), up=(T, F),
+                      act=(T, F))
+        if fam.qk_norm:
+            shapes.update(q_raw=(T, Q), rstd_q=(T * hp.n_head,), k_raw=(T, KV), rstd_k=(T * hp.n_head_kv,))
+        if fam.post_norms:
+            shapes.update(o=(T, C), rstd_o=(T,), f=(T, C), rstd_f=(T,))
+        return shapes
+
+    def backward_temporary_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
+        """Largest set of gradient buffers alive at once inside backward()."""
+        hp, fam = self.arch.hp, self.arch.family
+        T, C, F, Q, KV = B * S, hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
+        shapes = dict(dx2=(T, C), dx1=(T, C), datt=(T, Q), dq=(T, Q), dk=(T, KV), dv=(T, KV), dh=(T, C),
+                      dx=(T, C), dact=(T, F), dgate=(T, F), dup=(T, F))
+        if fam.post_norms:
+            shapes.update(df=(T, C), do=(T, C))
+        if fam.qk_norm:
+            shapes.update(dq_raw=(T, Q), dk_raw=(T, KV))
+        return shapes
+
+    # ---------------------------------------------------------------- forward
+    def forward(self, li: int, x: np.ndarray, tokens: Tokens, *, keep: bool = False, cache=None):
+        """x [T, C] -> (x2 [T, C], Saved or None). With a KV cache (inference), keys and values
+        are appended to it and the queries attend every cached key allowed by first_key."""
+        arch, hp, fam, lin, kn = self.arch, self.arch.hp, self.arch.family, self.lin, self.k
+        layer = self.weights.layers[li]
+        B, S, T = tokens.B, tokens.S, tokens.T
+        Hq, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
+        name = lambda kind: tensor_name(kind, li)  # noqa: E731
+        w_an = lin.norm_weight(layer.norms["attn_norm"], name("attn_norm"))
+        h, rstd1 = self._rms_norm(x, w_an)
+        qkv = lin.forward(h, [(layer.matrices[kd], name(kd)) for kd in ("attn_q", "attn_k", "attn_v")])
+        (q, zq), (k, zk), (v, zv) = qkv
+        for kd, y in zip(("attn_q", "attn_k", "attn_v"), (q, k, v)):
+            if kd in layer.biases:
+                kn.add_bias(y, layer.biases[kd])
+        q_raw = k_raw = rstd_q = rstd_k = None
+        if fam.qk_norm:  # RMSNorm over each head: q viewed as [T*Hq, D]
+            q_raw, k_raw = q, k
+            q, rstd_q = self._rms_norm(q_raw.reshape(T * Hq, D), layer.norms["attn_q_norm"])
+            k, rstd_k = self._rms_norm(k_raw.reshape(T * Hkv, D), layer.norms["attn_k_norm"])
+            q, k = q.reshape(T, Hq * D), k.reshape(T, Hkv * D)
+        rope, pos = arch.rope(li), tokens.positions.reshape(T)
+        rope.apply(kn, q.reshape(T, Hq, D), pos)
+        rope.apply(kn, k.reshape(T, Hkv, D), pos)
+        if self.round_kv_f16:
+            for y in (q, k, v):
+                kn.round_activations(y, 1, y)  # ggml type 1: F16
+        first_key = tokens.first_keys(arch.window(li))
+        k4, v4 = k.reshape(B, S, Hkv, D), v.reshape(B, S, Hkv, D)
+        if cache is not None:
+            k4, v4 = cache.store(li, k4, v4)
+        att, lse = empty(T, Hq * D), empty(B, Hq, S)
+        self._attention_forward(q.reshape(B, S, Hq, D), k4, v4, att.reshape(B, S, Hq, D), lse, first_key)
+        o, zo = lin.forward(att, [(layer.matrices["attn_output"], name("attn_output"))])[0]
+        o_raw = rstd_o = None
+        if fam.post_norms:
+            o_raw = o
+            o, rstd_o = self._rms_norm(o_raw, layer.norms["post_attention_norm"])
+        x1 = empty(T, hp.n_embd)
+        kn.add(x, o, x1)
+        w_fn = lin.norm_weight(layer.norms["ffn_norm"], name("ffn_norm"))
+        h2, rstd2 = self._rms_norm(x1, w_fn)
+        (gate, zg), (up, zu) = lin.forward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")])
+        act = empty(T, hp.n_ff)
+        (kn.geglu_forward if fam.activation == "geglu" else kn.swiglu_forward)(gate, up, act)
+        f, zd = lin.forward(act, [(layer.matrices["ffn_down"], name("ffn_down"))])[0]
+        f_raw = rstd_f = None
+        if fam.post_norms:
+            f_raw = f
+            f, rstd_f = self._rms_norm(f_raw, layer.norms["post_ffw_norm"])
+        x2 = f  # f is this layer's own buffer (f_raw keeps the pre-norm values)
+        kn.add(x1, f, x2)
+        if not keep:
+            return x2, None
+        z = {name(kd): zz for kd, zz in zip(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
+                                              "ffn_down"), (zq, zk, zv, zo, zg, zu, zd))}
+        return x2, Saved(x=x, h=h, rstd1=rstd1, q=q, k=k, v=v, att=att, lse=lse, x1=x1, h2=h2, rstd2=rstd2,
+                         gate=gate, up=up, act=act, q_raw=q_raw, rstd_q=rstd_q, k_raw=k_raw, rstd_k=rstd_k,
+                         o=o_raw, rstd_o=rstd_o, f=f_raw, rstd_f=rstd_f, z=z, w_an=w_an, w_fn=w_fn,
+                         tokens=tokens, first_key=first_key)
+
+    # ---------------------------------------------------------------- backward
+    def backward(self, li: int, s: Saved, dx2: np.ndarray, grads) -> np.ndarray:
+        """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]; LoRA gradients add into grads."""
+        arch, hp, fam, lin, kn = self.arch, self.arch.hp, self.arch.family, self.lin, self.k
+        layer = self.weights.layers[li]
+        tokens = s.tokens
+        B, S, T = tokens.B, tokens.S, tokens.T
+        Hq, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
+        name = lambda kind: tensor_name(kind, li)  # noqa: E731
+        # feed-forward: x2 = x1 + post_norm(down(act(gate(h2), up(h2)))), h2 = norm(x1)
+        df = dx2
+        if fam.post_norms:
+            df = self._norm_backward(dx2, s.f, layer.norms["post_ffw_norm"], s.rstd_f)
+        dact = empty(T, hp.n_ff)
+        lin.backward(s.act, [(layer.matrices["ffn_down"], name("ffn_down"))], [df], [s.z[name("ffn_down")]],
+                     grads, dact)
+        dgate, dup = empty(T, hp.n_ff), empty(T, hp.n_ff)
+        (kn.geglu_backward if fam.activation == "geglu" else kn.swiglu_backward)(dact, s.gate, s.up, dgate, dup)
+        del dact
+        dh2 = empty(T, hp.n_embd)
+        lin.backward(s.h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")], [dgate, dup],
+                     [s.z[name("ffn_gate")], s.z[name("ffn_up")]], grads, dh2)
+        del dgate, dup
+        dx1 = self._norm_backward(dh2, s.x1, s.w_fn, s.rstd2, name("ffn_norm"), grads)
+        kn.add(dx1, dx2, dx1)
+        # attention: x1 = x + post_norm(wo(attention(rope(norm(wq h)), rope(norm(wk h)), wv h)))
+        do = dx1
+        if fam.post_norms:
+            do = self._norm_backward(dx1, s.o, layer.norms["post_attention_norm"], s.rstd_o)
+        datt = empty(T, Hq * D)
+        lin.backward(s.att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
+                     [s.z[name("attn_output")]], grads, datt)
+        dq, dk, dv = empty(T, Hq * D), empty(T, Hkv * D), empty(T, Hkv * D)
+        self._attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
+                                 s.v.reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse,
+                                 dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D), dv.reshape(B, S, Hkv, D),
+                                 s.first_key)
+        del datt
+        rope, pos = arch.rope(li), tokens.positions.reshape(T)
+        rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)
+        rope.apply(kn, dk.reshape(T, Hkv, D), pos, backward=True)
+        if fam.qk_norm:
+            dq = self._norm_backward(dq.reshape(T * Hq, D), s.q_raw.reshape(T * Hq, D),
+                                     layer.norms["attn_q_norm"], s.rstd_q).reshape(T, Hq * D)
+            dk = self._norm_backward(dk.reshape(T * Hkv, D), s.k_raw.reshape(T * Hkv, D),
+                                     layer.norms["attn_k_norm"], s.rstd_k).reshape(T, Hkv * D)
+        # q/k/v biases are frozen: their gradient is not needed, and dy passes through unchanged
+        dh = empty(T, hp.n_embd)
+        lin.backward(s.h, [(layer.matrices[kd], name(kd)) for kd in ("attn_q", "attn_k", "attn_v")],
+                     [dq, dk, dv], [s.z[name(kd)] for kd in ("attn_q", "attn_k", "attn_v")], grads, dh)
+        del dq, dk, dv
+        dx = self._norm_backward(dh, s.x, s.w_an, s.rstd1, name("attn_norm"), grads)
+        kn.add(dx, dx1, dx)
+        return dx
+
+    # ---------------------------------------------------------------- pieces
+    def _rms_norm(self, x: np.ndarray, weight: np.ndarray):
+        """x [N, n] -> (rms_norm(x)·weight [N, n], rstd [N])."""
+        out, rstd = empty(*x.shape), empty(x.shape[0])
+        self.k.rms_norm_forward(x, weight, self.arch.hp.rms_eps, out, rstd)
+        return out, rstd
+
+    def _norm_backward(self, dout, x, weight, rstd, name: Optional[str] = None, grads=None) -> np.ndarray:
+        """dL/dx of out = rms_norm(x)·weight; the weight's gradient goes to its adapter, if it has one."""
+        dx = empty(*x.shape)
+        if name is not None and self.lin.has_adapter(name):
+            dweight = np.zeros(x.shape[1], np.float32)
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx, dweight)
+            self.lin.norm_weight_backward(dweight, name, grads)
+        else:
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx)
+        return dx
+
+    def _attention_forward(self, q, k, v, out, lse, first_key):
+        extra = {} if first_key is None else {"first_key": first_key}
+        self.k.attention_forward(q, k, v, self.arch.attention_scale, out, lse, **extra)
+
+    def _attention_backward(self, dout, q, k, v, out, lse, dq, dk, dv, first_key):
+        extra = {} if first_key is None else {"first_key": first_key}
+        self.k.attention_backward(dout, q, k, v, out, lse, self.arch.attention_scale, dq, dk, dv, **extra)
