@@ -46,9 +46,11 @@ def test_metrics_log_has_a_line_per_iteration_and_a_resume_appends(tmp_path, mod
     records = read_metrics(str(path))
     assert [r["iteration"] for r in records] == [1, 2, 3]
     for record, loss, lr, norm in zip(records, first.losses, first.learning_rates, first.grad_norms):
-        assert set(record) == {"iteration", "epoch", "loss", "lr", "grad_norm", "tokens_per_s", "elapsed"}
+        assert set(record) == {"iteration", "epoch", "samples", "loss", "lr", "grad_norm", "tokens_per_s",
+                               "elapsed"}
         assert record["loss"] == loss and record["lr"] == lr and record["grad_norm"] == norm > 0
         assert record["tokens_per_s"] > 0 and record["elapsed"] > 0 and 0 < record["epoch"] < 1
+        assert record["samples"] == 2 * record["iteration"]  # batch 2, one sample per row
     assert records[1]["elapsed"] > records[0]["elapsed"]
     run(model_path, text_path, tmp_path, 2, checkpoint_in=str(tmp_path / "ck-LATEST.gguf"))
     assert [r["iteration"] for r in read_metrics(str(path))] == [1, 2, 3, 4, 5]

@@ -19,14 +19,15 @@ import math
 
 import numpy as np
 
-# The kinds a target list may name, and PEFT's module names for them (LLaMA naming).
-LAYER_MATRIX_KINDS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_down", "ffn_up")
-TARGETABLE_KINDS = LAYER_MATRIX_KINDS + ("token_embd", "output", "attn_norm", "ffn_norm", "output_norm")
+from .names import ALL_KINDS, MATRIX_DEFAULT_KINDS, MATRIX_KINDS
+
+# PEFT's module names for the kinds (LLaMA naming), and the groups a target list may name.
 PEFT_ALIASES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
                 "gate_proj": "ffn_gate", "down_proj": "ffn_down", "up_proj": "ffn_up",
                 "embed_tokens": "token_embd", "lm_head": "output"}
-GROUPS = {"all-linear": LAYER_MATRIX_KINDS,  # as PEFT's "all-linear": every layer matrix, not the head
-          "attn": LAYER_MATRIX_KINDS[:4], "ffn": LAYER_MATRIX_KINDS[4:]}
+GROUPS = {"all-linear": MATRIX_KINDS,  # as PEFT's "all-linear": every layer matrix, not the head
+          "attn": tuple(k for k in MATRIX_KINDS if k.startswith("attn_")),
+          "ffn": tuple(k for k in MATRIX_KINDS if k.startswith("ffn_"))}
 
 
 def parse_targets(spec: str) -> frozenset[str]:
@@ -38,12 +39,12 @@ def parse_targets(spec: str) -> frozenset[str]:
             continue
         if word in GROUPS:
             kinds.update(GROUPS[word])
-        elif word in TARGETABLE_KINDS:
+        elif word in ALL_KINDS:
             kinds.add(word)
         elif word in PEFT_ALIASES:
             kinds.add(PEFT_ALIASES[word])
         else:
-            known = ", ".join(list(GROUPS) + list(TARGETABLE_KINDS))
+            known = ", ".join(list(GROUPS) + list(ALL_KINDS))
             raise ValueError(f"--lora-targets: unknown target {word!r}; expected a comma list of {known} "
                              f"(or PEFT names like q_proj)")
     if not kinds:
@@ -51,14 +52,12 @@ def parse_targets(spec: str) -> frozenset[str]:
     return frozenset(kinds)
 
 
-def default_rank(kind: str, lora_r: int, targets: frozenset[str] | None, matrix_default_kinds) -> int:
+def default_rank(kind: str, lora_r: int, targets: frozenset[str] | None) -> int:
     """A kind's rank when no --rank-* flag names it: --lora-r for targeted kinds, 0 for the rest;
     without --lora-targets the original's defaults (lora_r for matrices, 1 for norms)."""
-    if targets is None:
-        return lora_r if kind in matrix_default_kinds else 1
-    if kind not in targets:
+    if targets is not None and kind not in targets:
         return 0
-    return lora_r if kind in matrix_default_kinds else 1
+    return lora_r if kind in MATRIX_DEFAULT_KINDS else 1
 
 
 def lora_scale(alpha: float, rank: int, rslora: bool) -> float:

@@ -6,6 +6,7 @@ file holds the whole history of an adapter. Keys (docs/formats.md):
 
     iteration      global optimizer iteration (1 for the first step of a fresh run)
     epoch          epochs completed so far, fractional: samples consumed / samples per epoch
+    samples        training samples consumed so far (a packed row holds several)
     loss           mean training cross-entropy of the step (nats per trained token)
     lr             learning rate the step used
     grad_norm      global L2 norm of the gradient before clipping

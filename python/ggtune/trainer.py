@@ -22,7 +22,7 @@ from .graph import Graph, Grads
 from .lora import LoraSet, init_lora
 from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
 from .metrics import MetricsLog, resolve_metrics_path
-from .names import MATRIX_DEFAULT_KINDS, RANK_OPTIONS
+from .names import RANK_OPTIONS
 from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .options import FinetuneOptions, options_from_kwargs
@@ -280,7 +280,7 @@ def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
     targets = parse_targets(opts.lora_targets) if opts.lora_targets else None
     for option, kind in RANK_OPTIONS.items():
         explicit = getattr(opts, option)
-        default = default_rank(kind, opts.lora_r, targets, MATRIX_DEFAULT_KINDS)
+        default = default_rank(kind, opts.lora_r, targets)
         rank = default if explicit is None else explicit
         if rank > 0 and kind not in carried:
             if explicit is not None or (targets is not None and not (kind == "output" and tied)):
@@ -425,6 +425,7 @@ class _Watch:
     def log_iteration(self, state, loss: float, tokens_per_s: float, val) -> None:
         record = {"iteration": state.counters.iteration_count,
                   "epoch": round(state.counters.sample_count / max(self.n_samples, 1), 4),
+                  "samples": state.counters.sample_count,
                   "loss": loss, "lr": state.last_lr, "grad_norm": state.last_grad_norm,
                   "tokens_per_s": round(tokens_per_s, 2), "elapsed": round(time.perf_counter() - self.started, 3)}
         if val is not None:
