@@ -146,3 +146,63 @@ def test_val_split_too_large_for_the_data(tmp_path, model_path):
     chat.write_text(json.dumps({"prompt": "a", "completion": "b"}) + "\n")
     with pytest.raises(ValueError, match="one.jsonl has 1 samples, too few"):
         run(model_path, str(chat), tmp_path, 1, val_split=0.5)
+
+
+def test_cli_help_shows_the_new_flags():
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-m", "ggtune.cli", "finetune", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0
+    for flag in ("--val-data", "--val-split", "--eval-every", "--early-stop", "--metrics", "--pack",
+                 "--lora-dropout", "--rslora", "--lora-targets", "--train-format"):
+        assert flag in out.stdout, flag
+    assert "default: 'auto'" in out.stdout and "completion" in out.stdout
+
+
+def test_cli_metrics_and_bad_option_are_one_line(tmp_path, model_path, text_path):
+    import subprocess
+    import sys
+
+    base = [sys.executable, "-m", "ggtune.cli", "finetune", "--model-base", model_path, "--train-data", text_path,
+            "--checkpoint-in", "", "--checkpoint-out", "", "--lora-out", str(tmp_path / "a.gguf"), "--ctx", "16",
+            "--batch", "2", "--adam-iter", "2", "--quiet"]
+    ok = subprocess.run(base + ["--metrics", str(tmp_path / "m.jsonl"), "--val-split", "0.1", "--eval-every", "1"],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert [r["iteration"] for r in read_metrics(str(tmp_path / "m.jsonl"))] == [1, 2]
+    assert "val_loss" in read_metrics(str(tmp_path / "m.jsonl"))[0]
+    bad = subprocess.run(base + ["--lora-dropout", "1.5"], capture_output=True, text=True)
+    assert bad.returncode == 1 and "--lora-dropout: expected a probability" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+class CountingGraph:
+    """Stands in for the Graph: records the targets it is asked to score."""
+
+    def __init__(self):
+        self.scored = []
+
+    def loss_and_grads(self, inputs, targets, grads, **layout):
+        assert grads is None  # evaluation never asks for gradients
+        kept = targets[targets >= 0]
+        self.scored += kept.tolist()
+        return float(len(kept)), len(kept)
+
+
+@pytest.mark.parametrize("pack", [False, True])
+def test_evaluation_scores_what_training_trains_on(pack):
+    from ggtune.data import Samples
+    from ggtune.validation import Evaluator
+
+    tokens = np.arange(10, 30, dtype=np.int32)
+    trainable = np.zeros(20, bool)
+    trainable[[3, 4, 12, 13, 14]] = True  # the answers
+    chat = Samples(source="v", tokens=tokens, begins=np.array([0, 8]), sizes=np.array([8, 12]), trainable=trainable)
+    graph = CountingGraph()
+    result = Evaluator(graph, chat, n_ctx=16, n_batch=1, bos_id=1, eos_id=2, pack=pack).evaluate()
+    assert sorted(graph.scored) == tokens[trainable].tolist() and result.n_tokens == 5
+    text = Samples(source="t", tokens=tokens, begins=np.array([0, 8]), sizes=np.array([8, 12]))
+    graph = CountingGraph()
+    Evaluator(graph, text, n_ctx=16, n_batch=2, bos_id=1, eos_id=2, pack=pack).evaluate()
+    assert sorted(graph.scored) == tokens[:8].tolist() + tokens[8:20].tolist()[:12]  # no padding EOS

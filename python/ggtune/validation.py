@@ -7,8 +7,10 @@ last F of the tokens are held out instead, as consecutive windows.
 
 Evaluation is the training graph's forward without gradients (the chunked head, so the [T, V]
 logits never exist at once), over every held-out sample in a fixed order, one sample per row (or
-packed with ``--pack``). Only sample tokens are scored: padding never counts, so the figure is the
-mean cross-entropy per held-out token, and the perplexity its exponential.
+packed with ``--pack``). The tokens scored are those training takes its loss on (every token of
+plain text, the answers of chat, completion and instruction data), never padding: the figure is the
+mean cross-entropy per held-out token, comparable with the training loss, and the perplexity its
+exponential.
 """
 
 from __future__ import annotations
@@ -86,9 +88,11 @@ class Evaluator:
     def __init__(self, graph, samples: data_io.Samples, *, n_ctx: int, n_batch: int, bos_id: int,
                  eos_id: int, pack: bool = False):
         self.graph = graph
-        # every sample token is scored, nothing else (padding and separators are not targets)
+        # the tokens training takes its loss on (all of plain text, the answers of chat and
+        # completion data), never the padding: text data would otherwise score its EOS padding
+        mask = samples.trainable if samples.trainable is not None else np.ones(len(samples.tokens), bool)
         scored = data_io.Samples(source=samples.source, tokens=samples.tokens, begins=samples.begins,
-                                 sizes=samples.sizes, trainable=np.ones(len(samples.tokens), bool))
+                                 sizes=samples.sizes, trainable=mask)
         self.batches = _fixed_batches(scored, n_ctx, n_batch, bos_id, eos_id, pack)
         self.n_samples = samples.count
 
