@@ -17,11 +17,11 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from . import _core, adapters, checkpoint as ckpt_io, data as data_io, validation
+from .watch import RunWatch
 from .dropout import LoraDropout
 from .graph import Graph, Grads
 from .lora import LoraSet, init_lora
 from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
-from .metrics import MetricsLog, resolve_metrics_path
 from .names import RANK_OPTIONS
 from .memory import current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
@@ -127,7 +127,8 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler)
-    state.watch = _Watch(opts, evaluator, resumed, seed, samples.count)
+    state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count)
+    state.dropout = LoraDropout(opts.lora_dropout, seed)
     result = state.train(log)
     result.memory_plan_bytes = plan.total
     result.peak_rss_bytes = peak_rss()
@@ -207,7 +208,7 @@ class _TrainState:
             with prof.phase("data"):
                 batch = self.stream.next_batch()
             n_kept = max(int((batch.targets >= 0).sum()), 1)
-            self.graph.dropout = self.watch.dropout.for_pass(self.counters.iteration_count, micro)
+            self.graph.dropout = self.dropout.for_pass(self.counters.iteration_count, micro)
             with prof.phase("forward+backward"):
                 loss_sum, _ = self.graph.loss_and_grads(batch.inputs, batch.targets, self.grads,
                                                         checkpointing=opts.use_checkpointing,
@@ -396,47 +397,6 @@ def _apply_overrides(model, opts: FinetuneOptions) -> None:
         hp.rope_freq_base = opts.rope_freq_base
     if opts.rope_freq_scale is not None:
         hp.rope_freq_scale = opts.rope_freq_scale
-
-
-class _Watch:
-    """What the loop reports and watches besides training: the metrics log, evaluation, the best
-    validation loss (for --early-stop and the BEST adapter) and the dropout masks."""
-
-    def __init__(self, opts: FinetuneOptions, evaluator, resumed, seed: int, n_samples: int):
-        self.opts, self.evaluator, self.seed, self.n_samples = opts, evaluator, seed, n_samples
-        self.metrics = MetricsLog(resolve_metrics_path(opts.metrics, opts.lora_out, opts.pattern_fn_it),
-                                  append=resumed is not None)
-        self.best = validation.BestTracker(opts.early_stop, resumed.best_val_loss if resumed else None,
-                                           resumed.evals_since_best if resumed else 0)
-        self.writes_best = evaluator is not None and bool(opts.lora_out)
-        self.dropout = LoraDropout(opts.lora_dropout, seed)
-        self.last = None  # the latest ValidationResult
-        self.started = time.perf_counter()
-
-    def evaluate_if_due(self, iteration: int, last_step: bool):
-        if self.evaluator is None:
-            return None
-        every = self.opts.eval_every
-        if not ((every > 0 and iteration % every == 0) or last_step):
-            return None
-        self.last = self.evaluator.evaluate()
-        return self.last
-
-    def log_iteration(self, state, loss: float, tokens_per_s: float, val) -> None:
-        record = {"iteration": state.counters.iteration_count,
-                  "epoch": round(state.counters.sample_count / max(self.n_samples, 1), 4),
-                  "samples": state.counters.sample_count,
-                  "loss": loss, "lr": state.last_lr, "grad_norm": state.last_grad_norm,
-                  "tokens_per_s": round(tokens_per_s, 2), "elapsed": round(time.perf_counter() - self.started, 3)}
-        if val is not None:
-            record.update(val_loss=val.loss, val_ppl=val.perplexity)
-        self.metrics.write(record)
-
-    def stop_reason(self) -> str:
-        if self.best.should_stop and self.last is not None:
-            return (f"--early-stop {self.opts.early_stop}: no better validation loss in "
-                    f"{self.best.since_best} evaluations (best {self.best.best:.4f})")
-        return ""
 
 
 def _main_thread() -> bool:
