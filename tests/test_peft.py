@@ -229,8 +229,8 @@ def test_directory_is_written_atomically(tmp_path):
 # ---- the base model side of the command line ----------------------------------------------------
 
 def test_reads_heads_and_shapes_of_smollm2(smollm2_path):
-    n_head, n_head_kv, shapes = read_model_heads(smollm2_path)
-    assert (n_head, n_head_kv) == (9, 3)
+    n_head, n_head_kv, shapes, permuted_qk = read_model_heads(smollm2_path)
+    assert (n_head, n_head_kv, permuted_qk) == (9, 3, True)
     assert shapes["blk.0.attn_q.weight"] == (576, 576) and shapes["blk.0.attn_k.weight"] == (576, 192)
     a, b = np.zeros((4, 576)), np.zeros((192, 4))
     check_adapter_fits({"blk.0.attn_k.weight": (a, b)}, shapes, smollm2_path)
@@ -240,16 +240,32 @@ def test_reads_heads_and_shapes_of_smollm2(smollm2_path):
         check_adapter_fits({"output.weight": (a, b)}, shapes, smollm2_path)  # tied embeddings
 
 
-def test_refuses_other_architectures(tmp_path):
-    path = tmp_path / "qwen.gguf"
-    writer = gguf.GGUFWriter(path, "qwen2")
-    writer.add_uint32("qwen2.attention.head_count", 4)
+def write_head_stub(path, arch: str):
+    """A GGUF with only what read_model_heads reads: the architecture, a head count, one tensor."""
+    writer = gguf.GGUFWriter(path, arch)
+    writer.add_uint32(f"{arch}.attention.head_count", 4)
     writer.add_tensor("blk.0.attn_q.weight", np.zeros((8, 8), np.float32))
     for step in (writer.write_header_to_file, writer.write_kv_data_to_file,
                  writer.write_tensors_to_file, writer.close):
         step()
-    with pytest.raises(ValueError, match="'qwen2'"):
-        read_model_heads(path)
+    return path
+
+
+def test_other_families_keep_their_rows(tmp_path):
+    """qwen2/qwen3/gemma3 converters do not permute q/k rows: the export copies B as it is."""
+    n_head, n_head_kv, _, permuted_qk = read_model_heads(write_head_stub(tmp_path / "qwen.gguf", "qwen2"))
+    assert (n_head, n_head_kv, permuted_qk) == (4, 4, False)
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((2, 8)).astype(np.float32), rng.standard_normal((8, 2)).astype(np.float32)
+    export_peft({"blk.0.attn_q.weight": (a, b)}, 2.0, 4, 4, tmp_path / "out", permuted_qk=False)
+    from safetensors.numpy import load_file
+    saved = load_file(str(tmp_path / "out" / "adapter_model.safetensors"))
+    np.testing.assert_array_equal(saved["base_model.model.model.layers.0.self_attn.q_proj.lora_B.weight"], b)
+
+
+def test_refuses_other_architectures(tmp_path):
+    with pytest.raises(ValueError, match="'phi3'.*'llama', 'qwen2', 'qwen3', 'gemma3'"):
+        read_model_heads(write_head_stub(tmp_path / "phi.gguf", "phi3"))
 
 
 def write_gguf_adapter(path, adapter, alpha):

@@ -57,6 +57,7 @@ class HParams:
     yarn_beta_slow: float = 1.0
     yarn_attn_factor: float = 1.0
     n_swa: int = 0  # sliding window of the local layers (0: none)
+    rope_freq_base_swa: float = 0.0  # rope base of the sliding-window layers
     swa_layers: tuple = ()  # per layer: True where the layer attends through the sliding window
 
     def __post_init__(self):
@@ -86,7 +87,7 @@ class Family:
     rope_freqs: bool = False  # may carry rope_freqs.weight (frequency factors, all layers)
     sliding_window: bool = False  # interleaved sliding-window layers (attention.sliding_window)
     swa_pattern: int = 0  # default pattern: every swa_pattern-th layer is global
-    swa_rope_base: float = 0.0  # rope base of the sliding-window layers
+    swa_rope_base: float = 0.0  # rope base of the sliding-window layers (rope.freq_base_swa overrides it)
     permuted_qk: bool = False  # the HF -> GGUF converter permuted q/k rows (PEFT export undoes it)
 
 
@@ -118,13 +119,9 @@ class Rope:
     def apply(self, kernels, x: np.ndarray, pos: np.ndarray, backward: bool = False) -> None:
         """x f32 [T, H, D] rotated in place (backward: by the transposed rotation); pos int32 [T]."""
         fn = kernels.rope_backward if backward else kernels.rope_forward
-        extra = {}
-        if self.freq_factors is not None:
-            extra["freq_factors"] = self.freq_factors
-        if self.ext_factor or self.attn_factor != 1.0:
-            extra.update(ext_factor=self.ext_factor, attn_factor=self.attn_factor, beta_fast=self.beta_fast,
-                         beta_slow=self.beta_slow, n_ctx_orig=self.n_ctx_orig)
-        fn(x, pos, self.n_rot, self.freq_base, self.freq_scale, self.mode, x, **extra)
+        fn(x, pos, self.n_rot, self.freq_base, self.freq_scale, self.mode, x, freq_factors=self.freq_factors,
+           ext_factor=self.ext_factor, attn_factor=self.attn_factor, beta_fast=self.beta_fast,
+           beta_slow=self.beta_slow, n_ctx_orig=self.n_ctx_orig)
 
 
 @dataclass
@@ -160,7 +157,7 @@ class Architecture:
     def rope(self, layer: int) -> Rope:
         hp = self.hp
         if self.window(layer):  # llama.cpp: local layers have their own base and no scaling
-            return Rope(hp.n_rot, self.family.swa_rope_base, 1.0, self.family.rope_mode)
+            return Rope(hp.n_rot, hp.rope_freq_base_swa, 1.0, self.family.rope_mode)
         yarn = hp.rope_scaling == "yarn"
         return Rope(hp.n_rot, hp.rope_freq_base, hp.rope_freq_scale, self.family.rope_mode,
                     freq_factors=self.rope_freqs, ext_factor=1.0 if yarn else 0.0,
@@ -226,8 +223,9 @@ def read_hparams(path: str, meta: dict[str, Any], n_vocab_default: int) -> HPara
         n_ctx_orig=int(key("rope.scaling.original_context_length", n_ctx_train)),
         yarn_beta_fast=float(key("rope.scaling.yarn_beta_fast", 32.0)),
         yarn_beta_slow=float(key("rope.scaling.yarn_beta_slow", 1.0)),
-        yarn_attn_factor=float(key("rope.scaling.yarn_attn_factor", 1.0)),
-        n_swa=n_swa, swa_layers=swa_layers)
+        yarn_attn_factor=float(key("rope.scaling.yarn_attn_factor", key("rope.scaling.attn_factor", 1.0))),
+        n_swa=n_swa, swa_layers=swa_layers,
+        rope_freq_base_swa=float(key("rope.freq_base_swa", family.swa_rope_base)) if n_swa else 0.0)
 
 
 def _keys(meta: dict[str, Any], prefix: str) -> set[str]:

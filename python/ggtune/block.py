@@ -194,7 +194,8 @@ class Block:
         if cache is not None:
             k4, v4 = cache.store(li, k4, v4)
         att, lse = empty(T, Hq * D), empty(B, Hq, S)
-        self._attention_forward(q.reshape(B, S, Hq, D), k4, v4, att.reshape(B, S, Hq, D), lse, first_key)
+        kn.attention_forward(q.reshape(B, S, Hq, D), k4, v4, arch.attention_scale, att.reshape(B, S, Hq, D), lse,
+                             first_key=first_key)
         o, zo = lin.forward(att, [(layer.matrices["attn_output"], name("attn_output"))])[0]
         o_raw = rstd_o = None
         if fam.post_norms:
@@ -256,10 +257,10 @@ class Block:
         lin.backward(s.att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
                      [s.z[name("attn_output")]], grads, datt)
         dq, dk, dv = empty(T, Hq * D), empty(T, Hkv * D), empty(T, Hkv * D)
-        self._attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
-                                 s.v.reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse,
-                                 dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D), dv.reshape(B, S, Hkv, D),
-                                 s.first_key)
+        kn.attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
+                              s.v.reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse, arch.attention_scale,
+                              dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D), dv.reshape(B, S, Hkv, D),
+                              first_key=s.first_key)
         del datt
         rope, pos = arch.rope(li), tokens.positions.reshape(T)
         rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)
@@ -296,10 +297,3 @@ class Block:
             self.k.rms_norm_backward(dout, x, weight, rstd, dx)
         return dx
 
-    def _attention_forward(self, q, k, v, out, lse, first_key):
-        extra = {} if first_key is None else {"first_key": first_key}
-        self.k.attention_forward(q, k, v, self.arch.attention_scale, out, lse, **extra)
-
-    def _attention_backward(self, dout, q, k, v, out, lse, dq, dk, dv, first_key):
-        extra = {} if first_key is None else {"first_key": first_key}
-        self.k.attention_backward(dout, q, k, v, out, lse, self.arch.attention_scale, dq, dk, dv, **extra)

@@ -54,7 +54,7 @@ def load_model_from_args(args):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ggtune", description="LoRA finetuning of llama GGUF models on the CPU")
+    parser = argparse.ArgumentParser(prog="ggtune", description="LoRA finetuning of GGUF models (llama, qwen2, qwen3, gemma3) on the CPU")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in SUBCOMMAND_MODULES:
         importlib.import_module(name).add_cli(subparsers)

@@ -61,7 +61,7 @@ def perplexity(model: Model, tokens: Sequence[int], ctx: int, batch_tokens: int 
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("perplexity", help="mean cross-entropy and perplexity of a model on a text")
-    p.add_argument("--model", "-m", required=True, help="GGUF llama model")
+    p.add_argument("--model", "-m", required=True, help="GGUF model (llama, qwen2, qwen3 or gemma3)")
     p.add_argument("--text", "-f", required=True, help="UTF-8 text file")
     p.add_argument("--ctx", "-c", type=int, default=512, help="tokens per scored chunk (default 512)")
     p.add_argument("--lora", action="append", default=[], help="GGUF LoRA adapter (repeatable)")

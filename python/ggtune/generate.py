@@ -96,7 +96,7 @@ class TextStream:
 
 def add_cli(subparsers) -> None:
     p = subparsers.add_parser("generate", help="generate text from a prompt, streamed to stdout")
-    p.add_argument("--model", "-m", required=True, help="GGUF llama model")
+    p.add_argument("--model", "-m", required=True, help="GGUF model (llama, qwen2, qwen3 or gemma3)")
     p.add_argument("--lora", action="append", default=[], help="GGUF LoRA adapter (repeatable)")
     p.add_argument("--lora-scale", type=float, action="append", default=[],
                    help="scale of the matching --lora (default 1.0)")

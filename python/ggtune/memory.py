@@ -1,17 +1,22 @@
 """Memory plan of a training run, computed from the shapes before anything is allocated.
 
-Every figure is bytes. The plan mirrors what graph.Graph allocates: with gradient
-checkpointing the forward keeps one [T, C] input per layer and the backward holds one
-layer's intermediates at a time; the loss head holds one [chunk, V] logits block.
+Every figure is bytes. The plan is derived from what the block declares (block.Block.kept_shapes:
+the arrays of its Saved record, which a test checks against a real forward; backward_temporary_shapes),
+so it follows the family: with gradient checkpointing the forward keeps one [T, C] input per layer
+and the backward holds one layer's intermediates at a time; the loss head holds one [chunk, V]
+logits block.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import resource
 from dataclasses import dataclass
 
 from ._core import num_threads as n_threads
+from .block import Block
+from .names import MATRIX_KINDS
 
 F32 = 4
 
@@ -46,32 +51,30 @@ def mib(n: int) -> str:
     return f"{n / 2**20:8.1f} MiB"
 
 
-def layer_intermediates(hp, tokens: int) -> int:
-    """Bytes graph.Graph.layer_forward keeps for one layer's backward (keep=True)."""
-    C, F = hp.n_embd, hp.n_ff
-    head_dim = C // hp.n_head
-    q, kv = hp.n_head * head_dim, hp.n_head_kv * head_dim
-    # x, h, x1, h2 [T,C]; q, att [T,q]; k, v [T,kv]; gate, up, act [T,F]; lse and rstd
-    per_token = 4 * C + 2 * q + 2 * kv + 3 * F + hp.n_head + 2
-    return per_token * tokens * F32
+def _bytes(shapes: dict[str, tuple[int, ...]]) -> int:
+    return sum(math.prod(shape) for shape in shapes.values()) * F32
 
 
-def layer_backward_temporaries(hp, tokens: int) -> int:
-    """Peak bytes of gradient temporaries inside graph.Graph.layer_backward."""
-    C, F = hp.n_embd, hp.n_ff
-    head_dim = C // hp.n_head
-    q, kv = hp.n_head * head_dim, hp.n_head_kv * head_dim
-    # dact, dgate, dup [T,F]; dh2, dx1, dh, dx [T,C]; datt, dq [T,q]; dk, dv [T,kv];
-    # the attention backward's scratch: q and dout transposed, one partial dq per thread
-    per_token = 3 * F + 4 * C + 2 * q + 2 * kv + (2 + n_threads()) * q
-    return per_token * tokens * F32
+def layer_intermediates(weights, n_batch: int, n_ctx: int, lora_ranks: dict[str, int] | None = None) -> int:
+    """Bytes one layer's Saved record holds (Block.forward with keep=True), LoRA z = x·Aᵀ included."""
+    rank_sum = sum(r for kind, r in (lora_ranks or {}).items() if kind in MATRIX_KINDS)
+    return _bytes(Block(weights, None, None).kept_shapes(n_batch, n_ctx)) + n_batch * n_ctx * rank_sum * F32
+
+
+def layer_backward_temporaries(weights, n_batch: int, n_ctx: int) -> int:
+    """Peak bytes of gradient temporaries inside Block.backward, with the attention backward's
+    scratch: q and dout transposed, one partial dq per thread."""
+    hp = weights.hparams
+    attention_scratch = (2 + n_threads()) * n_batch * n_ctx * hp.n_embd_q * F32
+    return _bytes(Block(weights, None, None).backward_temporary_shapes(n_batch, n_ctx)) + attention_scratch
 
 
 def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
-                head_chunk: int, runtime_bytes: int, keep_layers: int = 0) -> MemoryPlan:
+                head_chunk: int, runtime_bytes: int, keep_layers: int = 0,
+                lora_ranks: dict[str, int] | None = None) -> MemoryPlan:
     hp = weights.hparams
     tokens = n_ctx * n_batch
-    per_layer = layer_intermediates(hp, tokens)
+    per_layer = layer_intermediates(weights, n_batch, n_ctx, lora_ranks)
     residual = tokens * hp.n_embd * F32
     head = (min(head_chunk, tokens) * hp.n_vocab + 3 * tokens * hp.n_embd) * F32  # logits, h, dh, dx
     # The int8 matmul keeps its largest Q8 copy of an input (1 byte + 2 float scales per 32):
@@ -80,10 +83,10 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
     if checkpointing:
         kept = min(keep_layers, hp.n_layer)
         activations, checkpoints = kept * per_layer, (hp.n_layer - kept) * residual
-        work = per_layer + layer_backward_temporaries(hp, tokens) + head
+        work = per_layer + layer_backward_temporaries(weights, n_batch, n_ctx) + head
     else:
         activations, checkpoints = hp.n_layer * per_layer, 0
-        work = layer_backward_temporaries(hp, tokens) + head
+        work = layer_backward_temporaries(weights, n_batch, n_ctx) + head
     return MemoryPlan(runtime=runtime_bytes, weights=os.path.getsize(weights.path),
                       lora=4 * n_lora_params * F32, activations=activations,
                       checkpoints=checkpoints, work=work)

@@ -19,7 +19,7 @@ def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: s
 
 @dataclass
 class FinetuneOptions:
-    model_base: str = _opt("", "base model GGUF (architecture llama)")
+    model_base: str = _opt("", "base model GGUF (llama, qwen2, qwen3 or gemma3)")
     train_data: str = _opt("shakespeare.txt", "training data: raw text, or JSONL (see --train-format)")
     train_format: str = _opt("auto", "ggtune: 'text' (the original's), 'chat' (JSONL {\"messages\"}, loss on "
                                      "assistant tokens), 'completion' (JSONL {\"prompt\", \"completion\"}, loss "

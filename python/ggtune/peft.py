@@ -1,12 +1,15 @@
-"""Export a LoRA adapter of a LLaMA GGUF model in the Hugging Face PEFT layout
-(``adapter_model.safetensors`` + ``adapter_config.json``).
+"""Export a LoRA adapter of a GGUF model (llama, qwen2, qwen3, gemma3) in the Hugging Face PEFT
+layout (``adapter_model.safetensors`` + ``adapter_config.json``). transformers names the
+projections alike in the four families (``model.layers.N.self_attn.q_proj``, ``mlp.up_proj``, ...).
 
 Both sides compute W + scale·(B @ A) with A (r, n_in), B (n_out, r) in numpy/PyTorch orientation and
 scale = alpha / r, so A and B carry over as they are, with one exception: llama.cpp's converter
 (convert_hf_to_gguf.py, ``LlamaModel.permute``) reorders the rows of attn_q and attn_k so that each
 head's rope pairs are adjacent (GGUF: rows (2i, 2i+1) of a head) instead of half a head apart
 (Hugging Face: rows (i, i + D/2)). W_gguf = P·W_hf for that row permutation P, so
-W_gguf + s·B_gguf A = P·(W_hf + s·P⁻¹B_gguf A): the exported B is P⁻¹·B_gguf.
+W_gguf + s·B_gguf A = P·(W_hf + s·P⁻¹B_gguf A): the exported B is P⁻¹·B_gguf. Only the llama
+converter permutes (architecture.Family.permuted_qk); qwen2, qwen3 and gemma3 rows carry over as
+they are.
 """
 
 from __future__ import annotations
@@ -68,7 +71,7 @@ def peft_module_name(base_name: str) -> str:
                      f"fold it into the model with `ggtune merge` instead")
 
 
-def _hf_pair(base_name: str, a: np.ndarray, b: np.ndarray, n_head: int, n_head_kv: int):
+def _hf_pair(base_name: str, a: np.ndarray, b: np.ndarray, n_head: int, n_head_kv: int, permuted_qk: bool):
     """Checks one pair (A: (r, n_in), B: (n_out, r)) and returns it in Hugging Face row order."""
     a, b = np.asarray(a), np.asarray(b)
     if a.ndim != 2 or b.ndim != 2 or a.shape[0] != b.shape[1] or a.shape[0] == 0:
@@ -76,7 +79,7 @@ def _hf_pair(base_name: str, a: np.ndarray, b: np.ndarray, n_head: int, n_head_k
                          f"the same r > 0, got A {a.shape} and B {b.shape}")
     kind = base_name.split(".")[2] if base_name.startswith("blk.") else ""
     heads = {"attn_q": ("n_head", n_head), "attn_k": ("n_head_kv", n_head_kv)}.get(kind)
-    if heads:
+    if heads and permuted_qk:
         label, count = heads
         if count <= 0 or b.shape[0] % (2 * count):
             raise ValueError(f"adapter tensor '{base_name}': B has {b.shape[0]} rows, which do not "
@@ -115,10 +118,10 @@ def _adapter_config(ranks: dict[str, int], alpha: float | None,
 
 def export_peft(adapter: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float | None,
                 n_head: int, n_head_kv: int, out_dir: str | os.PathLike,
-                base_model_name_or_path: str | None = None) -> dict:
+                base_model_name_or_path: str | None = None, permuted_qk: bool = True) -> dict:
     """Writes ``adapter`` ({GGUF base name: (A (r, n_in), B (n_out, r))}, effective weight
     W + (alpha / r)·B @ A, scale 1 when alpha is None) as a PEFT LoRA adapter directory.
-    attn_q / attn_k B rows are un-permuted with n_head / n_head_kv. Everything is checked before
+    attn_q / attn_k B rows are un-permuted with n_head / n_head_kv when permuted_qk (llama models). Everything is checked before
     anything is written; the directory appears atomically. Returns the adapter config."""
     from safetensors.numpy import save_file
 
@@ -127,7 +130,7 @@ def export_peft(adapter: dict[str, tuple[np.ndarray, np.ndarray]], alpha: float 
     tensors, ranks = {}, {}
     for base_name in sorted(adapter):
         module = peft_module_name(base_name)
-        a, b = _hf_pair(base_name, *adapter[base_name], n_head, n_head_kv)
+        a, b = _hf_pair(base_name, *adapter[base_name], n_head, n_head_kv, permuted_qk)
         tensors[f"base_model.model.{module}.lora_A.weight"] = a
         tensors[f"base_model.model.{module}.lora_B.weight"] = b
         ranks[module] = a.shape[0]
@@ -170,9 +173,12 @@ def _umask() -> int:
     return mask
 
 
-def read_model_heads(model_path: str | os.PathLike) -> tuple[int, int, dict[str, tuple[int, ...]]]:
-    """(n_head, n_head_kv, {tensor name: ggml ne}) of a LLaMA GGUF model."""
+def read_model_heads(model_path: str | os.PathLike) -> tuple[int, int, dict[str, tuple[int, ...]], bool]:
+    """(n_head, n_head_kv, {tensor name: ggml ne}, whether the converter permuted q/k rows) of a
+    GGUF model of a supported family."""
     import gguf
+
+    from .architecture import FAMILIES, SUPPORTED
 
     reader = gguf.GGUFReader(model_path)
 
@@ -181,17 +187,17 @@ def read_model_heads(model_path: str | os.PathLike) -> tuple[int, int, dict[str,
         return None if field is None else field.contents()
 
     arch = value("general.architecture")
-    if arch != "llama":
-        raise ValueError(f"{model_path}: architecture is {arch!r}; PEFT export knows the "
-                         f"row order of 'llama' models only")
-    n_head = value("llama.attention.head_count")
-    n_head_kv = value("llama.attention.head_count_kv")
+    if arch not in FAMILIES:
+        raise ValueError(f"{model_path}: architecture is {arch!r}; PEFT export knows the row order of "
+                         f"{', '.join(repr(a) for a in SUPPORTED)} models")
+    n_head = value(f"{arch}.attention.head_count")
+    n_head_kv = value(f"{arch}.attention.head_count_kv")
     n_head_kv = n_head if n_head_kv is None else n_head_kv
     if not isinstance(n_head, int) or not isinstance(n_head_kv, int):
         raise ValueError(f"{model_path}: expected one head count for all layers, got "
                          f"head_count={n_head!r}, head_count_kv={n_head_kv!r}")
     shapes = {t.name: tuple(int(n) for n in t.shape) for t in reader.tensors}
-    return n_head, n_head_kv, shapes
+    return n_head, n_head_kv, shapes, FAMILIES[arch].permuted_qk
 
 
 def check_adapter_fits(adapter: dict, shapes: dict[str, tuple[int, ...]], model_path) -> None:
@@ -211,7 +217,7 @@ def add_cli(subparsers) -> None:
     parser = subparsers.add_parser(
         "export-peft", help="export a GGUF LoRA adapter as a Hugging Face PEFT adapter",
         description="Write adapter_model.safetensors and adapter_config.json (Hugging Face PEFT "
-                    "LoRA layout) from a GGUF LoRA adapter of a LLaMA model.")
+                    "LoRA layout) from a GGUF LoRA adapter of a llama, qwen2, qwen3 or gemma3 model.")
     parser.add_argument("--lora", required=True, help="GGUF LoRA adapter to export")
     parser.add_argument("--model", required=True, help="the base GGUF model (head counts, shapes)")
     parser.add_argument("--output", required=True, help="output directory")
@@ -225,13 +231,14 @@ def _run_export_peft(args) -> int:
 
     try:
         alpha, adapter = read_gguf_adapter(args.lora)
-        n_head, n_head_kv, shapes = read_model_heads(args.model)
+        n_head, n_head_kv, shapes, permuted_qk = read_model_heads(args.model)
         check_adapter_fits(adapter, shapes, args.model)
         config = export_peft(adapter, alpha, n_head, n_head_kv, args.output,
-                             args.base_model_name_or_path)
+                             args.base_model_name_or_path, permuted_qk=permuted_qk)
     except (ValueError, OSError) as error:
         raise SystemExit(f"ggtune export-peft: {error}") from error
+    rows = (f"attn_q/attn_k rows un-permuted for n_head={n_head}, n_head_kv={n_head_kv}" if permuted_qk
+            else "rows as stored (this family's converter does not permute them)")
     print(f"wrote {args.output}: {len(adapter)} LoRA modules ({', '.join(config['target_modules'])}), "
-          f"r={config['r']}, lora_alpha={config['lora_alpha']}; attn_q/attn_k rows un-permuted "
-          f"for n_head={n_head}, n_head_kv={n_head_kv}")
+          f"r={config['r']}, lora_alpha={config['lora_alpha']}; {rows}")
     return 0

@@ -118,7 +118,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
                        checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
-                       head_chunk=graph.head_chunk,
+                       head_chunk=graph.head_chunk, lora_ranks=lora.ranks_by_kind(),
                        runtime_bytes=runtime_bytes)
     log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
@@ -310,8 +310,8 @@ def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int, b
     for path in names:
         if opts.lora_format == "gguf":
             meta = {"ggtune.lora.rslora": True, "ggtune.lora.rslora_alpha": lora.alpha} if lora.rslora else None
-            adapters.write_gguf_adapter(path, tensors, alpha=alpha, tied_embeddings=model.weights.tied_embeddings,
-                                        metadata=meta)
+            adapters.write_gguf_adapter(path, tensors, alpha=alpha, architecture=model.weights.arch.name,
+                                        tied_embeddings=model.weights.tied_embeddings, metadata=meta)
         else:
             ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
             adapters.write_ggla_adapter(path, ck, alpha=alpha, lora_r=opts.lora_r)
