@@ -74,9 +74,10 @@ def test_validation_loss_is_the_held_out_cross_entropy_of_the_adapter(tmp_path, 
     """--val-split on plain text holds out the last tokens; the loss reported after the last step
     is the mean cross-entropy of the adapted model (scored by the inference forward) on them."""
     result = run(model_path, text_path, tmp_path, 4, val_split=0.2, eval_every=2)
-    assert [it for it, _ in result.val_losses] == [2, 4]
+    assert [it for it, _ in result.val_losses] == [0, 2, 4]  # 0: before the first step
     assert [r.get("val_loss") for r in read_metrics(result.metrics_path)] == [
-        None, result.val_losses[0][1], None, result.val_losses[1][1]]
+        result.val_losses[0][1], None, result.val_losses[1][1], None, result.val_losses[2][1]]
+    assert result.val_losses[-1][1] < result.val_losses[0][1]
     model = load_model(model_path, precision="f32", lora=[(str(tmp_path / "lora-LATEST.gguf"), 1.0)])
     tokens = np.asarray(model.tokenize(TEXT), np.int32)
     cut = int(len(tokens) * 0.8)
@@ -86,7 +87,7 @@ def test_validation_loss_is_the_held_out_cross_entropy_of_the_adapter(tmp_path, 
     expected = float(np.concatenate([l.reshape(-1) for l in losses]).astype(np.float64).mean())
     assert result.val_losses[-1][1] == pytest.approx(expected, rel=2e-4)
     assert result.val_perplexities[-1][1] == pytest.approx(math.exp(expected), rel=1e-3)
-    assert result.best_val_loss == min(loss for _, loss in result.val_losses)
+    assert result.best_val_loss == min(loss for it, loss in result.val_losses if it > 0)
 
 
 def test_early_stop_keeps_the_best_adapter(tmp_path, model_path, text_path):
@@ -95,10 +96,11 @@ def test_early_stop_keeps_the_best_adapter(tmp_path, model_path, text_path):
     result = run(model_path, text_path, tmp_path, 30, val_split=0.2, eval_every=1, early_stop=2,
                  adam_alpha=0.5, warmup=0, save_every=1, adam_gclip=0.0)
     assert "--early-stop 2" in result.stopped_by
-    losses = [loss for _, loss in result.val_losses]
+    trained = result.val_losses[1:]  # [0] is the base model's, before the first step
+    losses = [loss for _, loss in trained]
     best_at = int(np.argmin(losses))
     assert len(losses) == best_at + 3 < 30
-    best_iteration = result.val_losses[best_at][0]
+    best_iteration = trained[best_at][0]
     alpha, best = read_gguf_adapter(tmp_path / "lora-BEST.gguf")
     _, same = read_gguf_adapter(tmp_path / f"lora-{best_iteration}.gguf")
     for name, (a, b) in best.items():
@@ -111,10 +113,12 @@ def test_val_data_file_and_resumed_best(tmp_path, model_path, text_path):
     val = tmp_path / "val.txt"
     val.write_text("in the winter, the river freezes over while the fox sleeps. " * 4, encoding="utf-8")
     first = run(model_path, text_path, tmp_path, 2, val_data=str(val), eval_every=1)
-    assert len(first.val_losses) == 2 and all(np.isfinite(l) for _, l in first.val_losses)
+    assert len(first.val_losses) == 3 and all(np.isfinite(l) for _, l in first.val_losses)
     second = run(model_path, text_path, tmp_path, 1, val_data=str(val), eval_every=1,
                  checkpoint_in=str(tmp_path / "ck-LATEST.gguf"))
-    # the checkpoint carries the best loss: a worse evaluation after a resume does not replace BEST
+    # the checkpoint carries the best loss: a worse evaluation after a resume does not replace BEST;
+    # a resume has no baseline evaluation
+    assert [it for it, _ in second.val_losses] == [3]
     assert second.best_val_loss == min(first.best_val_loss, second.val_losses[0][1])
 
 
@@ -170,8 +174,9 @@ def test_cli_metrics_and_bad_option_are_one_line(tmp_path, model_path, text_path
     ok = subprocess.run(base + ["--metrics", str(tmp_path / "m.jsonl"), "--val-split", "0.1", "--eval-every", "1"],
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
-    assert [r["iteration"] for r in read_metrics(str(tmp_path / "m.jsonl"))] == [1, 2]
-    assert "val_loss" in read_metrics(str(tmp_path / "m.jsonl"))[0]
+    records = read_metrics(str(tmp_path / "m.jsonl"))
+    assert [r["iteration"] for r in records] == [0, 1, 2]
+    assert all("val_loss" in r for r in records) and "loss" not in records[0]
     bad = subprocess.run(base + ["--lora-dropout", "1.5"], capture_output=True, text=True)
     assert bad.returncode == 1 and "--lora-dropout: expected a probability" in bad.stderr
     assert "Traceback" not in bad.stderr

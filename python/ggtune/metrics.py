@@ -13,6 +13,9 @@ file holds the whole history of an adapter. Keys (docs/formats.md):
     tokens_per_s   positions processed per second (ctx x batch x grad_acc / step time)
     elapsed        seconds since this run started
     val_loss, val_ppl  held-out mean cross-entropy and perplexity, on iterations that evaluated
+
+A fresh run with validation data starts with one record of iteration 0 holding only ``elapsed``,
+``val_loss`` and ``val_ppl``: the base model's held-out loss, before any step.
 """
 
 from __future__ import annotations

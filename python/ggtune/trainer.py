@@ -152,6 +152,10 @@ class _TrainState:
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         epochs_done, watch = 0, self.watch
         result.metrics_path = watch.metrics.path
+        base = watch.baseline(self.fresh)
+        if base is not None:
+            result.val_losses.append((0, base.loss))
+            log(f"validation before training: loss {base.loss:.4f}, perplexity {base.perplexity:.3f}")
         try:
             for step in range(opts.adam_iter):
                 started = time.perf_counter()

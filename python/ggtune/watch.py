@@ -23,6 +23,17 @@ class RunWatch:
         self.last = None  # the latest ValidationResult
         self.started = time.perf_counter()
 
+    def baseline(self, fresh: bool):
+        """Before a fresh run's first step: the held-out loss of the untrained adapters (B = 0, the
+        base model), logged as iteration 0 so the curve starts where training does. Not a candidate
+        for BEST: that is always a trained adapter."""
+        if self.evaluator is None or not fresh:
+            return None
+        self.last = self.evaluator.evaluate()
+        self.metrics.write({"iteration": 0, "elapsed": round(time.perf_counter() - self.started, 3),
+                            "val_loss": self.last.loss, "val_ppl": self.last.perplexity})
+        return self.last
+
     def evaluate_if_due(self, iteration: int, last_step: bool):
         if self.evaluator is None:
             return None
