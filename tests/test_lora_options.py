@@ -167,3 +167,35 @@ def test_lora_targets_pick_the_kinds(tmp_path, model_path, text_path):
         run(model_path, text_path, tmp_path, 1, lora_targets="attn_norm")
     with pytest.raises(ValueError, match="--lora-targets: unknown target"):
         run(model_path, text_path, tmp_path, 1, lora_targets="wq")
+
+
+@pytest.mark.llamacpp
+def test_llama_cpp_applies_the_rslora_scale(tmp_path):
+    """llama.cpp knows only alpha/r: the rsLoRA adapter as ggtune writes it (stored alpha, B of other
+    ranks rescaled) gives llama.cpp's logits those of the trained adapters at alpha/sqrt(r)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from ggtune.adapters import write_gguf_adapter
+    from ggtune.model import LoraPair, Model
+
+    base = write_tiny_llama(tmp_path / "base.gguf", byte_vocab=True, weight_type=T.F32, n_head=4, n_head_kv=2,
+                            n_embd=64, n_ff=96, n_ctx=64)
+    weights = read_llama_gguf(base)
+    rng = np.random.default_rng(0)
+    alpha, lora_r = 6.0, 4
+    ranks = {"attn_q": 1, "attn_v": 4, "ffn_down": 9}  # ranks below, at and above --lora-r
+    lora = init_lora(weights, ranks, alpha, seed=1, rslora=True)
+    for pair in lora.pairs.values():
+        pair.b[:] = 0.1 * rng.standard_normal(pair.b.shape)
+    stored_alpha, tensors = adapter_alpha_and_factors(alpha, lora_r, True,
+                                                      {n: (p.a, p.b) for n, p in lora.pairs.items()})
+    write_gguf_adapter(tmp_path / "rs.gguf", tensors, alpha=stored_alpha, tied_embeddings=weights.tied_embeddings)
+    tokens = [int(t) for t in rng.integers(0, 269, size=40)]
+    llm = llama_cpp.Llama(base, lora_path=str(tmp_path / "rs.gguf"), n_ctx=64, n_batch=64, logits_all=True,
+                          n_threads=2, type_k=0, type_v=0, verbose=False)  # F32 KV cache
+    llm.eval(tokens)
+    theirs = np.array(llm.scores[: len(tokens)], dtype=np.float32)
+    trained = {n: [LoraPair(p.a, p.b, alpha / math.sqrt(p.a.shape[0]))] for n, p in lora.pairs.items()}
+    ours = Model(weights, trained, "f32").logits(np.array(tokens))
+    plain = Model(weights, {}, "f32").logits(np.array(tokens))
+    assert np.abs(ours - plain).max() > 0.1
+    np.testing.assert_allclose(theirs, ours, atol=1e-3, rtol=0)
