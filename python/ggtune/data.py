@@ -1,4 +1,5 @@
-"""Training data: samples from text or JSONL records (chat here; completion and instruction in records.py), seeded shuffling, batch rows (packed ones in packing.py).
+"""Training data: samples from text or JSONL records (chat here; completion and instruction in
+records.py), seeded shuffling, batch rows (packed ones in packing.py).
 
 Spec: original-finetune.md section C. Shapes: N tokens of the data, S samples, B rows (n_batch),
 T positions per row (n_ctx).
