@@ -73,6 +73,7 @@ def main() -> None:
     parser.add_argument("--out", default=None, help="directory for the adapter (default: a temp dir)")
     parser.add_argument("--precision", default="auto")
     parser.add_argument("--keep-layers", type=int, default=0, help="layers that skip the recompute")
+    parser.add_argument("--verbose", action="store_true", help="finetune's progress and memory plan on stderr")
     args = parser.parse_args()
     model_path = str(MODELS[args.model]()) if args.model in MODELS else args.model
     split = args.split or ("tokens" if args.model == "smollm2" else "chars")
@@ -89,7 +90,7 @@ def main() -> None:
     start = time.perf_counter()
     result = finetune(model_path, train_file, lora_out=lora, checkpoint_in="", checkpoint_out="", ctx=128,
                       batch=8, lora_r=4, adam_alpha=1e-3, warmup=0, adam_decay=0.0, adam_iter=args.iterations,
-                      seed=1, precision=args.precision, keep_layers=args.keep_layers, verbose=False)
+                      seed=1, precision=args.precision, keep_layers=args.keep_layers, verbose=args.verbose)
     seconds = time.perf_counter() - start
     after = heldout_cross_entropy(model_path, heldout, 128, lora=lora)
     print(f"trained {args.iterations} iterations in {seconds:.1f} s "

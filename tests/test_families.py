@@ -211,3 +211,15 @@ def test_chat_data_trains_with_the_models_template(tmp_path, name):
                              checkpoint_out="", train_format="chat", ctx=32, batch=2, lora_r=2, adam_iter=4,
                              adam_alpha=2e-2, warmup=0, seed=1, verbose=False)
     assert result.iterations == 4 and result.losses[-1] < result.losses[0]
+
+
+def test_an_adapter_of_another_architecture_is_refused(tmp_path):
+    from ggtune.adapters import AdapterError
+    from tiny_models import write_random_adapter
+
+    path = write_case(tmp_path, "qwen2_bias")
+    adapter = tmp_path / "llama-adapter.gguf"
+    write_random_adapter(adapter, {"blk.0.attn_q.weight": (64, 64)}, rank=2, arch="llama")
+    with pytest.raises(AdapterError, match=r"llama-adapter\.gguf: an adapter for general.architecture 'llama', "
+                                           r"the model is 'qwen2'"):
+        load_model(path, lora=[(str(adapter), 1.0)])

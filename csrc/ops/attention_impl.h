@@ -27,19 +27,31 @@ struct Scratch {
   Scratch& operator=(const Scratch&) = delete;
 };
 
-// dst[b,h,d,l] = src[b,l,h,d]: every head as a [D, L] matrix, so tiles of its transpose are
-// row-major operands of gemm_block. Done once per call (memory of the size of src).
+// dst[b,h,d,l - l0] = src[b,l,h,d] for l in [l0, L): every head as a [D, L - l0] matrix with
+// rows of `ld` floats, so tiles of its transpose are row-major operands of gemm_block. Done
+// once per call, in blocks of kTransposeRows source rows (whose cache lines stay in L1 while
+// each d writes one run of the block's length; one row at a time would write D scattered
+// floats per row read).
+constexpr int64_t kTransposeRows = 16;
+
 inline void transpose_heads(const float* src /*[B,L,H,D]*/, int64_t B, int64_t L, int64_t H,
-                            int64_t D, float* dst /*[B,H,D,L]*/) {
+                            int64_t D, int64_t l0, int64_t ld, float* dst /*[B,H,D,ld]*/) {
   parallel_for_each(B * H, [&](int64_t bh) {
     const int64_t b = bh / H, h = bh % H;
-    float* head = dst + bh * D * L;
-    for (int64_t l = 0; l < L; ++l) {
-      const float* row = src + ((b * L + l) * H + h) * D;
-      for (int64_t d = 0; d < D; ++d) head[d * L + l] = row[d];
+    float* head = dst + bh * D * ld;
+    for (int64_t lb = l0; lb < L; lb += kTransposeRows) {
+      const int64_t le = std::min(lb + kTransposeRows, L);
+      const float* rows = src + ((b * L + lb) * H + h) * D;  // row l at rows + (l - lb) * H * D
+      for (int64_t d = 0; d < D; ++d)
+        for (int64_t l = lb; l < le; ++l) head[d * ld + (l - l0)] = rows[(l - lb) * H * D + d];
     }
   });
 }
+
+// Row length of a transposed head of n columns: padded off the powers of two, whose strides
+// map a tile's D rows onto the same few cache sets (a 4096-key cache ran 40x slower per key
+// than a 512-key window).
+inline int64_t transposed_ld(int64_t n) { return (n + 15) / 16 * 16 + 16; }
 
 template <class V>
 void scale_row(float* row, int64_t n, float alpha) {
@@ -51,6 +63,43 @@ void scale_row(float* row, int64_t n, float alpha) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The smallest and largest first_key of every query tile (0 and 0 without bounds): the key
+// tiles below a query tile's smallest bound are skipped (the speed of sliding windows and
+// packed samples), and only tiles reaching above some query's bound need a per-entry mask.
+struct QueryTileBounds {
+  int32_t* minmax;  // [B, n_qblocks, 2]
+  int64_t n_qblocks, n_batches;
+  QueryTileBounds(const int32_t* first_key /*[B,S] or null*/, int64_t B, int64_t S)
+      : minmax(new int32_t[std::max<int64_t>(2 * B * ceil_div(S, kQueryBlock), 1)]()),
+        n_qblocks(ceil_div(S, kQueryBlock)),
+        n_batches(B) {
+    if (!first_key) return;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t qb = 0; qb < n_qblocks; ++qb) {
+        const int32_t* lo = first_key + b * S + qb * kQueryBlock;
+        const int64_t nr = std::min(kQueryBlock, S - qb * kQueryBlock);
+        int32_t lo_min = lo[0], lo_max = lo[0];
+        for (int64_t r = 1; r < nr; ++r) {
+          lo_min = lo[r] < lo_min ? lo[r] : lo_min;
+          lo_max = lo[r] > lo_max ? lo[r] : lo_max;
+        }
+        minmax[2 * (b * n_qblocks + qb)] = lo_min;
+        minmax[2 * (b * n_qblocks + qb) + 1] = lo_max;
+      }
+  }
+  ~QueryTileBounds() { delete[] minmax; }
+  QueryTileBounds(const QueryTileBounds&) = delete;
+  QueryTileBounds& operator=(const QueryTileBounds&) = delete;
+  int64_t min(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb)]; }
+  int64_t max(int64_t b, int64_t qb) const { return minmax[2 * (b * n_qblocks + qb) + 1]; }
+  int64_t lowest() const {  // the smallest bound of all (0 without queries)
+    const int64_t n_tiles = n_batches * n_qblocks;
+    int64_t lo = n_tiles > 0 ? minmax[0] : 0;
+    for (int64_t t = 1; t < n_tiles; ++t) lo = minmax[2 * t] < lo ? minmax[2 * t] : lo;
+    return lo;
+  }
+};
+
 // One task = one query block of one head: the tile's rows of `out` accumulate P.V under an
 // online softmax (running max m and sum l per row), then are normalised by l.
 template <class V>
@@ -59,8 +108,12 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
-  Scratch k_t(s.B * s.Hkv * D * s.Skv);
-  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k_t.p);
+  // Only keys some query sees are transposed: a sliding window's decode step reads the last
+  // `window` keys of a long cache.
+  const QueryTileBounds bounds(first_key, s.B, s.S);
+  const int64_t k0 = bounds.lowest(), ld_kt = transposed_ld(s.Skv - k0);
+  Scratch k_t(s.B * s.Hkv * D * ld_kt);
+  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k0, ld_kt, k_t.p);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -68,7 +121,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * s.Skv;          // [D, Skv]
+    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * ld_kt;  // keys k0.., [D, *], ld ld_kt
     const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
@@ -78,10 +131,10 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
       l.p[r] = 0.0f;
     }
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
-    for (int64_t j0 = 0; j0 < n_keys; j0 += kKeyBlock) {
+    for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + j0, s.Skv, scores.p, kKeyBlock, scale,
-                    false);
+      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + (j0 - k0), ld_kt, scores.p, kKeyBlock,
+                    scale, false);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
         // The row's keys in this tile are [c_lo, c_hi); the others are masked (p = 0).
@@ -131,12 +184,9 @@ void attention_delta(const float* dout, const float* out, float* delta, const At
 
 // Zeroes P^T and dS^T where key j0 + c lies below query r's first key. The lower bounds of a
 // tile's queries need not be monotonic (random bounds, packed samples), so this goes entry
-// by entry; it runs only on tiles some query of which starts inside or after the key tile.
+// by entry; the caller runs it only on tiles some query of which starts after key j0.
 inline void mask_below_first_key(const int32_t* lo /*[nr]*/, int64_t nr, int64_t j0, int64_t nc,
                                  float* pt /*[nc, kQueryBlock]*/, float* dst /*[nc, kQueryBlock]*/) {
-  int32_t lo_max = 0;
-  for (int64_t r = 0; r < nr; ++r) lo_max = lo[r] > lo_max ? lo[r] : lo_max;
-  if (lo_max <= j0) return;  // every query sees every key of the tile its causal bound allows
   for (int64_t c = 0; c < nc; ++c)
     for (int64_t r = 0; r < nr; ++r)
       if (lo[r] > j0 + c) pt[c * kQueryBlock + r] = dst[c * kQueryBlock + r] = 0.0f;
@@ -165,12 +215,14 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t dq_size = s.B * s.S * s.Hq * D;
 
   Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
-  Scratch q_t(dq_size), dout_t(dq_size);  // [B,Hq,D,S]
+  const int64_t ld_t = transposed_ld(s.S);
+  Scratch q_t(s.B * s.Hq * D * ld_t), dout_t(s.B * s.Hq * D * ld_t);  // [B,Hq,D,ld_t]
   attention_delta<V>(dout, out, delta.p, s);
-  transpose_heads(q, s.B, s.S, s.Hq, D, q_t.p);
-  transpose_heads(dout, s.B, s.S, s.Hq, D, dout_t.p);
+  transpose_heads(q, s.B, s.S, s.Hq, D, 0, ld_t, q_t.p);
+  transpose_heads(dout, s.B, s.S, s.Hq, D, 0, ld_t, dout_t.p);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
+  const QueryTileBounds bounds(first_key, s.B, s.S);
 
   parallel_for_each(s.B * s.Hkv * n_chunks, [&](int64_t task) {
     const int64_t chunk = task % n_chunks, b = task / n_chunks / s.Hkv,
@@ -188,17 +240,18 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
       const int64_t first_query = std::max<int64_t>(0, j0 - off);  // first row seeing key j0
       for (int64_t h = hk * group; h < (hk + 1) * group; ++h) {
         for (int64_t qb = first_query / kQueryBlock; qb < n_qblocks; ++qb) {
+          if (bounds.min(b, qb) >= j0 + nc) continue;  // no query of the tile sees these keys
           const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
           const int64_t q_row = (b * s.S + i0) * s.Hq + h;
           const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
           const float* do_tile = dout + q_row * D;
-          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * s.S + i0;  // [D, nr], ld S
-          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * s.S + i0;
+          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * ld_t + i0;  // [D, nr], ld ld_t
+          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * ld_t + i0;
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
           const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;
-          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, s.S, pt.p, kQueryBlock, scale, false);
-          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, s.S, dst.p, kQueryBlock, 1.0f, false);
+          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, ld_t, pt.p, kQueryBlock, scale, false);
+          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, ld_t, dst.p, kQueryBlock, 1.0f, false);
           for (int64_t c = 0; c < nc; ++c) {
             float* prow = pt.p + c * kQueryBlock;
             float* dsrow = dst.p + c * kQueryBlock;
@@ -213,7 +266,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
               U::store(dsrow + r, U::mul(p, U::sub(U::load(dsrow + r), U::load(delta_tile + r))));
             });
           }
-          if (lo_tile) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
+          if (bounds.max(b, qb) > j0) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
           gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, 1, do_tile, ldq, dv_acc.p, D, 1.0f, true);
           gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, 1, q_tile, ldq, dk_acc.p, D, scale, true);
           // dS = (dS^T)^T, read through swapped strides

@@ -117,9 +117,11 @@ def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
         w.close()
 
 
-def read_gguf_adapter(path: str | os.PathLike) -> tuple[float | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
+def read_gguf_adapter(path: str | os.PathLike, architecture: str | None = None
+                      ) -> tuple[float | None, dict[str, tuple[np.ndarray, np.ndarray]]]:
     """(alpha or None when absent, {base name: (A (r, n_in), B (n_out, r))}) of a GGUF LoRA adapter;
-    tensors of any type gguf can dequantize come back as float32."""
+    tensors of any type gguf can dequantize come back as float32. With `architecture` (the base
+    model's), the adapter's general.architecture must be the same, as llama.cpp requires."""
     import gguf
 
     name = os.fspath(path)
@@ -135,6 +137,9 @@ def read_gguf_adapter(path: str | os.PathLike) -> tuple[float | None, dict[str, 
         got = _string_field(fields, key)
         if got != want:
             raise AdapterError(f"{name}: not a LoRA adapter ({key} is {got!r}, expected {want!r})")
+    own = _string_field(fields, "general.architecture")
+    if architecture is not None and own != architecture:
+        raise AdapterError(f"{name}: an adapter for general.architecture {own!r}, the model is {architecture!r}")
     raw = {t.name: _as_float32(t) for t in reader.tensors}
     alpha = None
     if "adapter.lora.alpha" in fields:

@@ -199,7 +199,7 @@ def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeigh
     from .adapters import read_gguf_adapter
 
     path = os.fspath(path)
-    alpha, pairs = read_gguf_adapter(path)
+    alpha, pairs = read_gguf_adapter(path, architecture=weights.arch.name)
     targets = weights.weights_by_name()
     adapted = {}
     for name, (a, b) in pairs.items():
