@@ -8,7 +8,7 @@ attention/FFN matrices of every layer, Adam(W) lr 1e-3, `--warmup` untimed then 
 iterations. Data: the GPL-3, LGPL-3, Apache-2.0 and MPL-2.0 texts of /usr/share/common-licenses,
 tokenized with the model's tokenizer (ggtune's reading of the GGUF vocabulary). Every system
 runs in its own subprocess, one after the other, and reports its own peak RSS
-(getrusage(RUSAGE_SELF).ru_maxrss, which counts the resident pages of a memory-mapped model).
+(VmHWM of /proc/self/status, which counts the resident pages of a memory-mapped model).
 With --rounds N the three systems run in turn N times and each one's best round is compared, so
 a change of the machine's load during the run does not favour whichever system ran in the quiet.
 
@@ -33,7 +33,6 @@ import contextlib
 import io
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -51,7 +50,9 @@ RESULT_TAG = "BENCH_RESULT "
 
 
 def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+    from ggtune.memory import peak_rss  # VmHWM: ru_maxrss would count this parent's peak too
+
+    return peak_rss()
 
 
 # ----------------------------------------------------------------------------- children

@@ -212,3 +212,36 @@ def test_keys_below_first_key_are_invisible(isa, threads):
         assert dk[:, 41:].any(axis=(0, 2, 3)).all() and dv[:, 41:].any(axis=(0, 2, 3)).all()
     finally:
         _core.set_num_threads(0)
+
+
+SCRATCH_PROBE = """
+import numpy as np
+from ggtune import _core
+from ggtune.memory import peak_rss
+_core.set_num_threads({threads})
+B, S, Hq, Hkv, D = {shape}
+rng = np.random.default_rng(0)
+q, dout, out = (rng.standard_normal((B, S, Hq, D), dtype=np.float32) for _ in range(3))
+k, v = (rng.standard_normal((B, S, Hkv, D), dtype=np.float32) for _ in range(2))
+lse = np.zeros((B, Hq, S), np.float32)
+dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
+for a in (dq, dk, dv, lse):
+    a.fill(0.0)  # touch every page before the baseline
+before = peak_rss()
+_core.attention_backward(dout, q, k, v, out, lse, 0.125, dq, dk, dv)
+print(peak_rss() - before, _core.attention_backward_scratch_bytes(B, S, S, Hq, Hkv, D))
+"""
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_backward_scratch_bytes_is_what_the_backward_allocates(threads):
+    """The memory plan sizes the attention backward with attention_backward_scratch_bytes: the
+    peak RSS the backward adds (a fresh process, inputs already resident) must match it."""
+    import subprocess
+    import sys
+
+    code = SCRATCH_PROBE.format(threads=threads, shape=(8, 512, 8, 2, 64))
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    grown, planned = (int(n) for n in done.stdout.split())
+    assert planned > 0
+    assert 0.85 * planned <= grown <= 1.15 * planned + (1 << 20), (grown, planned)

@@ -397,6 +397,14 @@ void bind_ops(py::module_& m) {
         arg("first_key") = py::none(),
         "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head); "
         "first_key as given to the forward.");
+  m.def(
+      "attention_backward_scratch_bytes",
+      [](int64_t B, int64_t S, int64_t Skv, int64_t Hq, int64_t Hkv, int64_t D) {
+        return ops::attention_backward_scratch_bytes(AttentionShape{B, S, Skv, Hq, Hkv, D});
+      },
+      arg("B"), arg("S"), arg("Skv"), arg("Hq"), arg("Hkv"), arg("D"),
+      "Bytes of scratch attention_backward allocates for these shapes at the current thread "
+      "count (q and dout transposed, partial dq per key chunk, row deltas): for memory plans.");
   def_gated(m, "swiglu", &ops::ActivationKernels::swiglu_forward,
             &ops::ActivationKernels::swiglu_backward, "out[T,F] = silu(gate) * up.");
   def_gated(m, "geglu", &ops::ActivationKernels::geglu_forward,

@@ -13,4 +13,8 @@ const AttentionKernels& attention_kernels() {
                       GGTUNE_X86(&attention_kernels_avx512));
 }
 
+int64_t attention_backward_scratch_bytes(const AttentionShape& s) {
+  return BackwardScratch(s).total_floats() * int64_t(sizeof(float));
+}
+
 }  // namespace ggtune::ops

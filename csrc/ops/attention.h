@@ -34,6 +34,9 @@ struct AttentionKernels {
 
 const AttentionKernels& attention_kernels();  // the active tier's kernels
 
+// Bytes of scratch the backward allocates for shape s at the current thread count (memory plans).
+int64_t attention_backward_scratch_bytes(const AttentionShape& s);
+
 #if defined(__x86_64__)
 extern const AttentionKernels attention_kernels_avx2, attention_kernels_avx512;
 #endif

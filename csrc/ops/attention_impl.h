@@ -63,6 +63,27 @@ void scale_row(float* row, int64_t n, float alpha) {
 
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// The attention backward's scratch, in one place for the kernel and for memory plans
+// (attention_backward_scratch_bytes). Key blocks are split into chunks so that every thread
+// has work (twice over, for balance) even at batch 1 with few KV heads; each chunk beyond the
+// first costs a dq-sized buffer, hence the cap.
+struct BackwardScratch {
+  static constexpr int64_t kMaxChunks = 8;
+  int64_t n_chunks, dq_size, ld_t, B, Hq, S, D;
+
+  explicit BackwardScratch(const AttentionShape& s)
+      : n_chunks(std::clamp<int64_t>(
+            std::min(ceil_div(s.Skv, kKeyBlock),
+                     ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv))),
+            1, kMaxChunks)),
+        dq_size(s.B * s.S * s.Hq * s.D), ld_t(transposed_ld(s.S)), B(s.B), Hq(s.Hq), S(s.S), D(s.D) {}
+
+  int64_t delta_floats() const { return B * Hq * S; }
+  int64_t dq_parts_floats() const { return (n_chunks - 1) * dq_size; }
+  int64_t transposed_floats() const { return B * Hq * D * ld_t; }  // q or dout, [B,Hq,D,ld_t]
+  int64_t total_floats() const { return delta_floats() + dq_parts_floats() + 2 * transposed_floats(); }
+};
+
 // The smallest and largest first_key of every query tile (0 and 0 without bounds): the key
 // tiles below a query tile's smallest bound are skipped (the speed of sliding windows and
 // packed samples), and only tiles reaching above some query's bound need a per-entry mask.
@@ -207,16 +228,11 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
-  // Enough tasks for every thread (twice over, for balance) even at batch 1 with few KV heads;
-  // each chunk beyond the first costs a dq-sized buffer, hence the cap.
-  constexpr int64_t kMaxChunks = 8;
-  const int64_t wanted_chunks = ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv));
-  const int64_t n_chunks = std::clamp<int64_t>(std::min(n_kblocks, wanted_chunks), 1, kMaxChunks);
-  const int64_t dq_size = s.B * s.S * s.Hq * D;
+  const BackwardScratch layout(s);
+  const int64_t n_chunks = layout.n_chunks, dq_size = layout.dq_size, ld_t = layout.ld_t;
 
-  Scratch delta(s.B * s.Hq * s.S), dq_parts((n_chunks - 1) * dq_size);
-  const int64_t ld_t = transposed_ld(s.S);
-  Scratch q_t(s.B * s.Hq * D * ld_t), dout_t(s.B * s.Hq * D * ld_t);  // [B,Hq,D,ld_t]
+  Scratch delta(layout.delta_floats()), dq_parts(layout.dq_parts_floats());
+  Scratch q_t(layout.transposed_floats()), dout_t(layout.transposed_floats());  // [B,Hq,D,ld_t]
   attention_delta<V>(dout, out, delta.p, s);
   transpose_heads(q, s.B, s.S, s.Hq, D, 0, ld_t, q_t.p);
   transpose_heads(dout, s.B, s.S, s.Hq, D, 0, ld_t, dout_t.p);

@@ -456,11 +456,12 @@ def build_batch(samples: Samples, shuffled: Shuffled, first: int, opts: BatchOpt
     return Batch(inputs, targets, used)
 
 
-def attention_layout(batch: Batch) -> dict:
-    """The graph's keyword arguments for a packed batch's positions and attention bounds (none unpacked)."""
+def attention_layout(batch: Batch, rows: slice = slice(None)) -> dict:
+    """The graph's keyword arguments for the positions and attention bounds of a packed batch's
+    ``rows`` (none unpacked)."""
     if batch.positions is None:
         return {}
-    return {"positions": batch.positions, "first_key": batch.first_key}
+    return {"positions": batch.positions[rows], "first_key": batch.first_key[rows]}
 
 
 class BatchStream:

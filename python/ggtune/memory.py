@@ -14,7 +14,7 @@ import os
 import resource
 from dataclasses import dataclass
 
-from ._core import num_threads as n_threads
+from . import _core
 from .block import Block
 from .names import MATRIX_KINDS
 
@@ -63,9 +63,10 @@ def layer_intermediates(weights, n_batch: int, n_ctx: int, lora_ranks: dict[str,
 
 def layer_backward_temporaries(weights, n_batch: int, n_ctx: int) -> int:
     """Peak bytes of gradient temporaries inside Block.backward, with the attention backward's
-    scratch: q and dout transposed, one partial dq per thread."""
+    scratch (q and dout transposed, partial dq per key chunk) as the kernel sizes it."""
     hp = weights.hparams
-    attention_scratch = (2 + n_threads()) * n_batch * n_ctx * hp.n_embd_q * F32
+    attention_scratch = _core.attention_backward_scratch_bytes(n_batch, n_ctx, n_ctx, hp.n_head,
+                                                               hp.n_head_kv, hp.head_dim)
     return _bytes(Block(weights, None, None).backward_temporary_shapes(n_batch, n_ctx)) + attention_scratch
 
 
@@ -93,18 +94,31 @@ def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkp
 
 
 def peak_rss() -> int:
-    """Peak resident set size of this process so far, in bytes (Linux reports KiB)."""
+    """Peak resident set size of this process so far, in bytes.
+
+    Linux's VmHWM of /proc/self/status: getrusage's ru_maxrss keeps the peak of the process
+    before exec, so a child started by a large parent (a test runner) would report the parent's
+    peak. Elsewhere, ru_maxrss (KiB on Linux, bytes on macOS: close enough for a report)."""
+    hwm = _proc_status_kib("VmHWM:")
+    if hwm is not None:
+        return hwm * 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _proc_status_kib(field: str) -> int | None:
+    """A KiB figure of /proc/self/status (None where there is no such file or field)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def current_anon_rss() -> int:
     """Resident memory of this process that is not a file mapping (the interpreter, libraries'
     heaps, the tokenizer, the data), in bytes. Linux's /proc/self/status; elsewhere the peak RSS."""
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("RssAnon:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return peak_rss()
+    anon = _proc_status_kib("RssAnon:")
+    return anon * 1024 if anon is not None else peak_rss()

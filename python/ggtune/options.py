@@ -115,6 +115,8 @@ class FinetuneOptions:
     precision: str = _opt("auto", "ggtune: matmul precision 'auto' (int8 for quantized weights where the "
                                   "CPU has AVX512-VNNI, else f32), 'f32', 'bf16' or 'int8'")
     profile: bool = _opt(False, "ggtune: print the time share of each phase and kernel per iteration")
+    mpi_timeout: float = _opt(300.0, "ggtune: under mpirun, seconds a rank waits for the others at an exchange "
+                                     "before stopping the job, naming the ranks that never came")
     verbose: bool = _opt(True, "progress bar and messages on stderr", negation="--quiet")
 
     def check(self) -> None:

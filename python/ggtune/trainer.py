@@ -16,9 +16,9 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import _core, adapters, checkpoint as ckpt_io, data as data_io, validation
-from .watch import RunWatch
+from . import _core, adapters, checkpoint as ckpt_io, data as data_io, distributed, validation
 from .dropout import LoraDropout
+from .watch import RunWatch
 from .graph import Graph, Grads
 from .lora import LoraSet, init_lora
 from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
@@ -50,6 +50,7 @@ class FinetuneResult:
     @property
     def val_perplexities(self) -> list[tuple[int, float]]:
         return [(it, validation.ValidationResult(loss, 0).perplexity) for it, loss in self.val_losses]
+    exchange_seconds: list[float] = field(default_factory=list)  # per step, in the MPI gradient exchange
 
 
 def finetune(model_base: str, train_data: str, lora_out: str = "ggml-lora-ITERATION-f32.gguf",
@@ -61,14 +62,27 @@ def finetune(model_base: str, train_data: str, lora_out: str = "ggml-lora-ITERAT
 
 
 def run(opts: FinetuneOptions) -> FinetuneResult:
-    opts.check()
-    log = _logger(opts.verbose)
+    """One training run: in this process alone, or data-parallel over the ranks of an MPI job
+    (distributed.py); rank 0 alone prints and writes files."""
+    with distributed.session(opts.mpi_timeout) as ranks:
+        return _run(opts, ranks)
+
+
+def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
+    def check_inputs():
+        opts.check()
+        if opts.batch < dist.size:
+            raise ValueError(f"--batch {opts.batch}: each of the {dist.size} ranks needs at least one sequence")
+        return distributed.input_digest(opts)
+
+    dist.agree("the inputs", check_inputs)
+    log = _logger(opts.verbose and dist.is_root)
     from .model import load_model
 
     model = load_model(opts.model_base, n_threads=opts.threads or None, precision=opts.precision)
     _apply_overrides(model, opts)
     ranks = resolve_ranks(opts, model.weights.tied_embeddings, log)
-    resumed = _read_checkpoint(opts, ranks)
+    resumed = dist.from_root(lambda: _read_checkpoint(opts, ranks))  # the others need no copy of it
     alpha = _resolve_alpha(opts, resumed, log)
     rslora = _resolve_rslora(opts, resumed, log)
     if opts.only_write_lora:
@@ -76,7 +90,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
             raise ValueError(f"--only-write-lora: needs an existing --checkpoint-in, got {opts.checkpoint_in!r}")
         lora = _lora_from_checkpoint(resumed, alpha, rslora)
         result = FinetuneResult(iterations=resumed.counters.iteration_count)
-        result.written = write_adapter(opts, model, lora, resumed.counters.iteration_count)
+        result.written = write_adapter(opts, model, lora, resumed.counters.iteration_count) if dist.is_root else []
         log(f"wrote {', '.join(result.written)}")
         return result
 
@@ -87,7 +101,7 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
     for note in samples.notes + val_notes:
         log(note)
     runtime_bytes = current_anon_rss()  # before any training buffer exists
-    seed = _resolve_seed(opts, resumed)
+    seed = dist.from_root(lambda: _resolve_seed(opts, resumed))
     lora = (_lora_from_checkpoint(resumed, alpha, rslora) if resumed
             else init_lora(model.weights, ranks, alpha, seed, rslora=rslora))
     profiler = Profiler(enabled=opts.profile)
@@ -115,8 +129,12 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
     if resumed and stream.reshuffled:
         log("the training data differs from the checkpoint's (or --force-reshuffle): shuffling afresh")
+    dist.agree("the tokenized data and the adapters", lambda: {
+        "tokenized training data": stream.state.samples_hash,
+        "initial adapters": distributed.arrays_digest(lora.parameters().values())})
 
-    plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, opts.batch,
+    local_rows = dist.rows(opts.batch)
+    plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, local_rows.stop - local_rows.start,
                        checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
                        head_chunk=graph.head_chunk, lora_ranks=lora.ranks_by_kind(),
                        runtime_bytes=runtime_bytes)
@@ -124,10 +142,12 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
     for line in plan.lines():
         log(line)
+    for line in dist.describe(opts.batch, lora.n_parameters(), opts.threads):
+        log(line)
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
-                        profiler)
-    state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count)
+                        profiler, dist)
+    state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count, writes_files=dist.is_root)
     state.dropout = LoraDropout(opts.lora_dropout, seed)
     result = state.train(log)
     result.memory_plan_bytes = plan.total
@@ -139,16 +159,18 @@ def run(opts: FinetuneOptions) -> FinetuneResult:
 
 # ----------------------------------------------------------------------------- the loop
 class _TrainState:
-    def __init__(self, opts, model, lora, graph, grads, adam, convergence, counters, stream, fresh, profiler):
+    def __init__(self, opts, model, lora, graph, grads, adam, convergence, counters, stream, fresh, profiler, dist):
         self.opts, self.model, self.lora, self.graph, self.grads = opts, model, lora, graph, grads
+        self.dist = dist  # distributed.Solo or MpiRanks
         self.adam, self.convergence, self.counters, self.stream = adam, convergence, counters, stream
         self.fresh = fresh
-        self.interrupted = False
+        self.interrupt_requested = False  # Ctrl-C seen by this process
+        self.interrupted = False  # ... and agreed by every rank: the loop stops after this step
         self.profiler = profiler
 
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
-        progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose)
+        progress = Progress(opts.adam_iter, "finetune", enabled=opts.verbose and self.dist.is_root)
         previous = signal.signal(signal.SIGINT, self._on_sigint) if _main_thread() else None
         epochs_done, watch = 0, self.watch
         result.metrics_path = watch.metrics.path
@@ -158,8 +180,9 @@ class _TrainState:
             log(f"validation before training: loss {base.loss:.4f}, perplexity {base.perplexity:.3f}")
         try:
             for step in range(opts.adam_iter):
-                started = time.perf_counter()
+                started, exchanged = time.perf_counter(), self.dist.exchange_seconds
                 loss, epochs = self.step()
+                result.exchange_seconds.append(self.dist.exchange_seconds - exchanged)
                 epochs_done += epochs
                 elapsed = time.perf_counter() - started
                 tokens = opts.ctx * opts.batch * opts.grad_acc
@@ -207,24 +230,29 @@ class _TrainState:
         """One optimizer step over grad_acc batches; returns (mean loss, epochs completed)."""
         opts, prof = self.opts, self.profiler
         self.grads.reset()
-        losses, epochs = [], 0
+        loss_sums, kept, epochs = [], [], 0
         for micro in range(opts.grad_acc):
             with prof.phase("data"):
-                batch = self.stream.next_batch()
+                batch = self.stream.next_batch()  # the whole global batch, on every rank
             n_kept = max(int((batch.targets >= 0).sum()), 1)
-            self.graph.dropout = self.dropout.for_pass(self.counters.iteration_count, micro)
+            mine = self.dist.rows(batch.inputs.shape[0])  # this rank's rows, scaled by the global count
+            self.graph.dropout = self.dropout.for_pass(self.counters.iteration_count, micro, mine.start, opts.ctx)
             with prof.phase("forward+backward"):
-                loss_sum, _ = self.graph.loss_and_grads(batch.inputs, batch.targets, self.grads,
+                loss_sum, _ = self.graph.loss_and_grads(batch.inputs[mine], batch.targets[mine], self.grads,
                                                         checkpointing=opts.use_checkpointing,
                                                         keep_layers=opts.keep_layers,
                                                         loss_scale=1.0 / (n_kept * opts.grad_acc),
-                                                        **data_io.attention_layout(batch))
+                                                        **data_io.attention_layout(batch, mine))
             self.graph.dropout = None
-            losses.append(loss_sum / n_kept)
+            loss_sums.append(loss_sum)
+            kept.append(n_kept)
             self.counters.sample_count += batch.used_samples
             self.counters.token_count += batch.inputs.size
             epochs += int(batch.epoch_completed)
-        loss = float(np.mean(losses))
+        with prof.phase("gradient exchange"):
+            loss_sums, self.interrupted = self.dist.sum_step(self.grads.arrays(), loss_sums,
+                                                             self.interrupt_requested)
+        loss = float(np.mean([s / k for s, k in zip(loss_sums, kept)]))
         if self.fresh and self.adam.iteration == 0:
             self.convergence.start(loss)
         self.last_lr = learning_rate_schedule(
@@ -247,6 +275,11 @@ class _TrainState:
 
     def save(self) -> list[str]:
         it = self.counters.iteration_count
+        # every rank must hold the same adapters; a difference would be a bug, never silent
+        self.dist.agree(f"the adapters at iteration {it}", lambda: {
+            "adapters": distributed.arrays_digest(self.lora.parameters().values())})
+        if not self.dist.is_root:
+            return []
         written = []
         for path in ckpt_io.output_names(self.opts.checkpoint_out, it, self.opts.pattern_fn_it, self.opts.fn_latest):
             ckpt_io.save_checkpoint(path, self.checkpoint())
@@ -269,9 +302,11 @@ class _TrainState:
             best_val_loss=self.watch.best.best, evals_since_best=self.watch.best.since_best)
 
     def _on_sigint(self, signum, frame) -> None:
-        if self.interrupted:  # a second Ctrl-C: the user really wants out now
+        if self.interrupt_requested:  # a second Ctrl-C: the user really wants out now
             raise KeyboardInterrupt
-        self.interrupted = True
+        self.interrupt_requested = True
+        if self.dist.size == 1:  # ranks stop together, after the exchange that tells them all
+            self.interrupted = True
         print("\nggtune: interrupted, finishing this iteration and saving (Ctrl-C again to abort)",
               file=sys.stderr, flush=True)
 

@@ -13,13 +13,14 @@ class RunWatch:
     """What the training loop reports and watches besides training: the metrics log, evaluation
     and the best validation loss (for --early-stop and the BEST adapter)."""
 
-    def __init__(self, opts, evaluator, resumed, seed: int, n_samples: int):
+    def __init__(self, opts, evaluator, resumed, seed: int, n_samples: int, writes_files: bool = True):
+        """writes_files: False on the MPI ranks but 0, which evaluate alike and write nothing."""
         self.opts, self.evaluator, self.seed, self.n_samples = opts, evaluator, seed, n_samples
-        self.metrics = MetricsLog(resolve_metrics_path(opts.metrics, opts.lora_out, opts.pattern_fn_it),
-                                  append=resumed is not None)
+        path = resolve_metrics_path(opts.metrics, opts.lora_out, opts.pattern_fn_it) if writes_files else ""
+        self.metrics = MetricsLog(path, append=resumed is not None)
         self.best = validation.BestTracker(opts.early_stop, resumed.best_val_loss if resumed else None,
                                            resumed.evals_since_best if resumed else 0)
-        self.writes_best = evaluator is not None and bool(opts.lora_out)
+        self.writes_best = writes_files and evaluator is not None and bool(opts.lora_out)
         self.last = None  # the latest ValidationResult
         self.started = time.perf_counter()
 
