@@ -58,6 +58,12 @@ def test_dropout_masks_are_keyed_not_drawn_in_sequence():
         assert not np.array_equal(m, other.mask("blk.0.attn_q.weight", (400, 64)))
     assert not np.array_equal(m, drop.for_pass(3, 0).mask("blk.0.attn_k.weight", (400, 64)))
     assert LoraDropout(0.0, seed=5).for_pass(1, 0) is None
+    # each row of the global batch has its own mask: a data-parallel rank holding rows 2..3 of a
+    # 4-row batch draws the rows one process draws for them
+    whole = drop.for_pass(3, 0, 0, 100).mask("blk.1.ffn_up.weight", (400, 64))
+    part = drop.for_pass(3, 0, 2, 100).mask("blk.1.ffn_up.weight", (200, 64))
+    np.testing.assert_array_equal(part, whole[200:])
+    assert not np.array_equal(whole[:100], whole[100:200])
     with pytest.raises(ValueError, match="--lora-dropout"):
         LoraDropout(1.0, 0)
 
