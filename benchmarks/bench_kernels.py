@@ -127,7 +127,6 @@ def bench_shapes(args, types, thread_counts, peaks):
             for d in ("fwd", "bwd"):
                 rates = [gop / best[qtype.name, d, n] for n in thread_counts]
                 fracs = [r * 1e9 / peaks.get((engine, n), float("nan")) for r, n in zip(rates, thread_counts)]
-                frac = fracs[-1]
                 eff = rates[-1] / (full * rates[0]) if len(rates) > 1 else 1.0
                 for n, f in zip(thread_counts, fracs):
                     fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE, n), []).append(f)

@@ -142,7 +142,9 @@ def _max_lora_difference(path_a, path_b) -> float:
 
 
 @needs_mpi
-@pytest.mark.parametrize("extra", [{}, {"grad_acc": 2, "batch": 3}], ids=["plain", "grad_acc-uneven-split"])
+@pytest.mark.parametrize("extra", [{}, {"grad_acc": 2, "batch": 3},
+                                   {"lora_dropout": 0.2, "pack": True, "val_split": 0.1, "eval_every": 2, "batch": 3}],
+                         ids=["plain", "grad_acc-uneven-split", "dropout-packed-validation"])
 def test_two_ranks_train_like_one_process(tmp_path, inputs, extra):
     two = _mpirun_ok(tmp_path, 2, _kwargs(inputs, str(tmp_path / "two"), 4, **extra))
     one = ggtune.finetune(**_kwargs(inputs, str(tmp_path / "one"), 4, **extra))

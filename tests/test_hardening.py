@@ -25,13 +25,13 @@ import gguf
 import ggtune
 from ggtune import atomic
 from ggtune.adapters import AdapterError, read_gguf_adapter
-from ggtune.checkpoint import CheckpointError, load_checkpoint
+from ggtune.checkpoint import load_checkpoint
 from ggtune.cli import main as cli
 from ggtune.finite import TrainingDiverged
 from ggtune.gguf_io import GGUFError, read_model_gguf
 from ggtune.graph import Graph
 from ggtune.options import options_from_kwargs
-from tiny_models import tensor_shapes, TinyConfig, write_random_adapter, write_tiny_llama
+from tiny_models import tensor_shapes, TinyConfig, write_tiny_llama
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat watches the rain. " * 30
 COMMON = dict(ctx=16, batch=2, lora_r=2, adam_alpha=1e-2, warmup=2, seed=3, save_every=0, verbose=False,

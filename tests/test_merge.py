@@ -15,7 +15,6 @@ from gguf import GGMLQuantizationType as T
 
 from ggtune import quantize as q
 from ggtune.adapters import AdapterError, checkpoint_to_modern
-from ggtune.architecture import HParams
 from ggtune.checkpoint import (Checkpoint, OptimizerCheckpoint, TrainCounters,
                                save_checkpoint)
 from ggtune.names import ALL_KINDS as RANK_KINDS, lora_base_names

@@ -91,11 +91,13 @@ def _refuse_non_finite(path, lora: dict[str, tuple[np.ndarray, np.ndarray]], alp
 # ---- GGUF adapter --------------------------------------------------------------------------------
 
 def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray, np.ndarray]], *,
-                       alpha: float, architecture: str = "llama", tied_embeddings: bool = False) -> None:
+                       alpha: float, architecture: str = "llama", tied_embeddings: bool = False,
+                       metadata: dict[str, bool | float] | None = None) -> None:
     """Writes the GGUF LoRA adapter of current llama.cpp, atomically, F32.
 
     ``lora`` is {base name "blk.0.attn_q.weight": (A (r, n_in), B (n_out, r))} (modern
-    orientation). A tensor kind the format cannot carry is refused, never dropped silently."""
+    orientation). A tensor kind the format cannot carry is refused, never dropped silently.
+    ``metadata``: further keys for readers that know them (bool or float32; llama.cpp ignores them)."""
     import gguf
 
     carried = adapter_capabilities("gguf", tied_embeddings)
@@ -113,6 +115,8 @@ def write_gguf_adapter(path: str | os.PathLike, lora: dict[str, tuple[np.ndarray
         w.add_type("adapter")
         w.add_string("adapter.type", "lora")
         w.add_float32("adapter.lora.alpha", float(alpha))
+        for key, value in (metadata or {}).items():
+            w.add_bool(key, value) if isinstance(value, bool) else w.add_float32(key, float(value))
         for base in checkpoint_order(lora):
             a, b = lora[base]
             if kind_of(base) == "token_embd":  # llama.cpp gathers rows of lora_a: flipped pair

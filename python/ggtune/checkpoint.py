@@ -32,6 +32,12 @@ TRAINING_TYPE = "finetune_lora"
 # resume with another --lora-alpha silently changed the adapters' scale); the original's
 # converter and loader ignore keys they do not know.
 ALPHA_KEY = "ggtune.training.lora_alpha"
+# ggtune's other training state: the LoRA scale rule, the seed (a resume with --seed -1 draws the
+# same dropout masks) and the validation state (best loss, evaluations since) of --early-stop.
+RSLORA_KEY = "ggtune.training.rslora"
+SEED_KEY = "ggtune.training.seed"
+BEST_VAL_KEY = "ggtune.training.best_val_loss"
+SINCE_BEST_KEY = "ggtune.training.evals_since_best"
 
 
 class CheckpointError(ValueError):
@@ -74,6 +80,10 @@ class Checkpoint:
     shuffle: ShuffleState
     # ggtune's own key (ALPHA_KEY): the original's files do not record alpha; None for those
     lora_alpha: float | None = None
+    rslora: bool = False  # scale alpha / sqrt(r) (RSLORA_KEY)
+    seed: int | None = None
+    best_val_loss: float | None = None
+    evals_since_best: int = 0
 
 
 # ---- names ----------------------------------------------------------------------------------------
@@ -124,6 +134,12 @@ def save_checkpoint(path: str | os.PathLike, ckpt: Checkpoint) -> None:
         w.add_uint64("training.shuffle.next_sample", shuffle.next_sample)
         if ckpt.lora_alpha is not None:
             w.add_float32(ALPHA_KEY, ckpt.lora_alpha)
+        w.add_bool(RSLORA_KEY, ckpt.rslora)
+        if ckpt.seed is not None:
+            w.add_uint64(SEED_KEY, ckpt.seed)
+        if ckpt.best_val_loss is not None:
+            w.add_float32(BEST_VAL_KEY, ckpt.best_val_loss)
+            w.add_uint32(SINCE_BEST_KEY, ckpt.evals_since_best)
         w.add_uint32("optimizer.file_version", 0)
         w.add_uint32("optimizer.convergence_past_count", opt.past)
         w.add_uint64("optimizer.parameter_count", len(opt.m))
@@ -243,7 +259,11 @@ def _checkpoint_from(fields, tensors) -> Checkpoint:
                            sample_count=get.int("training.shuffle.sample_count"),
                            next_sample=get.int("training.shuffle.next_sample"))
     ckpt = Checkpoint(hparams=hp, ranks=ranks, lora=lora, optimizer=opt, counters=counters, shuffle=shuffle,
-                      lora_alpha=get.float(ALPHA_KEY) if ALPHA_KEY in fields else None)
+                      lora_alpha=get.float(ALPHA_KEY) if ALPHA_KEY in fields else None,
+                      rslora=get.bool(RSLORA_KEY) if RSLORA_KEY in fields else False,
+                      seed=get.int(SEED_KEY) if SEED_KEY in fields else None,
+                      best_val_loss=get.float(BEST_VAL_KEY) if BEST_VAL_KEY in fields else None,
+                      evals_since_best=get.int(SINCE_BEST_KEY) if SINCE_BEST_KEY in fields else 0)
     if get.int("optimizer.parameter_count") != len(opt.m):
         raise CheckpointError(f"optimizer.parameter_count {get.int('optimizer.parameter_count')} does not "
                               f"match the {len(opt.m)} stored moments")

@@ -12,7 +12,6 @@ import argparse
 import importlib
 import os
 import sys
-import time
 from typing import Optional, Sequence
 
 SUBCOMMAND_MODULES = [
@@ -23,6 +22,7 @@ SUBCOMMAND_MODULES = [
     "ggtune.convert",   # convert-checkpoint
     "ggtune.peft",      # export-peft
     "ggtune.merge",     # merge
+    "ggtune.plot",      # plot
 ]
 
 

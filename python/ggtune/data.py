@@ -1,4 +1,5 @@
-"""Training data: samples from text or chat JSONL, seeded shuffling, batch rows.
+"""Training data: samples from text or JSONL records (chat here; completion and instruction in
+records.py), seeded shuffling, batch rows (packed ones in packing.py).
 
 Spec: original-finetune.md section C. Shapes: N tokens of the data, S samples, B rows (n_batch),
 T positions per row (n_ctx).
@@ -198,11 +199,17 @@ def chat_samples(lines: list[str], tokenizer: Tokenizer, template: str, *, sourc
     are trainable. Each part of the text is tokenized on its own (special tokens recognised), so
     no token straddles a trainable boundary. A leading BOS token is dropped: every batch row
     starts with BOS already."""
-    pieces, masks, too_long = [], [], 0
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        messages = _parse_chat_line(line, source, number)
+    conversations = ((number, _parse_chat_line(line, source, number))
+                     for number, line in enumerate(lines, start=1) if line.strip())
+    return conversation_samples(conversations, tokenizer, template, source=source, n_ctx=n_ctx,
+                                bos_token=bos_token, eos_token=eos_token)
+
+
+def conversation_samples(conversations, tokenizer: Tokenizer, template: str, *, source: str,
+                         n_ctx: int | None = None, bos_token: str = "", eos_token: str = "") -> Samples:
+    """chat_samples of already parsed conversations [(line number, messages), ...]."""
+    pieces, masks = [], []
+    for number, messages in conversations:
         try:
             text, spans = assistant_spans(template, messages, bos_token=bos_token, eos_token=eos_token)
         except ChatTemplateError as e:
@@ -212,26 +219,36 @@ def chat_samples(lines: list[str], tokenizer: Tokenizer, template: str, *, sourc
         tokens, mask = _tokenize_spans(text, spans, tokenizer)
         if tokens and tokens[0] == tokenizer.bos_id:
             tokens, mask = tokens[1:], mask[1:]
-        if n_ctx is not None and len(tokens) > n_ctx:
-            too_long += 1
         pieces.append(tokens)
         masks.append(mask)
     if not pieces:
         raise DataError(f"{source}: training data has no conversations")
+    return masked_samples(pieces, masks, source, n_ctx, "conversations")
+
+
+def masked_samples(pieces: list[list[int]], masks: list[np.ndarray], source: str, n_ctx: int | None,
+                   what: str) -> Samples:
+    """Samples with a trainable mask per token, noting how many are longer than a row."""
     samples = _concatenate(pieces, source, trainable=masks)
+    too_long = sum(len(p) > n_ctx for p in pieces) if n_ctx is not None else 0
     if too_long:
-        samples.notes.append(f"{too_long} of {len(pieces)} conversations are longer than n_ctx={n_ctx} "
+        samples.notes.append(f"{too_long} of {len(pieces)} {what} are longer than n_ctx={n_ctx} "
                              "tokens and are cut at the end of the row")
     return samples
 
 
-def _parse_chat_line(line: str, source: str, number: int) -> list[dict]:
+def json_record(line: str, source: str, number: int):
+    """One JSONL line parsed; DataError naming file and line when it is not JSON."""
     try:
-        record = json.loads(line)
+        return json.loads(line)
     except json.JSONDecodeError as e:
         raise DataError(f"{source}:{number}: not valid JSON ({e.msg} at column {e.colno})") from None
     except RecursionError:  # the parser recurses once per level of nesting
         raise DataError(f"{source}:{number}: JSON nested too deeply to read") from None
+
+
+def _parse_chat_line(line: str, source: str, number: int) -> list[dict]:
+    record = json_record(line, source, number)
     if not isinstance(record, dict) or "messages" not in record:
         raise DataError(f'{source}:{number}: expected an object {{"messages": [...]}}')
     messages = record["messages"]
@@ -263,22 +280,50 @@ def load_training_data(path: str | os.PathLike, tokenizer: Tokenizer, *, n_ctx: 
                        include_sample_start: bool = False, overlapping_samples: bool = False,
                        chat_template: str | None = None, bos_token: str = "",
                        eos_token: str = "") -> Samples:
-    """Reads and tokenizes ``path`` (``train_format`` "text" or "chat"); every problem with the
-    data is a DataError naming the file, raised here before any training work."""
+    """Reads and tokenizes ``path`` (``train_format`` "text", "chat", "completion", "instruction"
+    or "auto": records.py); every problem with the data is a DataError naming the file, raised here
+    before any training work."""
+    from . import records
+
     name = os.fspath(path)
     text = read_text(name)
+    # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 inside JSON strings
+    lines = text.split("\n")
+    notes = []
+    if train_format == "auto":
+        train_format = records.detect_format(name, lines)
+        notes.append(f"{name}: training format {train_format!r} (--train-format auto"
+                     + (", from the first record)" if train_format != "text" else ", not a .jsonl file)"))
+    samples = _samples_of_format(name, text, lines, train_format, tokenizer, n_ctx=n_ctx,
+                                 sample_start=sample_start, escape=escape,
+                                 include_sample_start=include_sample_start,
+                                 overlapping_samples=overlapping_samples, chat_template=chat_template,
+                                 bos_token=bos_token, eos_token=eos_token)
+    samples.notes[:0] = notes
+    return samples
+
+
+def _samples_of_format(name, text, lines, train_format, tokenizer, *, n_ctx, sample_start, escape,
+                       include_sample_start, overlapping_samples, chat_template, bos_token, eos_token):
+    from . import records
+
     if train_format == "text":
         pattern = unescape(sample_start) if escape else sample_start
         return text_samples(text, tokenizer, n_ctx=n_ctx, source=name, sample_start=pattern,
                             include_sample_start=include_sample_start,
                             overlapping_samples=overlapping_samples)
-    if train_format == "chat":
+    if train_format == "completion":
+        return records.completion_samples(lines, tokenizer, source=name, n_ctx=n_ctx)
+    if train_format in ("chat", "instruction"):
         if chat_template is None:
-            raise DataError(f"{name}: --train-format chat needs the model's chat template, and there is none")
-        # JSONL lines end at "\n" only: str.splitlines would also cut at U+2028 inside JSON strings
-        return chat_samples(text.split("\n"), tokenizer, chat_template, source=name, n_ctx=n_ctx,
-                            bos_token=bos_token, eos_token=eos_token)
-    raise DataError(f"train_format: expected 'text' or 'chat', got {train_format!r}")
+            raise DataError(f"{name}: --train-format {train_format} needs the model's chat template, "
+                            "and there is none")
+        if train_format == "chat":
+            return chat_samples(lines, tokenizer, chat_template, source=name, n_ctx=n_ctx,
+                                bos_token=bos_token, eos_token=eos_token)
+        return conversation_samples(records.instruction_conversations(lines, name), tokenizer, chat_template,
+                                    source=name, n_ctx=n_ctx, bos_token=bos_token, eos_token=eos_token)
+    raise DataError(f"train_format: expected one of {', '.join(records.TRAIN_FORMATS)}, got {train_format!r}")
 
 
 # ---- shuffling -----------------------------------------------------------------------------------
@@ -345,6 +390,7 @@ class BatchOptions:
     start_with_bos: bool = True  # False: a row's first input is its sample's first token
     fill_with_next_samples: bool = False
     sample_random_offsets: bool = False
+    pack: bool = False  # ggtune: whole samples packed per row, attention kept inside each (packing.py)
 
 
 def make_batch(samples: Samples, shuffled: Shuffled, first: int, opts: BatchOptions, bos_id: int,
@@ -403,7 +449,31 @@ class Batch:
     inputs: np.ndarray  # int32 [B, T]
     targets: np.ndarray  # int32 [B, T], -1 = no loss
     used_samples: int  # samples consumed (the checkpoint's training.sample_count grows by it)
-    epoch_completed: bool  # this batch finished an epoch; the next one starts a new permutation
+    epoch_completed: bool = False  # this batch finished an epoch; the next one starts a new permutation
+    positions: np.ndarray | None = None  # int32 [B, T] packed rows: position inside each sample
+    first_key: np.ndarray | None = None  # int32 [B, T] packed rows: row index where the sample starts
+
+
+def build_batch(samples: Samples, shuffled: Shuffled, first: int, opts: BatchOptions, bos_id: int,
+                eos_id: int, wrap: bool = True) -> Batch:
+    """The batch at shuffled position ``first``: packed rows (``opts.pack``) or make_batch's."""
+    if opts.pack:
+        from .packing import packed_rows
+
+        inputs, targets, positions, first_key, used = packed_rows(
+            samples, shuffled, first, opts.n_ctx, opts.n_batch, bos_id, eos_id, wrap=wrap,
+            start_with_bos=opts.start_with_bos)
+        return Batch(inputs, targets, used, positions=positions, first_key=first_key)
+    inputs, targets, used = make_batch(samples, shuffled, first, opts, bos_id, eos_id)
+    return Batch(inputs, targets, used)
+
+
+def attention_layout(batch: Batch, rows: slice = slice(None)) -> dict:
+    """The graph's keyword arguments for the positions and attention bounds of a packed batch's
+    ``rows`` (none unpacked)."""
+    if batch.positions is None:
+        return {}
+    return {"positions": batch.positions[rows], "first_key": batch.first_key[rows]}
 
 
 class BatchStream:
@@ -429,13 +499,14 @@ class BatchStream:
         return ShuffleState(**vars(self._state))
 
     def next_batch(self) -> Batch:
-        inputs, targets, used = make_batch(self.samples, self._shuffled, self._state.next_sample, self.opts,
-                                           self.bos_id, self.eos_id)
-        self._state.next_sample += used
+        batch = build_batch(self.samples, self._shuffled, self._state.next_sample, self.opts,
+                            self.bos_id, self.eos_id)
+        self._state.next_sample += batch.used_samples
         epoch_completed = self._state.next_sample >= self._state.sample_count
         if epoch_completed:
             # like the original, the samples of an epoch's last batch may wrap into its start
             self._state.rng_state = self._shuffled.next_rng_state
             self._state.next_sample = 0
             self._shuffled = shuffle_samples(self._state.rng_state, self.samples.sizes)
-        return Batch(inputs=inputs, targets=targets, used_samples=used, epoch_completed=epoch_completed)
+        batch.epoch_completed = epoch_completed
+        return batch

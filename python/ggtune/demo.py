@@ -2,7 +2,9 @@
 
 Fetches SmolLM2-135M-Instruct into the cache, finetunes rank-4 adapters briefly on the first 80%
 (by tokens) of a text the package ships (the Apache-2.0 licence), and prints the held-out mean
-cross-entropy and perplexity of the last 20% before and after, then where the adapter went.
+cross-entropy and perplexity of the last 20% before and after, then where the adapter went. The
+held-out part is also the run's validation data (scored every few iterations), so the metrics log
+beside the adapter has both curves; with matplotlib installed they are drawn into a PNG too.
 """
 
 from __future__ import annotations
@@ -42,16 +44,37 @@ def run_demo(iterations: int = 30, lora_out: str = "ggtune-demo-lora.gguf", ctx:
     before = heldout_cross_entropy(model_path, heldout, ctx)
     print(f"held-out cross-entropy before: {before:.4f} nats (perplexity {_exp(before):.2f})", flush=True)
     with tempfile.TemporaryDirectory() as tmp:
-        train_file = os.path.join(tmp, "train.txt")
+        train_file, val_file = os.path.join(tmp, "train.txt"), os.path.join(tmp, "heldout.txt")
         with open(train_file, "w", encoding="utf-8") as f:
             f.write(train_text)
+        with open(val_file, "w", encoding="utf-8") as f:
+            f.write(load_model(model_path).detokenize(heldout))
         result = finetune(model_path, train_file, lora_out=lora_out, checkpoint_in="", checkpoint_out="",
                           ctx=ctx, batch=4, lora_r=4, adam_iter=iterations, adam_alpha=2e-3, warmup=0,
-                          adam_decay=0.0, seed=1, verbose=verbose)
+                          adam_decay=0.0, seed=1, verbose=verbose, val_data=val_file,
+                          eval_every=max(1, iterations // 6))
     after = heldout_cross_entropy(model_path, heldout, ctx, lora=lora_out)
     print(f"held-out cross-entropy after:  {after:.4f} nats (perplexity {_exp(after):.2f})")
     print(f"adapter written to {lora_out} (load it with llama.cpp --lora or ggtune --lora)")
-    return {"before": before, "after": after, "result": result}
+    picture = _draw_curves(result.metrics_path)
+    return {"before": before, "after": after, "result": result, "curves": picture}
+
+
+def _draw_curves(metrics_path: str) -> str | None:
+    """The training curves next to the metrics log, when matplotlib is there to draw them."""
+    from .metrics import read_metrics
+    from .plot import PlotUnavailable, plot_metrics
+
+    if not metrics_path:
+        return None
+    picture = os.path.splitext(metrics_path.removesuffix(".metrics.jsonl"))[0] + "-curves.png"
+    try:
+        plot_metrics(read_metrics(metrics_path), picture, "ggtune demo: SmolLM2-135M on the Apache-2.0 licence")
+    except PlotUnavailable:
+        print(f"metrics in {metrics_path} (pip install 'ggtune[plot]' to draw them)")
+        return None
+    print(f"training curves drawn in {picture} (metrics in {metrics_path})")
+    return picture
 
 
 def _exp(x: float) -> float:

@@ -39,7 +39,7 @@ LAUNCHER_SIZE_VARS = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "MV2_COMM_WORLD_SIZE")
 LAUNCHER_RANK_VARS = ("PMIX_RANK", "PMI_RANK", "OMPI_COMM_WORLD_RANK")
 # Options whose value may differ between ranks: paths whose *contents* are compared instead, the
 # checkpoint (rank 0 alone reads it), and what only changes speed or what is printed.
-RANK_LOCAL_OPTIONS = {"model_base", "train_data", "checkpoint_in", "threads", "verbose", "profile"}
+RANK_LOCAL_OPTIONS = {"model_base", "train_data", "val_data", "checkpoint_in", "threads", "verbose", "profile"}
 SAMPLED_BYTES = 1 << 20  # a file's digest covers its size and its first, middle and last MiB
 ARRIVAL_TAG = 7
 
@@ -132,7 +132,8 @@ def input_digest(opts) -> dict[str, object]:
     from . import __version__
 
     digest: dict[str, object] = {"ggtune version": __version__}
-    for option, path in (("--model-base", opts.model_base), ("--train-data", opts.train_data)):
+    for option, path in (("--model-base", opts.model_base), ("--train-data", opts.train_data),
+                         ("--val-data", opts.val_data)):
         # what is wrong with a file that is not there is the loaders' to say, as in one process
         digest[option] = file_digest(path) if os.path.isfile(path) else "not a file"
     for f in fields(opts):

@@ -62,7 +62,7 @@ def perplexity(model: Model, tokens: Sequence[int], ctx: int, batch_tokens: int 
     return PerplexityResult(loss_sum / count, count)
 
 
-def non_finite_output_message(model: LlamaModel) -> str:
+def non_finite_output_message(model) -> str:
     adapters = f" or its adapters ({len(model.lora)} tensors)" if model.lora else ""
     return (f"{model.weights.path}: the model computes non-finite logits (NaN or infinity) or an "
             f"overflowing perplexity: its weights"

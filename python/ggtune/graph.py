@@ -3,8 +3,9 @@
 Shape legend: B batch rows, S sequence (ctx), T = B*S tokens, C n_embd, F n_ff,
 Hq / Hkv query / key-value heads, D head dim, V vocab, r LoRA rank.
 
-Every adapted matrix computes  Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ  with s = alpha/r: the frozen W stays in
-its GGUF type and the dense W + s·B·A is never built. Gradients flow to A and B only.
+Every adapted matrix computes  Y = X·Wᵀ + s·(X·Aᵀ)·Bᵀ  with s = alpha/r (alpha/sqrt(r) with
+rslora): the frozen W stays in its GGUF type and the dense W + s·B·A is never built. Gradients flow
+to A and B only. With LoRA dropout (dropout.py) the adapters read M ⊙ X instead of X in training.
 
 The layers are block.Block (the same forward inference runs); this module adds the LoRA
 products with their gradients (LoraLinears), the embedding, the loss head and the loop over
@@ -63,6 +64,7 @@ class LoraLinears:
 
     def __init__(self, lora: LoraSet, kernels, precision: str):
         self.lora, self.k, self.precision = lora, kernels, precision
+        self.dropout = None  # dropout.DropoutPass while training with --lora-dropout; None evaluates
 
     # ----------------------------------------------------------------- linear with LoRA
     def forward(self, x, items, outs=None):
@@ -76,7 +78,13 @@ class LoraLinears:
             self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
         zs = [None] * len(items)
         adapted = self._adapted(items)
-        if adapted:
+        if adapted and self.dropout is not None:
+            for (i, pair, _) in adapted:  # each adapter its own mask, so no shared projection
+                x_kept = x * self.dropout.mask(items[i][1], x.shape)
+                zs[i] = _empty(T, pair.a.shape[0])
+                self.k.lora_project(x_kept, pair.a, zs[i])
+                self.k.lora_expand(zs[i], np.ascontiguousarray(pair.b.T), ys[i], self.lora.scale(items[i][1]))
+        elif adapted:
             z_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
             self.k.lora_project(x, _stacked([pair.a for _, pair, _ in adapted]), z_all)
             for (i, pair, cols) in adapted:
@@ -94,6 +102,8 @@ class LoraLinears:
         adapted = self._adapted(items)
         if not adapted:
             return
+        if self.dropout is not None:
+            return self._dropout_backward(x, items, dys, zs, adapted, grads, dx)
         T = x.shape[0]
         dz_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
         for (i, pair, cols) in adapted:
@@ -110,6 +120,27 @@ class LoraLinears:
         for (i, pair, cols) in adapted:
             grads.pairs[items[i][1]].a += da_all[cols]
         self.k.lora_expand(dz_all, _stacked([pair.a for _, pair, _ in adapted]), dx)  # dx += dz·A
+
+    def _dropout_backward(self, x, items, dys, zs, adapted, grads: Grads, dx) -> None:
+        """The adapters' part of backward with input dropout M: with x_kept = M ⊙ x,
+        dA += dzᵀ·x_kept and dx += M ⊙ (dz·A), dz = s·dy·B; the masks are drawn again, identical."""
+        T = x.shape[0]
+        for (i, pair, _) in adapted:
+            name, dy, r = items[i][1], dys[i], pair.a.shape[0]
+            s, g = self.lora.scale(name), grads.pairs[name]
+            mask = self.dropout.mask(name, x.shape)
+            dz = _empty(T, r)
+            self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
+            dz *= s                                                    # dz = s·dy·B   [T, r]
+            db_t = np.zeros((r, dy.shape[1]), np.float32)
+            self.k.lora_outer(zs[i], dy, db_t, s)
+            g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
+            da = np.zeros_like(pair.a)
+            self.k.lora_outer(dz, np.ascontiguousarray(x * mask), da)
+            g.a += da                                                  # dA += dzᵀ·x_kept
+            dx_lora = np.zeros_like(dx)
+            self.k.lora_expand(dz, pair.a, dx_lora)
+            dx += dx_lora * mask                                       # dx += M ⊙ (dz·A)
 
     def _adapted(self, items):
         """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
@@ -158,6 +189,15 @@ class Graph:
         self.block = Block(weights, self.linears, kernels)
 
     # ----------------------------------------------------------------- embeddings and head
+    @property
+    def dropout(self):
+        """The LoRA dropout masks of the current training pass (None: evaluation, no dropout)."""
+        return self.linears.dropout
+
+    @dropout.setter
+    def dropout(self, masks) -> None:
+        self.linears.dropout = masks
+
     def embed_forward(self, ids: np.ndarray) -> np.ndarray:
         """ids int32 [T] -> x0 [T, C] = e·(E[ids] + s·B[ids]·A), e the family's embedding scale."""
         emb = self.model.token_embd

@@ -42,6 +42,7 @@ from .atomic import atomic_path
 from .checkpoint import TRAINING_TYPE, load_checkpoint
 from .names import NORM_KINDS
 from .gguf_io import open_gguf, read_model_gguf, row_bytes, type_name
+from .lora_options import lora_scale
 from .model import InferenceLinears, Model, LoraPair
 from .options import MERGE_RANGES, check_ranges
 
@@ -132,7 +133,9 @@ def _checkpoint_deltas(path: str, user_scale: float, alpha: Optional[float]) -> 
     if alpha is None:
         alpha = ckpt.lora_alpha if ckpt.lora_alpha is not None else default_checkpoint_alpha(ckpt.ranks, path)
     modern = checkpoint_to_modern(ckpt.lora)  # A = A_ck.T (r, n_in), B = B_ck (n_out, r)
-    return {base: Delta(a, b, _scale(user_scale, alpha, a.shape[0]), path) for base, (a, b) in modern.items()}
+    # a checkpoint trained with --rslora scales by alpha / sqrt(r), as its training did
+    return {base: Delta(a, b, float(user_scale) * lora_scale(alpha, a.shape[0], ckpt.rslora), path)
+            for base, (a, b) in modern.items()}
 
 
 def default_checkpoint_alpha(ranks: dict[str, int], path: str = "checkpoint") -> float:

@@ -22,9 +22,24 @@ def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: s
 @dataclass
 class FinetuneOptions:
     model_base: str = _opt("", "base model GGUF (llama, qwen2, qwen3 or gemma3)")
-    train_data: str = _opt("shakespeare.txt", "training data: raw text, or JSONL with --train-format chat")
-    train_format: str = _opt("text", "ggtune: 'text' (the original's) or 'chat' (JSONL of messages, "
-                                     "loss on assistant tokens only)")
+    train_data: str = _opt("shakespeare.txt", "training data: raw text, or JSONL (see --train-format)")
+    train_format: str = _opt("auto", "ggtune: 'text' (the original's), 'chat' (JSONL {\"messages\"}, loss on "
+                                     "assistant tokens), 'completion' (JSONL {\"prompt\", \"completion\"}, loss "
+                                     "on the completion), 'instruction' (JSONL {\"instruction\", \"input\", "
+                                     "\"output\"} through the chat template, loss on the output) or 'auto' "
+                                     "(text, or for .jsonl the first record's format)")
+    val_data: str = _opt("", "ggtune: held-out data in the training format, scored every --eval-every")
+    val_split: float = _opt(0.0, "ggtune: hold out this fraction of the training samples (seeded) as "
+                                 "validation data instead of --val-data")
+    eval_every: int = _opt(0, "ggtune: validation loss and perplexity every N iterations (0: only at "
+                              "the end, when there is validation data)")
+    early_stop: int = _opt(0, "ggtune: stop after K evaluations without a better validation loss (0: off); "
+                              "the best adapter is kept as the --lora-out name with BEST for ITERATION")
+    metrics: str | None = _opt(None, "ggtune: metrics log, one JSON line per iteration (default: "
+                                     "<adapter name>.metrics.jsonl beside --lora-out; '' disables; a "
+                                     "resumed run appends)")
+    pack: bool = _opt(False, "ggtune: pack whole samples into each row, positions restarting and "
+                             "attention kept inside each sample (short chat data: far less padding)")
     checkpoint_in: str = _opt("checkpoint.gguf", "resume from this checkpoint if it exists; '' starts fresh")
     checkpoint_out: str = _opt("checkpoint-ITERATION.gguf", "checkpoint output; '' disables checkpoints")
     lora_out: str = _opt("ggml-lora-ITERATION-f32.gguf", "adapter output")
@@ -81,6 +96,13 @@ class FinetuneOptions:
     rope_freq_scale: float | None = _opt(None, "override the model's rope frequency scale")
     lora_r: int = _opt(4, "default LoRA rank")
     lora_alpha: float | None = _opt(None, "LoRA alpha (scale alpha/r); default = lora_r")
+    rslora: bool = _opt(False, "ggtune: rank-stabilized LoRA, scale alpha/sqrt(r) (the adapter stores "
+                               "alpha*sqrt(r) so llama.cpp's alpha/r applies the same scale)")
+    lora_dropout: float = _opt(0.0, "ggtune: dropout probability on every adapter's input, training only "
+                                    "(seeded; a resume draws the same masks)")
+    lora_targets: str = _opt("", "ggtune: adapt only these tensor kinds at --lora-r, e.g. 'attn_q,attn_v', "
+                                 "'all-linear' (every layer matrix), 'attn', 'ffn' or PEFT names (q_proj); "
+                                 "--rank-* flags still override")
     rank_att_norm: int | None = _opt(None, "rank of attention-norm adapters (default 1)")
     rank_ffn_norm: int | None = _opt(None, "rank of feed-forward-norm adapters (default 1)")
     rank_out_norm: int | None = _opt(None, "rank of the output-norm adapter (default 1)")
@@ -105,11 +127,15 @@ class FinetuneOptions:
     def check(self) -> None:
         """Raises ValueError naming the option for values that cannot work."""
         check_ranges(self, FINETUNE_RANGES)
-        choices = {"train_format": ("text", "chat"), "lora_format": ("gguf", "ggla"),
+        choices = {"train_format": ("auto", "text", "chat", "completion", "instruction"),
+                   "lora_format": ("gguf", "ggla"),
                    "precision": ("auto", "f32", "bf16", "int8")}
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"--{_dash(name)}: expected one of {', '.join(allowed)}, got {getattr(self, name)!r}")
+        from .validation import check_watch_options
+
+        check_watch_options(self)
         if not self.model_base:
             raise ValueError("--model-base: a base model GGUF is required")
         if not os.path.exists(self.model_base):
@@ -251,7 +277,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _parser_type(annotation: str):
-    return {"int": int, "float": float, "str": str, "int | None": int, "float | None": float}[annotation]
+    return {"int": int, "float": float, "str": str, "int | None": int, "float | None": float,
+            "str | None": str}[annotation]
 
 
 def normalize_flags(argv: list[str]) -> list[str]:

@@ -16,10 +16,13 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from . import _core, adapters, checkpoint as ckpt_io, data as data_io, distributed
+from . import _core, adapters, checkpoint as ckpt_io, data as data_io, distributed, validation
+from .dropout import LoraDropout
+from .watch import RunWatch
 from .graph import Graph, Grads
 from .lora import LoraSet, init_lora, target_shapes
-from .names import MATRIX_DEFAULT_KINDS, RANK_OPTIONS
+from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
+from .names import RANK_OPTIONS
 from .memory import check_fits, current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .finite import TrainingDiverged, check_training_step
@@ -43,6 +46,14 @@ class FinetuneResult:
     memory_plan_bytes: int = 0
     peak_rss_bytes: int = 0
     trained_tensors: list[str] = field(default_factory=list)
+    grad_norms: list[float] = field(default_factory=list)      # per optimizer step, before clipping
+    val_losses: list[tuple[int, float]] = field(default_factory=list)  # (iteration, held-out loss)
+    best_val_loss: float | None = None                         # best held-out loss (this run or resumed)
+    metrics_path: str = ""                                     # the metrics log ('' when disabled)
+
+    @property
+    def val_perplexities(self) -> list[tuple[int, float]]:
+        return [(it, validation.ValidationResult(loss, 0).perplexity) for it, loss in self.val_losses]
     exchange_seconds: list[float] = field(default_factory=list)  # per step, in the MPI gradient exchange
 
 
@@ -80,24 +91,31 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
         fitted = resumed.ranks if opts.only_write_lora else ranks
         ckpt_io.check_fits_model(resumed, target_shapes(model.weights, fitted), opts.checkpoint_in, opts.model_base)
     alpha = _resolve_alpha(opts, resumed, log)
+    rslora = _resolve_rslora(opts, resumed, log)
     if opts.only_write_lora:
         if resumed is None:
             raise ValueError(f"--only-write-lora: needs an existing --checkpoint-in, got {opts.checkpoint_in!r}")
-        lora = _lora_from_checkpoint(resumed, alpha)
+        lora = _lora_from_checkpoint(resumed, alpha, rslora)
         result = FinetuneResult(iterations=resumed.counters.iteration_count)
         result.written = write_adapter(opts, model, lora, resumed.counters.iteration_count) if dist.is_root else []
         log(f"wrote {', '.join(result.written)}")
         return result
 
     tokenizer = model.tokenizer
-    samples = _load_samples(opts, model, tokenizer)
-    for note in samples.notes:
+    samples = _load_samples(opts, model, tokenizer, opts.train_data)
+    samples, val_samples, val_notes = validation.held_out(
+        opts, samples, lambda path: _load_samples(opts, model, tokenizer, path))
+    for note in samples.notes + val_notes:
         log(note)
     runtime_bytes = current_anon_rss()  # before any training buffer exists
-    seed = dist.from_root(lambda: opts.seed if opts.seed >= 0 else int(time.time()))
-    lora = _lora_from_checkpoint(resumed, alpha) if resumed else init_lora(model.weights, ranks, alpha, seed)
+    seed = dist.from_root(lambda: _resolve_seed(opts, resumed))
+    lora = (_lora_from_checkpoint(resumed, alpha, rslora) if resumed
+            else init_lora(model.weights, ranks, alpha, seed, rslora=rslora))
     profiler = Profiler(enabled=opts.profile)
     graph = Graph(model.weights, lora, precision=opts.precision, kernels=profiler.wrap(_core))
+    evaluator = None if val_samples is None else validation.Evaluator(
+        graph, val_samples, n_ctx=opts.ctx, n_batch=opts.batch, bos_id=tokenizer.bos_id,
+        eos_id=tokenizer.eos_id, pack=opts.pack, start_with_bos=opts.start_with_bos)
     grads = Grads.like(lora)
     adam = Adam(lora.parameters(), beta1=opts.adam_beta1, beta2=opts.adam_beta2, decay=opts.adam_decay,
                 decay_min_ndim=opts.adam_decay_min_ndim, gclip=opts.adam_gclip)
@@ -115,7 +133,7 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
                                           separate_with_bos=opts.separate_with_bos,
                                           start_with_bos=opts.start_with_bos,
                                           fill_with_next_samples=opts.fill_with_next_samples,
-                                          sample_random_offsets=opts.sample_random_offsets),
+                                          sample_random_offsets=opts.sample_random_offsets, pack=opts.pack),
             bos_id=tokenizer.bos_id, eos_id=tokenizer.eos_id, seed=seed,
             state=resumed.shuffle if resumed else None, force_reshuffle=opts.force_reshuffle)
     except data_io.DataError as e:  # the checkpoint's shuffle state, reused for the same data
@@ -141,6 +159,8 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler, dist)
+    state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count, writes_files=dist.is_root)
+    state.dropout = LoraDropout(opts.lora_dropout, seed)
     result = state.train(log)
     result.memory_plan_bytes = plan.total
     result.peak_rss_bytes = peak_rss()
@@ -167,7 +187,12 @@ class _TrainState:
         # keeps its own handler for it; a single process saves on it as on Ctrl-C.
         caught = STOP_SIGNALS if self.dist.size == 1 else (signal.SIGINT,)
         previous = {signum: signal.signal(signum, self._on_signal) for signum in caught} if _main_thread() else {}
-        epochs_done = 0
+        epochs_done, watch = 0, self.watch
+        result.metrics_path = watch.metrics.path
+        base = watch.baseline(self.fresh)
+        if base is not None:
+            result.val_losses.append((0, base.loss))
+            log(f"validation before training: loss {base.loss:.4f}, perplexity {base.perplexity:.3f}")
         try:
             for step in range(opts.adam_iter):
                 started, exchanged = time.perf_counter(), self.dist.exchange_seconds
@@ -180,11 +205,19 @@ class _TrainState:
                 result.losses.append(loss)
                 result.learning_rates.append(lr)
                 result.tokens_per_second.append(tokens / elapsed)
+                result.grad_norms.append(self.last_grad_norm)
+                val = watch.evaluate_if_due(self.counters.iteration_count, step + 1 == opts.adam_iter)
+                if val is not None:
+                    result.val_losses.append((self.counters.iteration_count, val.loss))
+                    if watch.best.update(val.loss) and watch.writes_best:
+                        result.written += write_adapter(self.opts, self.model, self.lora, 0, best=True)
+                watch.log_iteration(self, loss, tokens / elapsed, val)
                 progress.update(step + 1, it=self.counters.iteration_count, loss=loss, lr=lr,
-                                tok_s=round(tokens / elapsed, 1))
+                                tok_s=round(tokens / elapsed, 1),
+                                **({} if watch.last is None else {"val": watch.last.loss}))
                 if opts.profile:
                     log(self.profiler.report(self.counters.iteration_count))
-                stop = self._stop_reason(loss, epochs_done)
+                stop = self._stop_reason(loss, epochs_done) or watch.stop_reason()
                 last = step + 1 == opts.adam_iter or stop or self.interrupted
                 if not last and opts.save_every > 0 and self.counters.iteration_count % opts.save_every == 0:
                     result.written += self.save()
@@ -197,9 +230,14 @@ class _TrainState:
                                    "--adam-gclip 1)") from None
         finally:
             progress.close()
+            watch.metrics.close()
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
         result.written = list(dict.fromkeys(result.written + self.save()))  # periodic saves reuse names
+        result.best_val_loss = watch.best.best
+        if watch.last is not None:
+            log(f"validation: loss {watch.last.loss:.4f}, perplexity {watch.last.perplexity:.3f} "
+                f"(best {watch.best.best:.4f})")
         result.iterations = self.counters.iteration_count
         result.interrupted = bool(self.interrupted)
         result.signal = int(self._stop_signal()) if self.interrupted else 0
@@ -213,16 +251,19 @@ class _TrainState:
         opts, prof = self.opts, self.profiler
         self.grads.reset()
         loss_sums, kept, epochs = [], [], 0
-        for _ in range(opts.grad_acc):
+        for micro in range(opts.grad_acc):
             with prof.phase("data"):
                 batch = self.stream.next_batch()  # the whole global batch, on every rank
             n_kept = max(int((batch.targets >= 0).sum()), 1)
             mine = self.dist.rows(batch.inputs.shape[0])  # this rank's rows, scaled by the global count
+            self.graph.dropout = self.dropout.for_pass(self.counters.iteration_count, micro, mine.start, opts.ctx)
             with prof.phase("forward+backward"):
                 loss_sum, _ = self.graph.loss_and_grads(batch.inputs[mine], batch.targets[mine], self.grads,
                                                         checkpointing=opts.use_checkpointing,
                                                         keep_layers=opts.keep_layers,
-                                                        loss_scale=1.0 / (n_kept * opts.grad_acc))
+                                                        loss_scale=1.0 / (n_kept * opts.grad_acc),
+                                                        **data_io.attention_layout(batch, mine))
+            self.graph.dropout = None
             loss_sums.append(loss_sum)
             kept.append(n_kept)
             self.counters.sample_count += batch.used_samples
@@ -241,7 +282,7 @@ class _TrainState:
         iteration = self.counters.iteration_count + 1
         check_training_step(iteration, loss, self.grads.arrays(), "gradient")  # before Adam touches anything
         with prof.phase("optimizer"):
-            self.adam.step(self.grads.arrays(), self.last_lr)
+            self.last_grad_norm = self.adam.step(self.grads.arrays(), self.last_lr).grad_norm
         check_training_step(iteration, loss, self.lora.parameters(), "updated parameter")
         self.counters.iteration_count += 1
         self.counters.epoch_count += epochs
@@ -280,7 +321,8 @@ class _TrainState:
                 best_loss=conv.best_loss, previous_loss=conv.previous_loss,
                 no_improvement_count=conv.no_improvement_count, past_loss_values=conv.past_loss_values.copy()),
             counters=ckpt_io.TrainCounters(**vars(self.counters)),
-            shuffle=self.stream.state, lora_alpha=self.lora.alpha)
+            shuffle=self.stream.state, lora_alpha=self.lora.alpha, rslora=self.lora.rslora, seed=self.watch.seed,
+            best_val_loss=self.watch.best.best, evals_since_best=self.watch.best.since_best)
 
     def _stop_signal(self) -> signal.Signals:
         """The signal that stopped training (another rank's Ctrl-C counts as SIGINT here)."""
@@ -304,12 +346,15 @@ def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
     (said in one line); asking for one explicitly is refused, naming a format that can."""
     carried = adapters.adapter_capabilities(opts.lora_format, tied)
     ranks, dropped = {}, []
+    targets = parse_targets(opts.lora_targets) if opts.lora_targets else None
     for option, kind in RANK_OPTIONS.items():
         explicit = getattr(opts, option)
-        default = opts.lora_r if kind in MATRIX_DEFAULT_KINDS else 1
+        default = default_rank(kind, opts.lora_r, targets)
         rank = default if explicit is None else explicit
         if rank > 0 and kind not in carried:
-            if explicit is not None:
+            if explicit is not None or (targets is not None and not (kind == "output" and tied)):
+                if explicit is None:
+                    option, explicit = "lora_targets", opts.lora_targets
                 others = [f for f in adapters.formats_that_carry(kind, tied) if f != opts.lora_format]
                 why = "the model has no output.weight (tied embeddings)" if not others else \
                     f"the {opts.lora_format} adapter cannot carry it; use --lora-format {others[0]}"
@@ -324,16 +369,20 @@ def resolve_ranks(opts: FinetuneOptions, tied: bool, log) -> dict[str, int]:
     return ranks
 
 
-def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int) -> list[str]:
-    names = ckpt_io.output_names(opts.lora_out, iteration, opts.pattern_fn_it, opts.fn_latest)
-    tensors = {name: (p.a, p.b) for name, p in lora.pairs.items()}
+def write_adapter(opts: FinetuneOptions, model, lora: LoraSet, iteration: int, best: bool = False) -> list[str]:
+    """The adapter files of one save (or, with ``best``, the best-validation copy)."""
+    names = ([validation.best_name(opts.lora_out, opts.pattern_fn_it)] if best else
+             ckpt_io.output_names(opts.lora_out, iteration, opts.pattern_fn_it, opts.fn_latest))
+    alpha, tensors = adapter_alpha_and_factors(lora.alpha, opts.lora_r, lora.rslora,
+                                               {name: (p.a, p.b) for name, p in lora.pairs.items()})
     for path in names:
         if opts.lora_format == "gguf":
-            adapters.write_gguf_adapter(path, tensors, alpha=lora.alpha, architecture=model.weights.arch.name,
-                                        tied_embeddings=model.weights.tied_embeddings)
+            meta = {"ggtune.lora.rslora": True, "ggtune.lora.rslora_alpha": lora.alpha} if lora.rslora else None
+            adapters.write_gguf_adapter(path, tensors, alpha=alpha, architecture=model.weights.arch.name,
+                                        tied_embeddings=model.weights.tied_embeddings, metadata=meta)
         else:
             ck = {name: (a.T.copy(), b) for name, (a, b) in tensors.items()}
-            adapters.write_ggla_adapter(path, ck, alpha=lora.alpha, lora_r=opts.lora_r)
+            adapters.write_ggla_adapter(path, ck, alpha=alpha, lora_r=opts.lora_r)
     return names
 
 
@@ -363,8 +412,27 @@ def _resolve_alpha(opts: FinetuneOptions, resumed, log) -> float:
     return float(opts.lora_alpha)
 
 
-def _lora_from_checkpoint(ck, alpha: float) -> LoraSet:
-    lora = LoraSet(alpha=alpha)
+def _resolve_rslora(opts: FinetuneOptions, resumed, log) -> bool:
+    """--rslora; a checkpoint trained with rslora keeps its scale rule (said when the flag is missing)."""
+    if resumed is not None and resumed.rslora and not opts.rslora:
+        log(f"note: {opts.checkpoint_in} was trained with --rslora; continuing with its scale alpha/sqrt(r)")
+        return True
+    if resumed is not None and opts.rslora and not resumed.rslora:
+        log(f"note: {opts.checkpoint_in} was trained with scale alpha/r; --rslora changes the adapters' scale")
+    return opts.rslora
+
+
+def _resolve_seed(opts: FinetuneOptions, resumed) -> int:
+    """--seed; -1 is time-based for a fresh run and the checkpoint's seed on a resume."""
+    if opts.seed >= 0:
+        return opts.seed
+    if resumed is not None and resumed.seed is not None:
+        return resumed.seed
+    return int(time.time())
+
+
+def _lora_from_checkpoint(ck, alpha: float, rslora: bool = False) -> LoraSet:
+    lora = LoraSet(alpha=alpha, rslora=rslora)
     for name, (a, b) in ck.lora.items():
         lora.add(name, a.T, b)
     return lora
@@ -376,11 +444,11 @@ def _restore_convergence(conv: Convergence, opt) -> None:
     conv.past_loss_values = np.array(opt.past_loss_values, np.float32)
 
 
-def _load_samples(opts: FinetuneOptions, model, tokenizer):
+def _load_samples(opts: FinetuneOptions, model, tokenizer, path: str):
     meta = model.weights.metadata
     template = meta.get("tokenizer.chat_template")
     return data_io.load_training_data(
-        opts.train_data, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
+        path, tokenizer, n_ctx=opts.ctx, train_format=opts.train_format, sample_start=opts.sample_start,
         escape=opts.escape, include_sample_start=opts.include_sample_start,
         overlapping_samples=opts.overlapping_samples, chat_template=template,
         bos_token=_token_text(tokenizer, tokenizer.bos_id), eos_token=_token_text(tokenizer, tokenizer.eos_id))
