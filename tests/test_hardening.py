@@ -129,7 +129,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_files(model, text, tmp_pa
     with pytest.raises(TrainingDiverged, match="iteration 3: the loss is nan.*last saved files are"):
         ggtune.finetune(model, text, lora_out=str(out / "lora-ITERATION.gguf"), adam_iter=10,
                         **{**COMMON, "save_every": 2, "checkpoint_out": str(out / "ck-ITERATION.gguf")})
-    assert sorted(p.name for p in out.iterdir()) == ["ck-2.gguf", "ck-LATEST.gguf", "lora-2.gguf", "lora-LATEST.gguf"]
+    assert sorted(p.name for p in out.iterdir()) == ["ck-2.gguf", "ck-LATEST.gguf", "lora-2.gguf", "lora-LATEST.gguf",
+                                                     "lora.metrics.jsonl"]
+    assert_strict_json_lines(out / "lora.metrics.jsonl")
     assert load_checkpoint(out / "ck-LATEST.gguf").counters.iteration_count == 2
     read_gguf_adapter(out / "lora-LATEST.gguf")  # finite, or it would be refused
 
@@ -140,7 +142,21 @@ def test_huge_learning_rate_diverges_without_writing_nan(model, text, tmp_path):
         ggtune.finetune(model, text, lora_out=str(out / "lora.gguf"), adam_iter=30,
                         **{**COMMON, "adam_alpha": 1e30, "adam_gclip": 0.0, "warmup": 0,
                            "checkpoint_out": str(out / "ck.gguf")})
-    assert not out.exists() or not list(out.iterdir())
+    written = sorted(p.name for p in out.iterdir()) if out.exists() else []
+    assert written in ([], ["lora.metrics.jsonl"])  # no adapter, no checkpoint
+    if written:
+        assert_strict_json_lines(out / written[0])
+
+
+def assert_strict_json_lines(path) -> None:
+    """Every line of a metrics log is JSON without NaN or Infinity (a non-finite loss is null)."""
+    import json
+
+    def refuse(constant):
+        raise AssertionError(f"{path}: non-finite {constant} in the metrics log")
+
+    for line in path.read_text().splitlines():
+        json.loads(line, parse_constant=refuse)
 
 
 def test_adapter_writer_refuses_nan(tmp_path):
