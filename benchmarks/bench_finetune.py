@@ -233,7 +233,7 @@ def main_run(args, model: str, data: str) -> None:
     if not why_not:
         print(f"  ({best['f32']['versions']}; PyTorch LoRA parameters {best['f32']['n_params']:,})")
         for key in ggtune_keys:
-            for mode, target in (("f32", 4.0), ("bf16", 2.0)):
+            for mode, target in (("f32", 3.0), ("bf16", 2.0)):  # issue 12's targets
                 ratio = best[key]["tokens_per_second"] / best[mode]["tokens_per_second"]
                 mem = best[key]["peak_rss"] / best[mode]["peak_rss"]
                 print(f"  {key} / PyTorch {mode:<5}: tokens/s x{ratio:.2f} (best of {args.rounds}; target >= "
@@ -242,8 +242,8 @@ def main_run(args, model: str, data: str) -> None:
                                                 for key, _ in systems))
     for key in ggtune_keys:
         g = best[key]
-        print(f"  peak RSS target <= 600 MB: {key} {g['peak_rss'] / 1e6:.0f} MB "
-              f"({'met' if g['peak_rss'] <= 600e6 else 'NOT met'})")
+        print(f"  peak RSS target <= 800 MB: {key} {g['peak_rss'] / 1e6:.0f} MB "
+              f"({'met' if g['peak_rss'] <= 800e6 else 'NOT met'})")
         print(f"  {key} per-iteration tokens/s: {', '.join(f'{t:.0f}' for t in g['per_iteration'])}", flush=True)
     if args.thread_scaling and args.threads > 1:
         thread_scaling(args, base, best["ggtune"])
