@@ -77,7 +77,9 @@ def plot_metrics(records: list[dict], output: str, title: str = "") -> str:
     ax_lr.plot(lr_it, lr, color="tab:green")
     ax_lr.set_ylabel("learning rate")
     ax_lr.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    ax_lr.set_ylim(bottom=0)  # a cosine's first steps would otherwise look like a cliff
+    # From 0 (a cosine's first steps would otherwise look like a cliff) to a tenth above the peak
+    # (a flat schedule's line would otherwise lie on the frame and vanish).
+    ax_lr.set_ylim(0, 1.1 * max(lr) if len(lr) and max(lr) > 0 else 1.0)
     ax_lr.grid(alpha=0.3)
     sp_it, speed = _series(records, "tokens_per_s")
     ax_speed.plot(sp_it, speed, color="tab:purple")
