@@ -30,6 +30,17 @@ def reference_loss(path, lora, inputs, targets) -> float:
     return total / count
 
 
+def central_difference(path, lora, param, idx, inputs, targets, eps: float) -> float:
+    """d(reference loss)/d param[idx] by a float64 central difference (param is restored)."""
+    saved = param[idx]
+    param[idx] = saved + eps
+    up = reference_loss(path, lora, inputs, targets)
+    param[idx] = saved - eps
+    down = reference_loss(path, lora, inputs, targets)
+    param[idx] = saved
+    return (up - down) / (2 * eps)
+
+
 def make_case(tmp_path, weight_type, n_head_kv, tied, ranks, seed=0):
     width = 256 if weight_type >= T.Q2_K and weight_type <= T.Q6_K else 64  # K-quant rows: 256-blocks
     path = write_tiny_llama(tmp_path / "m.gguf", weight_type=weight_type, n_head_kv=n_head_kv, tied=tied,
@@ -57,13 +68,7 @@ def finite_difference_check(path, weights, lora, inputs, targets, *, checkpointi
             param, grad = getattr(pair, half), getattr(grads.pairs[name], half)
             for flat in rng.choice(param.size, size=min(samples, param.size), replace=False):
                 idx = np.unravel_index(flat, param.shape)
-                saved = param[idx]
-                param[idx] = saved + eps
-                up = reference_loss(path, lora, inputs, targets)
-                param[idx] = saved - eps
-                down = reference_loss(path, lora, inputs, targets)
-                param[idx] = saved
-                numeric = (up - down) / (2 * eps)
+                numeric = central_difference(path, lora, param, idx, inputs, targets, eps)
                 # float32 kernels against a float64 central difference: 2e-3 relative, with an
                 # absolute floor for gradients that are nearly zero.
                 assert grad[idx] == pytest.approx(numeric, rel=2e-3, abs=2e-5), (name, half, idx)

@@ -22,7 +22,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 from ggtune.graph import Graph, Grads
-from test_graph import ALL_RANKS, make_case, reference_loss
+from test_graph import ALL_RANKS, central_difference, make_case, reference_loss
 
 N_LAYER = 2  # make_case's tiny models
 ROUNDING = 2 * 3 * (4 * N_LAYER + 1) / 254
@@ -59,13 +59,7 @@ def test_int8_lora_gradients_match_finite_differences(tmp_path, weight_type):
         scale = max(np.abs(grad).max(), floor)
         for flat in rng.choice(param.size, size=min(2, param.size), replace=False):
             idx = np.unravel_index(flat, param.shape)
-            saved = param[idx]
-            param[idx] = saved + eps
-            up = reference_loss(path, lora, inputs, targets)
-            param[idx] = saved - eps
-            down = reference_loss(path, lora, inputs, targets)
-            param[idx] = saved
-            numeric = (up - down) / (2 * eps)
+            numeric = central_difference(path, lora, param, idx, inputs, targets, eps)
             # the rounding bound, plus test_graph's float32 tolerance for the difference itself
             assert abs(grad[idx] - numeric) <= ROUNDING * scale + 2e-3 * abs(numeric) + 2e-5, (
                 name, half, idx, grad[idx], numeric, scale)

@@ -17,23 +17,10 @@ from ggtune.lora import init_lora
 from ggtune.lora_options import adapter_alpha_and_factors, lora_scale, parse_targets
 from ggtune.merge import read_adapter_source
 from ggtune.model import load_model
-from test_watch import COMMON, TEXT
+from test_watch import COMMON, TEXT, model_path, text_path  # noqa: F401  (the last two: pytest fixtures)
 from tiny_models import write_tiny_llama
 
 RANKS = {"attn_q": 2, "attn_k": 3, "attn_v": 2, "attn_output": 2, "ffn_gate": 2, "ffn_up": 1, "ffn_down": 2}
-
-
-@pytest.fixture(scope="module")
-def model_path(tmp_path_factory):
-    return write_tiny_llama(tmp_path_factory.mktemp("m") / "tiny.gguf", byte_vocab=True, weight_type=T.Q8_0,
-                            n_head=4, n_head_kv=2, tied=True, n_embd=64, n_ff=96, n_ctx=64)
-
-
-@pytest.fixture
-def text_path(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return str(path)
 
 
 def graph_case(model_path, seed=0):
