@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from ggtune import _core
-from test_ops_common import attention_backward_ref, attention_ref, f32, numeric_grad
+from test_ops_common import attention_backward_ref, attention_mask, attention_ref, f32, numeric_grad
 
 # (B, S, Skv, Hq, Hkv, D): GQA 9/3 and MHA 4/4; S and Skv on and around the 32-query and
 # 64-key tiles; Skv > S (a KV cache); odd head dims.
@@ -18,16 +18,16 @@ SHAPES = [
 ]
 
 
-def run_forward(q, k, v, scale, first_key=None):
+def run_forward(q, k, v, scale, first_key=None, tiles="f32"):
     out = np.full_like(q, np.nan)
     lse = np.full((q.shape[0], q.shape[2], q.shape[1]), np.nan, np.float32)
-    _core.attention_forward(q, k, v, scale, out, lse, first_key=first_key)
+    _core.attention_forward(q, k, v, scale, out, lse, first_key=first_key, tiles=tiles)
     return out, lse
 
 
-def run_backward(dout, q, k, v, out, lse, scale, first_key=None):
+def run_backward(dout, q, k, v, out, lse, scale, first_key=None, tiles="f32"):
     dq, dk, dv = (np.full_like(a, np.nan) for a in (q, k, v))  # all overwritten
-    _core.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, first_key=first_key)
+    _core.attention_backward(dout, q, k, v, out, lse, scale, dq, dk, dv, first_key=first_key, tiles=tiles)
     return dq, dk, dv
 
 
@@ -245,3 +245,147 @@ def test_backward_scratch_bytes_is_what_the_backward_allocates(threads):
     grown, planned = (int(n) for n in done.stdout.split())
     assert planned > 0
     assert 0.85 * planned <= grown <= 1.15 * planned + (1 << 20), (grown, planned)
+
+
+# ---- bf16 tiles: operands rounded to bfloat16, float32 accumulation (avx512; f32 tiles elsewhere) ----
+
+def bf16_round(x):
+    """x rounded to the nearest bfloat16 (ties to even), by gguf-py's converter, as float32."""
+    from gguf import GGMLQuantizationType, quants
+
+    bits = quants.quantize(np.ascontiguousarray(x, np.float32), GGMLQuantizationType.BF16).view(np.uint16)
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(np.shape(x))
+
+
+def bf16_inputs(shape, seed):
+    """make_inputs with q, k, v and a dout already bfloat16 values (the tiles' rounding of them is exact)."""
+    rng, q, k, v, scale = make_inputs(shape, seed)
+    return rng, bf16_round(q), bf16_round(k), bf16_round(v), bf16_round(f32(rng, *q.shape)), scale
+
+
+U_BF16 = 2.0 ** -8  # bfloat16's unit roundoff: 8 significant bits, ties to even
+
+
+def bf16_error_bounds(dout, q, k, v, out, scale, first_key=None):
+    """Per-element bounds on what bf16 tiles may differ from the float64 attention of bf16-valued inputs,
+    each rounding's contribution summed in absolute value (u = 2^-8):
+      out: P rounded:                           u sum_j P_ij |v_j|
+      dS:  dS^T rounded, and delta = dO.out from the forward's out:  u |dS_ij| + u P_ij c_i,
+           c_i = sum_d |dO_id| (|out_id| + max|v|)
+      dV:  P^T rounded:                         u sum_i P_ij |dO_i|
+      dK:  scale sum_i (u |dS_ij| + dS error) |q_i|,  dQ: scale sum_j (...) |k_j|
+    Returns (out, dq, dk, dv) bounds in the arrays' shapes."""
+    B, S, Hq, D = q.shape
+    group = Hq // k.shape[2]
+    q64, g64 = np.asarray(q, np.float64), np.asarray(dout, np.float64)
+    kk, vv = (np.repeat(np.asarray(a, np.float64), group, axis=2) for a in (k, v))
+    s = np.einsum("bihd,bjhd->bhij", q64, kk) * scale
+    s = np.where(attention_mask(B, S, k.shape[1], first_key)[:, None], -np.inf, s)
+    p = np.exp(s - s.max(axis=-1, keepdims=True))
+    p /= p.sum(axis=-1, keepdims=True)
+    dp = np.einsum("bihd,bjhd->bhij", g64, vv)
+    ds = p * (dp - (p * dp).sum(axis=-1, keepdims=True))
+    c = np.einsum("bihd->bhi", np.abs(g64) * (np.abs(out) + np.abs(v).max()))
+    ds_err = U_BF16 * (2 * np.abs(ds) + p * c[..., None])
+    fold = lambda a: a.reshape(a.shape[0], a.shape[1], -1, group, D).sum(axis=3)  # query heads -> KV head
+    return (U_BF16 * np.einsum("bhij,bjhd->bihd", p, np.abs(vv)),
+            scale * np.einsum("bhij,bjhd->bihd", ds_err, np.abs(kk)),
+            fold(scale * np.einsum("bhij,bihd->bjhd", ds_err, np.abs(q64))),
+            fold(U_BF16 * np.einsum("bhij,bihd->bjhd", p, np.abs(g64))))
+
+
+def assert_within(mine, ref, bound, name):
+    """|mine - ref| <= 2 bound + float32 noise (1e-5 of the largest |ref|)."""
+    excess = np.abs(mine - ref) - (2 * bound + 1e-5 * np.abs(ref).max())
+    assert excess.max() <= 0, f"{name}: exceeds its bf16 bound by {excess.max():.2e}"
+
+
+def native_bf16():
+    return _core.active_isa() == "avx512"
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_bf16_tiles_round_the_operands_and_nothing_else_of_the_inputs(isa, shape):
+    """The tiles see q, k, v (and dout in its products) only rounded to bf16: inputs rounded beforehand
+    give the same bits. Elsewhere than avx512 a bf16 request runs the float32 tiles, bit for bit."""
+    rng, q, k, v, scale = make_inputs(shape, sum(shape) + 5)
+    dout = bf16_round(f32(rng, *q.shape))
+    out, lse = run_forward(q, k, v, scale, tiles="bf16")
+    grads = run_backward(dout, q, k, v, out, lse, scale, tiles="bf16")
+    if native_bf16():
+        rq, rk, rv = bf16_round(q), bf16_round(k), bf16_round(v)
+        for a, b in zip((out, lse), run_forward(rq, rk, rv, scale, tiles="bf16")):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(grads, run_backward(dout, rq, rk, rv, out, lse, scale, tiles="bf16")):
+            np.testing.assert_array_equal(a, b)
+    else:
+        for a, b in zip((out, lse), run_forward(q, k, v, scale)):
+            np.testing.assert_array_equal(a, b)
+        for a, b in zip(grads, run_backward(dout, q, k, v, out, lse, scale)):
+            np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+@pytest.mark.parametrize("shape", SHAPES + [(8, 128, 128, 9, 3, 64), (1, 130, 130, 4, 1, 256)])
+def test_bf16_tiles_within_their_rounding_bounds(isa, shape, threads):
+    """bf16 tiles against float64 attention of the same (bf16-valued) inputs, within the bounds
+    bf16_error_bounds derives from the roundings; the same bits at any thread count."""
+    _core.set_num_threads(threads)
+    try:
+        rng, q, k, v, dout, scale = bf16_inputs(shape, sum(shape) + 7)
+        out, lse = run_forward(q, k, v, scale, tiles="bf16")
+        grads = run_backward(dout, q, k, v, out, lse, scale, tiles="bf16")
+        again = run_backward(dout, q, k, v, out, lse, scale, tiles="bf16")
+    finally:
+        _core.set_num_threads(0)
+    ref_out, ref_lse = attention_ref(q, k, v, scale)
+    bounds = bf16_error_bounds(dout, q, k, v, out, scale)
+    assert_within(out, ref_out, bounds[0], "out")
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=2e-6)  # bf16 q, k: exact products
+    for name, mine, ref, bound, rerun in zip(("dq", "dk", "dv"), grads,
+                                             attention_backward_ref(dout, q, k, v, scale), bounds[1:], again):
+        assert_within(mine, ref, bound, name)
+        np.testing.assert_array_equal(mine, rerun)
+    if native_bf16() and shape[-1] > 1:  # the bounds are not loose enough to pass float32-sized errors off
+        assert np.abs(out - ref_out).max() > 1e-5 * np.abs(ref_out).max()
+
+
+@pytest.mark.parametrize("kind", sorted(BOUNDS))
+@pytest.mark.parametrize("shape", BOUNDED_SHAPES)
+def test_bf16_tiles_with_first_key_within_their_rounding_bounds(isa, shape, kind):
+    rng, q, k, v, dout, scale = bf16_inputs(shape, sum(shape) + 9)
+    first_key = BOUNDS[kind](rng, *shape[:3])
+    out, lse = run_forward(q, k, v, scale, first_key, tiles="bf16")
+    grads = run_backward(dout, q, k, v, out, lse, scale, first_key, tiles="bf16")
+    bounds = bf16_error_bounds(dout, q, k, v, out, scale, first_key)
+    ref_out, ref_lse = attention_ref(q, k, v, scale, first_key)
+    assert_within(out, ref_out, bounds[0], "out")
+    np.testing.assert_allclose(lse, ref_lse, rtol=1e-5, atol=2e-6)
+    for name, mine, ref, bound in zip(("dq", "dk", "dv"), grads,
+                                      attention_backward_ref(dout, q, k, v, scale, first_key), bounds[1:]):
+        assert_within(mine, ref, bound, name)
+
+
+@pytest.mark.parametrize("shape, kind", [((1, 3, 3, 2, 2, 3), None), ((2, 4, 6, 3, 1, 5), None),
+                                         ((1, 5, 5, 4, 2, 2), None), ((2, 3, 6, 2, 2, 4), "segments"),
+                                         ((1, 4, 4, 2, 1, 3), "random")])
+def test_bf16_tiles_backward_matches_finite_differences(isa, shape, kind):
+    """The gradient bf16 tiles compute is the float64 function's, checked by central differences,
+    within the bf16 bounds (plus the differences' own 2e-5)."""
+    rng, q, k, v, dout, scale = bf16_inputs(shape, 13)
+    first_key = BOUNDS[kind](rng, *shape[:3]) if kind else None
+    out, lse = run_forward(q, k, v, scale, first_key, tiles="bf16")
+    grads = run_backward(dout, q, k, v, out, lse, scale, first_key, tiles="bf16")
+    q64, k64, v64, g64 = (a.astype(np.float64) for a in (q, k, v, dout))
+    loss = lambda: (attention_ref(q64, k64, v64, scale, first_key)[0] * g64).sum()
+    bounds = bf16_error_bounds(dout, q, k, v, out, scale, first_key)[1:]
+    for name, mine, x, bound in zip(("dq", "dk", "dv"), grads, (q64, k64, v64), bounds):
+        assert_within(mine, numeric_grad(loss, x), bound + 1e-5, name)
+
+
+def test_attention_rejects_unknown_tiles():
+    q = np.zeros((1, 2, 1, 4), np.float32)
+    with pytest.raises(ValueError, match="tiles: expected 'f32' or 'bf16', got 'f16'"):
+        run_forward(q, q, q, 1.0, tiles="f16")
+    with pytest.raises(ValueError, match="tiles: expected 'f32' or 'bf16'"):
+        _core.attention_backward_scratch_bytes(1, 2, 2, 1, 1, 4, tiles="int8")

@@ -186,22 +186,30 @@ const int32_t* first_key_of(const py::object& first_key, const AttentionShape& s
   return p;  // points into the caller's array, which outlives the kernel call
 }
 
+ops::AttentionTiles attention_tiles_of(const std::string& tiles) {
+  if (tiles == "f32") return ops::AttentionTiles::f32;
+  if (tiles == "bf16") return ops::AttentionTiles::bf16;
+  fail("tiles", "expected 'f32' or 'bf16', got '" + tiles + "'");
+}
+
 void attention_forward(const py::array& q, const py::array& k, const py::array& v, float scale,
-                       py::array& out, py::array& lse, const py::object& first_key) {
+                       py::array& out, py::array& lse, const py::object& first_key,
+                       const std::string& tiles) {
   const AttentionShape s = attention_shape(q, k, v);
   float* po = data_of<float>(out, "out", {s.B, s.S, s.Hq, s.D}, true);
   float* pl = data_of<float>(lse, "lse", {s.B, s.Hq, s.S}, true);
   const int32_t* pf = first_key_of(first_key, s);
+  const ops::AttentionTiles t = attention_tiles_of(tiles);
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, pf, s);
+  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, pf, t, s);
 }
 
 void attention_backward(const py::array& dout, const py::array& q, const py::array& k,
                         const py::array& v, const py::array& out, const py::array& lse,
                         float scale, py::array& dq, py::array& dk, py::array& dv,
-                        const py::object& first_key) {
+                        const py::object& first_key, const std::string& tiles) {
   const AttentionShape s = attention_shape(q, k, v);
   const float* pg = cdata_of<float>(dout, "dout", {s.B, s.S, s.Hq, s.D});
   const float* po = cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
@@ -210,10 +218,11 @@ void attention_backward(const py::array& dout, const py::array& q, const py::arr
   float* pdk = data_of<float>(dk, "dk", {s.B, s.Skv, s.Hkv, s.D}, true);
   float* pdv = data_of<float>(dv, "dv", {s.B, s.Skv, s.Hkv, s.D}, true);
   const int32_t* pf = first_key_of(first_key, s);
+  const ops::AttentionTiles t = attention_tiles_of(tiles);
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, pf, s);
+  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, pf, t, s);
 }
 
 using GatedForward = void (*)(const float*, const float*, float*, int64_t);
@@ -387,24 +396,30 @@ void bind_ops(py::module_& m) {
            "dx = the transpose of rope_forward's rotation applied to dout (the same magnitude, "
            "-theta); overwritten, may be dout.");
   m.def("attention_forward", &attention_forward, arg("q"), arg("k"), arg("v"), arg("scale"),
-        arg("out"), arg("lse"), arg("first_key") = py::none(),
+        arg("out"), arg("lse"), arg("first_key") = py::none(), arg("tiles") = "f32",
         "Causal GQA attention: q[B,S,Hq,D], k/v[B,Skv,Hkv,D] (Skv >= S; query i sees keys "
         "first_key[b,i] <= j <= i + Skv - S; head h reads KV head h // (Hq/Hkv)); first_key is "
         "None (0 everywhere) or int32 [B,S] (sliding windows, packed samples); writes "
-        "out[B,S,Hq,D] and lse[B,Hq,S], the log-sum-exp of the scaled scores.");
+        "out[B,S,Hq,D] and lse[B,Hq,S], the log-sum-exp of the scaled scores. tiles 'f32' "
+        "multiplies float32 operands; 'bf16' rounds the products' operands to bfloat16 and "
+        "accumulates in float32 (vdpbf16ps, avx512 tier; float32 tiles on the others); the "
+        "softmax is float32 either way.");
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("scale"), arg("dq"), arg("dk"), arg("dv"),
-        arg("first_key") = py::none(),
+        arg("first_key") = py::none(), arg("tiles") = "f32",
         "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head); "
-        "first_key as given to the forward.");
+        "first_key as given to the forward; tiles as attention_forward's.");
   m.def(
       "attention_backward_scratch_bytes",
-      [](int64_t B, int64_t S, int64_t Skv, int64_t Hq, int64_t Hkv, int64_t D) {
-        return ops::attention_backward_scratch_bytes(AttentionShape{B, S, Skv, Hq, Hkv, D});
+      [](int64_t B, int64_t S, int64_t Skv, int64_t Hq, int64_t Hkv, int64_t D,
+         const std::string& tiles) {
+        return ops::attention_backward_scratch_bytes(AttentionShape{B, S, Skv, Hq, Hkv, D},
+                                                     attention_tiles_of(tiles));
       },
-      arg("B"), arg("S"), arg("Skv"), arg("Hq"), arg("Hkv"), arg("D"),
+      arg("B"), arg("S"), arg("Skv"), arg("Hq"), arg("Hkv"), arg("D"), arg("tiles") = "f32",
       "Bytes of scratch attention_backward allocates for these shapes at the current thread "
-      "count (q and dout transposed, partial dq per key chunk, row deltas): for memory plans.");
+      "count and tier (q and dout transposed or as bf16 pairs, partial dq per key chunk, row "
+      "deltas): for memory plans. With an even D the 'bf16' figure is at most the 'f32' one.");
   def_gated(m, "swiglu", &ops::ActivationKernels::swiglu_forward,
             &ops::ActivationKernels::swiglu_backward, "out[T,F] = silu(gate) * up.");
   def_gated(m, "geglu", &ops::ActivationKernels::geglu_forward,

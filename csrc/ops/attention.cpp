@@ -13,8 +13,10 @@ const AttentionKernels& attention_kernels() {
                       GGTUNE_X86(&attention_kernels_avx512));
 }
 
-int64_t attention_backward_scratch_bytes(const AttentionShape& s) {
-  return BackwardScratch(s).total_floats() * int64_t(sizeof(float));
+int64_t attention_backward_scratch_bytes(const AttentionShape& s, AttentionTiles tiles) {
+  // what the active tier runs for a bf16 request (make_attention_kernels)
+  const AttentionTiles ran = active_isa() == Isa::avx512 ? tiles : AttentionTiles::f32;
+  return BackwardScratch(s, ran).total_floats() * int64_t(sizeof(float));
 }
 
 }  // namespace ggtune::ops

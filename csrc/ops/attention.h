@@ -9,6 +9,10 @@
 // first position for samples sharing a row. The caller guarantees 0 <= lo_i <= i + (Skv - S).
 // Blocked like FlashAttention: scores exist only one tile at a time (memory O(S) per head),
 // the forward keeps an online softmax, the backward recomputes probabilities from lse.
+// The tile products run on float32 operands (AttentionTiles::f32, every tier) or on operands
+// rounded to bfloat16 with float32 accumulation (bf16: vdpbf16ps, the avx512 tier; the other
+// tiers run float32 tiles for it). Scores' scaling, masks, softmax and statistics are float32
+// either way.
 #pragma once
 
 #include <cstdint>
@@ -19,23 +23,27 @@ struct AttentionShape {
   int64_t B, S, Skv, Hq, Hkv, D;
 };
 
+enum class AttentionTiles { f32, bf16 };
+
 struct AttentionKernels {
   void (*forward)(const float* q /*[B,S,Hq,D]*/, const float* k /*[B,Skv,Hkv,D]*/,
                   const float* v /*[B,Skv,Hkv,D]*/, float scale, float* out /*[B,S,Hq,D]*/,
                   float* lse /*[B,Hq,S]*/, const int32_t* first_key /*[B,S] or null*/,
-                  const AttentionShape& s);
+                  AttentionTiles tiles, const AttentionShape& s);
   // dq, dk, dv overwritten; dk/dv sum over the query heads sharing a KV head.
   void (*backward)(const float* dout /*[B,S,Hq,D]*/, const float* q, const float* k,
                    const float* v, const float* out /*[B,S,Hq,D]*/, const float* lse /*[B,Hq,S]*/,
                    float scale, float* dq /*[B,S,Hq,D]*/, float* dk /*[B,Skv,Hkv,D]*/,
                    float* dv /*[B,Skv,Hkv,D]*/, const int32_t* first_key /*[B,S] or null*/,
-                   const AttentionShape& s);
+                   AttentionTiles tiles, const AttentionShape& s);
 };
 
 const AttentionKernels& attention_kernels();  // the active tier's kernels
 
-// Bytes of scratch the backward allocates for shape s at the current thread count (memory plans).
-int64_t attention_backward_scratch_bytes(const AttentionShape& s);
+// Bytes of scratch the backward allocates for shape s at the current thread count and tier
+// (memory plans). For even D (every model's head dim) the bf16 tiles' scratch is at most the
+// f32 tiles'.
+int64_t attention_backward_scratch_bytes(const AttentionShape& s, AttentionTiles tiles);
 
 #if defined(__x86_64__)
 extern const AttentionKernels attention_kernels_avx2, attention_kernels_avx512;

@@ -1,5 +1,6 @@
-#include "ops/attention_impl.h"
+#include "ops/attention_bf16.h"
 
 namespace ggtune::ops {
-const AttentionKernels attention_kernels_avx512 = make_attention_kernels<Avx512>();
+const AttentionKernels attention_kernels_avx512 =
+    make_attention_kernels<Avx512, Bf16ForwardTiles, Bf16BackwardTiles>();
 }

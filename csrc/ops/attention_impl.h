@@ -18,10 +18,11 @@ namespace {
 constexpr int64_t kQueryBlock = 64;  // Br: query rows per tile
 constexpr int64_t kKeyBlock = 64;    // Bc: keys per tile
 
-// A heap buffer local to one task (plain new[]: no library template compiled per tier).
+// A heap buffer local to one task or call (plain new[]: no library template compiled per tier).
+template <class T = float>
 struct Scratch {
-  float* p;
-  explicit Scratch(int64_t n) : p(new float[std::max<int64_t>(n, 1)]) {}
+  T* p;
+  explicit Scratch(int64_t n) : p(new T[std::max<int64_t>(n, 1)]) {}
   ~Scratch() { delete[] p; }
   Scratch(const Scratch&) = delete;
   Scratch& operator=(const Scratch&) = delete;
@@ -66,22 +67,31 @@ inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // The attention backward's scratch, in one place for the kernel and for memory plans
 // (attention_backward_scratch_bytes). Key blocks are split into chunks so that every thread
 // has work (twice over, for balance) even at batch 1 with few KV heads; each chunk beyond the
-// first costs a dq-sized buffer, hence the cap.
+// first costs a dq-sized buffer, hence the cap. The operands the tiles read across heads are
+// converted once per call: f32 tiles transpose Q and dO ([B,Hq,D,ld_t] floats each); bf16
+// tiles keep them as bf16 pairs twice, along D (Q^T, dO^T: [B,Hq,D2,ld_t] words) and along the
+// queries (Q, dO: [B,Hq,S2,D] words), one word = two bf16 = one float's bytes.
 struct BackwardScratch {
   static constexpr int64_t kMaxChunks = 8;
   int64_t n_chunks, dq_size, ld_t, B, Hq, S, D;
+  bool bf16;
 
-  explicit BackwardScratch(const AttentionShape& s)
+  BackwardScratch(const AttentionShape& s, AttentionTiles tiles)
       : n_chunks(std::clamp<int64_t>(
             std::min(ceil_div(s.Skv, kKeyBlock),
                      ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv))),
             1, kMaxChunks)),
-        dq_size(s.B * s.S * s.Hq * s.D), ld_t(transposed_ld(s.S)), B(s.B), Hq(s.Hq), S(s.S), D(s.D) {}
+        dq_size(s.B * s.S * s.Hq * s.D), ld_t(transposed_ld(s.S)), B(s.B), Hq(s.Hq), S(s.S), D(s.D),
+        bf16(tiles == AttentionTiles::bf16) {}
 
   int64_t delta_floats() const { return B * Hq * S; }
   int64_t dq_parts_floats() const { return (n_chunks - 1) * dq_size; }
-  int64_t transposed_floats() const { return B * Hq * D * ld_t; }  // q or dout, [B,Hq,D,ld_t]
-  int64_t total_floats() const { return delta_floats() + dq_parts_floats() + 2 * transposed_floats(); }
+  // q or dout transposed: [B,Hq,D,ld_t] floats, or [B,Hq,D2,ld_t] bf16 pairs
+  int64_t transposed_floats() const { return B * Hq * (bf16 ? ceil_div(D, 2) : D) * ld_t; }
+  int64_t pairs_floats() const { return bf16 ? B * Hq * ceil_div(S, 2) * D : 0; }  // q or dout
+  int64_t total_floats() const {
+    return delta_floats() + dq_parts_floats() + 2 * transposed_floats() + 2 * pairs_floats();
+  }
 };
 
 // The smallest and largest first_key of every query tile (0 and 0 without bounds): the key
@@ -121,20 +131,110 @@ struct QueryTileBounds {
   }
 };
 
+// ---- Tile products, one policy per operand precision ---------------------------------------
+// The drivers below own the blocking, the masks and the softmax statistics (always float32); a
+// policy owns the operands' layout and the seven products: forward S = scale Q K^T, O += P V;
+// backward P^T = scale K Q^T, dP^T = V dO^T, dV += P^T dO, dK += scale dS^T Q, dQ += scale dS K.
+// F32Tiles multiplies float32 through gemm_block (every tier); Bf16Tiles (attention_bf16.h,
+// avx512 only) rounds the operands to bf16 and accumulates in float32 with vdpbf16ps.
+
+// Forward: K transposed once per call (only keys from k0 on, the lowest bound any query has).
+template <class V>
+struct F32ForwardTiles {
+  static constexpr int64_t kKeyAlign = 1;  // key tiles may start at any key
+  const AttentionShape& s;
+  const float* v;
+  int64_t k0, ld_kt;
+  Scratch<> k_t;  // [B,Hkv,D,ld_kt]
+
+  F32ForwardTiles(const float* k, const float* v_, const AttentionShape& s_, int64_t k0_)
+      : s(s_), v(v_), k0(k0_), ld_kt(transposed_ld(s_.Skv - k0_)), k_t(s_.B * s_.Hkv * s_.D * ld_kt) {
+    transpose_heads(k, s.B, s.Skv, s.Hkv, s.D, k0, ld_kt, k_t.p);
+  }
+
+  // One query tile of one head (rows [nr, D] of q with stride Hq*D).
+  struct Task {
+    const F32ForwardTiles& t;
+    const float *q_tile, *kt_head, *v_head;
+    int64_t nr;
+    Task(const F32ForwardTiles& t_, const float* q_tile_, int64_t nr_, int64_t b, int64_t hk)
+        : t(t_), q_tile(q_tile_), kt_head(t_.k_t.p + (b * t_.s.Hkv + hk) * t_.s.D * t_.ld_kt),
+          v_head(t_.v + (b * t_.s.Skv * t_.s.Hkv + hk) * t_.s.D), nr(nr_) {}
+    // scores[r, c] = scale q_r . k_{j0+c}, c < nc (row stride kKeyBlock)
+    void scores(int64_t j0, int64_t nc, float scale, float* scores) const {
+      gemm_block<V>(nr, nc, t.s.D, q_tile, t.s.Hq * t.s.D, 1, kt_head + (j0 - t.k0), t.ld_kt,
+                    scores, kKeyBlock, scale, false);
+    }
+    // out[r] += sum_c p[r, c] v_{j0+c}
+    void add_pv(const float* p, int64_t j0, int64_t nc, float* out_tile) const {
+      const int64_t ldk = t.s.Hkv * t.s.D;
+      gemm_block<V>(nr, t.s.D, nc, p, kKeyBlock, 1, v_head + j0 * ldk, ldk, out_tile,
+                    t.s.Hq * t.s.D, 1.0f, true);
+    }
+  };
+};
+
+// Backward: Q and dO transposed once per call.
+template <class V>
+struct F32BackwardTiles {
+  static constexpr AttentionTiles kTiles = AttentionTiles::f32;  // its BackwardScratch layout
+  const AttentionShape& s;
+  const float *q, *dout;
+  int64_t ld_t;
+  Scratch<> q_t, dout_t;  // [B,Hq,D,ld_t]
+
+  F32BackwardTiles(const float* q_, const float* dout_, const AttentionShape& s_,
+                   const BackwardScratch& layout)
+      : s(s_), q(q_), dout(dout_), ld_t(layout.ld_t), q_t(layout.transposed_floats()),
+        dout_t(layout.transposed_floats()) {
+    transpose_heads(q, s.B, s.S, s.Hq, s.D, 0, ld_t, q_t.p);
+    transpose_heads(dout, s.B, s.S, s.Hq, s.D, 0, ld_t, dout_t.p);
+  }
+
+  // One key tile ([nc, D] rows of k and v with stride Hkv*D) against query tiles of its heads.
+  struct KeyTile {
+    const F32BackwardTiles& t;
+    const float *k_tile, *v_tile;
+    int64_t nc;
+    KeyTile(const F32BackwardTiles& t_, const float* k_tile_, const float* v_tile_, int64_t nc_)
+        : t(t_), k_tile(k_tile_), v_tile(v_tile_), nc(nc_) {}
+    // pt = scale K Q^T, dpt = V dO^T for queries [i0, i0 + nr) of head h (row stride kQueryBlock)
+    void scores_t(int64_t b, int64_t h, int64_t i0, int64_t nr, float scale, float* pt,
+                  float* dpt) const {
+      const int64_t off = (b * t.s.Hq + h) * t.s.D * t.ld_t + i0, ldk = t.s.Hkv * t.s.D;
+      gemm_block<V>(nc, nr, t.s.D, k_tile, ldk, 1, t.q_t.p + off, t.ld_t, pt, kQueryBlock, scale,
+                    false);
+      gemm_block<V>(nc, nr, t.s.D, v_tile, ldk, 1, t.dout_t.p + off, t.ld_t, dpt, kQueryBlock,
+                    1.0f, false);
+    }
+    // dv += P^T dO, dk += scale dS^T Q (rows [nc, D]), dq_rows += scale dS K (stride Hq*D)
+    void accumulate(int64_t b, int64_t h, int64_t i0, int64_t nr, const float* pt,
+                    const float* dst, float scale, float* dv_acc, float* dk_acc,
+                    float* dq_rows) const {
+      const int64_t D = t.s.D, ldq = t.s.Hq * D, ldk = t.s.Hkv * D;
+      const int64_t q_off = ((b * t.s.S + i0) * t.s.Hq + h) * D;
+      gemm_block<V>(nc, D, nr, pt, kQueryBlock, 1, t.dout + q_off, ldq, dv_acc, D, 1.0f, true);
+      gemm_block<V>(nc, D, nr, dst, kQueryBlock, 1, t.q + q_off, ldq, dk_acc, D, scale, true);
+      // dS = (dS^T)^T, read through swapped strides
+      gemm_block<V>(nr, D, nc, dst, 1, kQueryBlock, k_tile, ldk, dq_rows, ldq, scale, true);
+    }
+  };
+};
+
 // One task = one query block of one head: the tile's rows of `out` accumulate P.V under an
 // online softmax (running max m and sum l per row), then are normalised by l.
-template <class V>
+template <class V, class Tiles>
 void attention_forward_v(const float* q, const float* k, const float* v, float scale, float* out,
                          float* lse, const int32_t* first_key, const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
-  const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
+  const int64_t ldq = s.Hq * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
-  // Only keys some query sees are transposed: a sliding window's decode step reads the last
-  // `window` keys of a long cache.
+  // Only keys some query sees are converted: a sliding window's decode step reads the last
+  // `window` keys of a long cache. Key tiles start on the policy's alignment (bf16 pairs of
+  // keys); keys below a row's bound are masked like any other.
   const QueryTileBounds bounds(first_key, s.B, s.S);
-  const int64_t k0 = bounds.lowest(), ld_kt = transposed_ld(s.Skv - k0);
-  Scratch k_t(s.B * s.Hkv * D * ld_kt);
-  transpose_heads(k, s.B, s.Skv, s.Hkv, D, k0, ld_kt, k_t.p);
+  const int64_t align = Tiles::kKeyAlign;
+  const Tiles tiles(k, v, s, bounds.lowest() / align * align);
   parallel_for_each(s.B * s.Hq * n_qblocks, [&](int64_t task) {
     // Late query blocks see the most keys: hand them out first for a balanced tail.
     const int64_t qb = n_qblocks - 1 - task % n_qblocks;
@@ -142,9 +242,8 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
     const float* q_tile = q + ((b * s.S + i0) * s.Hq + h) * D;             // [nr, D], ld ldq
     float* out_tile = out + ((b * s.S + i0) * s.Hq + h) * D;               // [nr, D], ld ldq
-    const float* kt_head = k_t.p + (b * s.Hkv + hk) * D * ld_kt;  // keys k0.., [D, *], ld ld_kt
-    const float* v_head = v + (b * s.Skv * s.Hkv + hk) * D;                // [Skv, D], ld ldk
     const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;  // [nr] or null
+    typename Tiles::Task products(tiles, q_tile, nr, b, hk);
     Scratch scores(kQueryBlock * kKeyBlock), m(kQueryBlock), l(kQueryBlock);
     for (int64_t r = 0; r < nr; ++r) {
       std::memset(out_tile + r * ldq, 0, sizeof(float) * D);
@@ -152,10 +251,9 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
       l.p[r] = 0.0f;
     }
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
-    for (int64_t j0 = bounds.min(b, qb); j0 < n_keys; j0 += kKeyBlock) {
+    for (int64_t j0 = bounds.min(b, qb) / align * align; j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      gemm_block<V>(nr, nc, D, q_tile, ldq, 1, kt_head + (j0 - k0), ld_kt, scores.p, kKeyBlock,
-                    scale, false);
+      products.scores(j0, nc, scale, scores.p);
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
         // The row's keys in this tile are [c_lo, c_hi); the others are masked (p = 0).
@@ -177,8 +275,7 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
         l.p[r] = l.p[r] * alpha + p_sum;
         m.p[r] = m_new;
       }
-      gemm_block<V>(nr, D, nc, scores.p, kKeyBlock, 1, v_head + j0 * ldk, ldk, out_tile, ldq,
-                    1.0f, true);
+      products.add_pv(scores.p, j0, nc, out_tile);
     }
     float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
     for (int64_t r = 0; r < nr; ++r) {
@@ -221,21 +318,18 @@ inline void mask_below_first_key(const int32_t* lo /*[nr]*/, int64_t nr, int64_t
 // key index is the row:
 //   P^T = exp(scale K Q^T - lse),  dP^T = V dO^T,  dS^T = P^T * (dP^T - delta)
 //   dV += P^T dO,   dK += scale dS^T Q,   dQ += scale dS K
-template <class V>
+template <class V, class Tiles>
 void attention_backward_v(const float* dout, const float* q, const float* k, const float* v,
                           const float* out, const float* lse, float scale, float* dq, float* dk,
                           float* dv, const int32_t* first_key, const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
-  const int64_t ldq = s.Hq * D, ldk = s.Hkv * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
-  const BackwardScratch layout(s);
-  const int64_t n_chunks = layout.n_chunks, dq_size = layout.dq_size, ld_t = layout.ld_t;
+  const BackwardScratch layout(s, Tiles::kTiles);
+  const int64_t n_chunks = layout.n_chunks, dq_size = layout.dq_size;
 
   Scratch delta(layout.delta_floats()), dq_parts(layout.dq_parts_floats());
-  Scratch q_t(layout.transposed_floats()), dout_t(layout.transposed_floats());  // [B,Hq,D,ld_t]
   attention_delta<V>(dout, out, delta.p, s);
-  transpose_heads(q, s.B, s.S, s.Hq, D, 0, ld_t, q_t.p);
-  transpose_heads(dout, s.B, s.S, s.Hq, D, 0, ld_t, dout_t.p);
+  const Tiles tiles(q, dout, s, layout);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
   const QueryTileBounds bounds(first_key, s.B, s.S);
@@ -249,8 +343,7 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
     for (int64_t kb = chunk; kb < n_kblocks; kb += n_chunks) {
       const int64_t j0 = kb * kKeyBlock, nc = std::min(kKeyBlock, s.Skv - j0);
       const int64_t kv_row = (b * s.Skv + j0) * s.Hkv + hk;
-      const float* k_tile = k + kv_row * D;  // [nc, D], ld ldk
-      const float* v_tile = v + kv_row * D;
+      typename Tiles::KeyTile products(tiles, k + kv_row * D, v + kv_row * D, nc);
       std::memset(dk_acc.p, 0, sizeof(float) * nc * D);
       std::memset(dv_acc.p, 0, sizeof(float) * nc * D);
       const int64_t first_query = std::max<int64_t>(0, j0 - off);  // first row seeing key j0
@@ -259,15 +352,10 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
           if (bounds.min(b, qb) >= j0 + nc) continue;  // no query of the tile sees these keys
           const int64_t i0 = qb * kQueryBlock, nr = std::min(kQueryBlock, s.S - i0);
           const int64_t q_row = (b * s.S + i0) * s.Hq + h;
-          const float* q_tile = q + q_row * D;  // [nr, D], ld ldq
-          const float* do_tile = dout + q_row * D;
-          const float* qt_tile = q_t.p + (b * s.Hq + h) * D * ld_t + i0;  // [D, nr], ld ld_t
-          const float* dot_tile = dout_t.p + (b * s.Hq + h) * D * ld_t + i0;
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
           const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;
-          gemm_block<V>(nc, nr, D, k_tile, ldk, 1, qt_tile, ld_t, pt.p, kQueryBlock, scale, false);
-          gemm_block<V>(nc, nr, D, v_tile, ldk, 1, dot_tile, ld_t, dst.p, kQueryBlock, 1.0f, false);
+          products.scores_t(b, h, i0, nr, scale, pt.p, dst.p);
           for (int64_t c = 0; c < nc; ++c) {
             float* prow = pt.p + c * kQueryBlock;
             float* dsrow = dst.p + c * kQueryBlock;
@@ -283,11 +371,8 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
             });
           }
           if (bounds.max(b, qb) > j0) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
-          gemm_block<V>(nc, D, nr, pt.p, kQueryBlock, 1, do_tile, ldq, dv_acc.p, D, 1.0f, true);
-          gemm_block<V>(nc, D, nr, dst.p, kQueryBlock, 1, q_tile, ldq, dk_acc.p, D, scale, true);
-          // dS = (dS^T)^T, read through swapped strides
-          gemm_block<V>(nr, D, nc, dst.p, 1, kQueryBlock, k_tile, ldk, dq_acc + q_row * D, ldq,
-                        scale, true);
+          products.accumulate(b, h, i0, nr, pt.p, dst.p, scale, dv_acc.p, dk_acc.p,
+                              dq_acc + q_row * D);
         }
       }
       for (int64_t c = 0; c < nc; ++c) {
@@ -308,9 +393,34 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
   }
 }
 
-template <class V>
+// The forward and backward at both precisions; bf16 requests run the float32 tiles on tiers
+// without vdpbf16ps (where float32 is both the faster and the more accurate).
+template <class V, class Forward, class Backward>
+void attention_forward_at(const float* q, const float* k, const float* v, float scale,
+                          float* out, float* lse, const int32_t* first_key, AttentionTiles tiles,
+                          const AttentionShape& s) {
+  if (tiles == AttentionTiles::bf16)
+    attention_forward_v<V, Forward>(q, k, v, scale, out, lse, first_key, s);
+  else
+    attention_forward_v<V, F32ForwardTiles<V>>(q, k, v, scale, out, lse, first_key, s);
+}
+
+template <class V, class Forward, class Backward>
+void attention_backward_at(const float* dout, const float* q, const float* k, const float* v,
+                           const float* out, const float* lse, float scale, float* dq, float* dk,
+                           float* dv, const int32_t* first_key, AttentionTiles tiles,
+                           const AttentionShape& s) {
+  if (tiles == AttentionTiles::bf16)
+    attention_backward_v<V, Backward>(dout, q, k, v, out, lse, scale, dq, dk, dv, first_key, s);
+  else
+    attention_backward_v<V, F32BackwardTiles<V>>(dout, q, k, v, out, lse, scale, dq, dk, dv,
+                                                 first_key, s);
+}
+
+// Forward/Backward: the tiles bf16 requests get (F32* on tiers without vdpbf16ps).
+template <class V, class Forward = F32ForwardTiles<V>, class Backward = F32BackwardTiles<V>>
 constexpr AttentionKernels make_attention_kernels() {
-  return {&attention_forward_v<V>, &attention_backward_v<V>};
+  return {&attention_forward_at<V, Forward, Backward>, &attention_backward_at<V, Forward, Backward>};
 }
 
 }  // namespace

@@ -125,15 +125,25 @@ class Saved:
         return out
 
 
+def attention_tiles(precision: str) -> str:
+    """The attention tiles (`_core.attention_forward(..., tiles=)`) of a matmul precision: float32 for
+    "f32" and "ggml", whose logits must stay within 1e-3 of the std of llama.cpp's on float32 models
+    (bf16 tiles move them by 2-4e-2); bf16 operands with float32 accumulation for the fast engines
+    ("auto", "int8", "bf16"), which moves their mean KL to llama.cpp by well under int8's own
+    (docs/design.md). Tiers without vdpbf16ps run float32 tiles either way."""
+    return "f32" if precision in ("f32", "ggml") else "bf16"
+
+
 class Block:
     """Forward and backward of layer `li` of a model (gguf_io.ModelWeights)."""
 
-    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False):
+    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False, attention_tiles: str = "f32"):
         self.weights = weights
         self.arch: Architecture = weights.arch
         self.lin = linears
         self.k = kernels
         self.round_kv_f16 = round_kv_f16  # inference "ggml" precision: llama.cpp's F16 KV cache
+        self.attention_tiles = attention_tiles  # "f32" or "bf16", see attention_tiles()
 
     # ---------------------------------------------------------------- what a layer keeps
     def kept_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
@@ -195,7 +205,7 @@ class Block:
             k4, v4 = cache.store(li, k4, v4)
         att, lse = empty(T, Hq * D), empty(B, Hq, S)
         kn.attention_forward(q.reshape(B, S, Hq, D), k4, v4, arch.attention_scale, att.reshape(B, S, Hq, D), lse,
-                             first_key=first_key)
+                             first_key=first_key, tiles=self.attention_tiles)
         o, zo = lin.forward(att, [(layer.matrices["attn_output"], name("attn_output"))])[0]
         o_raw = rstd_o = None
         if fam.post_norms:
@@ -260,7 +270,7 @@ class Block:
         kn.attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
                               s.v.reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse, arch.attention_scale,
                               dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D), dv.reshape(B, S, Hkv, D),
-                              first_key=s.first_key)
+                              first_key=s.first_key, tiles=self.attention_tiles)
         del datt
         rope, pos = arch.rope(li), tokens.positions.reshape(T)
         rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .block import Block, Tokens, empty as _empty
+from .block import Block, Tokens, attention_tiles, empty as _empty
 from .lora import LoraSet, flat_arrays
 
 
@@ -186,7 +186,7 @@ class Graph:
         self.precision = precision
         self.head_chunk = head_chunk
         self.linears = LoraLinears(lora, kernels, precision)
-        self.block = Block(weights, self.linears, kernels)
+        self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision))
 
     # ----------------------------------------------------------------- embeddings and head
     @property

@@ -19,7 +19,7 @@ import numpy as np
 
 from . import _core
 from .architecture import HParams
-from .block import Block, Tokens
+from .block import Block, Tokens, attention_tiles
 from .gguf_io import GGUFError, ModelWeights, Weight, read_model_gguf
 
 LOGITS_ROWS_PER_CHUNK = 256  # rows of [rows, V] logits computed at once by cross_entropy
@@ -130,7 +130,8 @@ class Model:
         self.precision = precision
         self._tokenizer = None
         # "ggml": q, k, v rounded to F16 as llama.cpp's default KV cache and K·Q product see them
-        self.block = Block(weights, InferenceLinears(self.lora, precision), _core, round_kv_f16=precision == "ggml")
+        self.block = Block(weights, InferenceLinears(self.lora, precision), _core, round_kv_f16=precision == "ggml",
+                           attention_tiles=attention_tiles(precision))
 
     # ----- tokens -----
     @property
