@@ -182,15 +182,16 @@ struct Bf16ForwardTiles {
       for (int64_t r = 0; r < nr; ++r)
         pairs_along_row(q_tile + r * t.s.Hq * t.s.D, t.s.D, q_words.p + r * t.D2);
     }
-    void scores(int64_t j0, int64_t nc, float scale, float* scores) const {
-      gemm_bf16_block(nr, nc, t.D2, q_words.p, t.D2, 1, kp_head + (j0 - t.k0), t.ld_kp, scores,
-                      kKeyBlock, scale, false);
+    void scores(int64_t r0, int64_t r1, int64_t j0, int64_t nc, float scale, float* scores) const {
+      gemm_bf16_block(r1 - r0, nc, t.D2, q_words.p + r0 * t.D2, t.D2, 1, kp_head + (j0 - t.k0),
+                      t.ld_kp, scores + r0 * kKeyBlock, kKeyBlock, scale, false);
     }
-    void add_pv(const float* p, int64_t j0, int64_t nc, float* out_tile) {
-      for (int64_t r = 0; r < nr; ++r)
-        pairs_along_row(p + r * kKeyBlock, nc, p_words.p + r * (kKeyBlock / 2));
-      gemm_bf16_block(nr, t.s.D, ceil_div(nc, 2), p_words.p, kKeyBlock / 2, 1,
-                      vp_head + (j0 - t.k0) / 2 * t.s.D, t.s.D, out_tile, t.s.Hq * t.s.D, 1.0f,
+    void add_pv(int64_t r0, int64_t r1, const float* p, int64_t j0, int64_t nc, float* out_tile) {
+      constexpr int64_t half = kKeyBlock / 2;
+      for (int64_t r = r0; r < r1; ++r) pairs_along_row(p + r * kKeyBlock, nc, p_words.p + r * half);
+      const int64_t ldq = t.s.Hq * t.s.D;
+      gemm_bf16_block(r1 - r0, t.s.D, ceil_div(nc, 2), p_words.p + r0 * half, half, 1,
+                      vp_head + (j0 - t.k0) / 2 * t.s.D, t.s.D, out_tile + r0 * ldq, ldq, 1.0f,
                       true);
     }
   };
@@ -201,6 +202,7 @@ struct Bf16ForwardTiles {
 // and per query tile P^T, dS^T as pairs of queries and dS as pairs of keys.
 struct Bf16BackwardTiles {
   static constexpr AttentionTiles kTiles = AttentionTiles::bf16;
+  static constexpr int64_t kQueryAlign = 2;  // query ranges start on the pairs of Q and dO
   const AttentionShape& s;
   int64_t D2, S2, ld_t;
   Scratch<Word> q_t, dout_t, q_pairs, dout_pairs;
@@ -234,32 +236,38 @@ struct Bf16BackwardTiles {
         pairs_across_rows(k_tile + c * ldk, c + 1 < nc ? k_tile + (c + 1) * ldk : nullptr, D,
                           k_pairs.p + c / 2 * D);
     }
-    void scores_t(int64_t b, int64_t h, int64_t i0, int64_t nr, float scale, float* pt,
-                  float* dpt) const {
-      const int64_t off = (b * t.s.Hq + h) * t.D2 * t.ld_t + i0;
-      gemm_bf16_block(nc, nr, t.D2, k_words.p, t.D2, 1, t.q_t.p + off, t.ld_t, pt, kQueryBlock,
-                      scale, false);
-      gemm_bf16_block(nc, nr, t.D2, v_words.p, t.D2, 1, t.dout_t.p + off, t.ld_t, dpt,
-                      kQueryBlock, 1.0f, false);
+    void scores_t(int64_t b, int64_t h, int64_t i0, int64_t c0, int64_t c1, int64_t r_lo,
+                  int64_t nr, float scale, float* pt, float* dpt) const {
+      const int64_t off = (b * t.s.Hq + h) * t.D2 * t.ld_t + i0 + r_lo, at = c0 * kQueryBlock + r_lo;
+      gemm_bf16_block(c1 - c0, nr - r_lo, t.D2, k_words.p + c0 * t.D2, t.D2, 1, t.q_t.p + off,
+                      t.ld_t, pt + at, kQueryBlock, scale, false);
+      gemm_bf16_block(c1 - c0, nr - r_lo, t.D2, v_words.p + c0 * t.D2, t.D2, 1, t.dout_t.p + off,
+                      t.ld_t, dpt + at, kQueryBlock, 1.0f, false);
     }
-    void accumulate(int64_t b, int64_t h, int64_t i0, int64_t nr, const float* pt,
-                    const float* dst, float scale, float* dv_acc, float* dk_acc, float* dq_rows) {
+    void accumulate_kv(int64_t b, int64_t h, int64_t i0, int64_t c0, int64_t c1, int64_t r_lo,
+                       int64_t nr, const float* pt, const float* dst, float scale, float* dv_acc,
+                       float* dk_acc) {
       constexpr int64_t half = kQueryBlock / 2;
-      for (int64_t c = 0; c < nc; ++c) {
-        pairs_along_row(pt + c * kQueryBlock, nr, pt_words.p + c * half);
-        pairs_along_row(dst + c * kQueryBlock, nr, dst_words.p + c * half);
+      for (int64_t c = c0; c < c1; ++c) {  // r_lo is even
+        pairs_along_row(pt + c * kQueryBlock + r_lo, nr - r_lo, pt_words.p + c * half + r_lo / 2);
+        pairs_along_row(dst + c * kQueryBlock + r_lo, nr - r_lo, dst_words.p + c * half + r_lo / 2);
       }
-      for (int64_t c = 0; c < nc; c += 2)  // dS = (dS^T)^T as pairs of keys
-        pairs_across_rows(dst + c * kQueryBlock, c + 1 < nc ? dst + (c + 1) * kQueryBlock : nullptr,
-                          nr, ds_words.p + c / 2 * kQueryBlock);
-      const int64_t D = t.s.D, nr2 = ceil_div(nr, 2);
-      const int64_t pairs_off = ((b * t.s.Hq + h) * t.S2 + i0 / 2) * D;  // i0 is even
-      gemm_bf16_block(nc, D, nr2, pt_words.p, half, 1, t.dout_pairs.p + pairs_off, D, dv_acc, D,
-                      1.0f, true);
-      gemm_bf16_block(nc, D, nr2, dst_words.p, half, 1, t.q_pairs.p + pairs_off, D, dk_acc, D,
-                      scale, true);
-      gemm_bf16_block(nr, D, ceil_div(nc, 2), ds_words.p, 1, kQueryBlock, k_pairs.p, D, dq_rows,
-                      t.s.Hq * D, scale, true);
+      const int64_t D = t.s.D, n_pairs = ceil_div(nr - r_lo, 2), at = c0 * half + r_lo / 2;
+      const int64_t pairs_off = ((b * t.s.Hq + h) * t.S2 + (i0 + r_lo) / 2) * D;  // i0 is even
+      gemm_bf16_block(c1 - c0, D, n_pairs, pt_words.p + at, half, 1, t.dout_pairs.p + pairs_off, D,
+                      dv_acc + c0 * D, D, 1.0f, true);
+      gemm_bf16_block(c1 - c0, D, n_pairs, dst_words.p + at, half, 1, t.q_pairs.p + pairs_off, D,
+                      dk_acc + c0 * D, D, scale, true);
+    }
+    void accumulate_q(int64_t r0, int64_t r1, int64_t n_keys, const float* dst, float scale,
+                      float* dq_rows) {
+      for (int64_t c = 0; c < n_keys; c += 2)  // dS = (dS^T)^T as pairs of keys
+        pairs_across_rows(dst + c * kQueryBlock + r0,
+                          c + 1 < nc ? dst + (c + 1) * kQueryBlock + r0 : nullptr, r1 - r0,
+                          ds_words.p + c / 2 * kQueryBlock + r0);
+      const int64_t ldq = t.s.Hq * t.s.D;
+      gemm_bf16_block(r1 - r0, t.s.D, ceil_div(n_keys, 2), ds_words.p + r0, 1, kQueryBlock,
+                      k_pairs.p, t.s.D, dq_rows + r0 * ldq, ldq, scale, true);
     }
   };
 };

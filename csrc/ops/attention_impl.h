@@ -17,6 +17,9 @@ namespace {
 
 constexpr int64_t kQueryBlock = 64;  // Br: query rows per tile
 constexpr int64_t kKeyBlock = 64;    // Bc: keys per tile
+// A tile crossing the causal diagonal is multiplied in chunks of this many rows, each over the
+// keys (or queries) it needs: a 64 x 64 diagonal tile then costs 10/16 of a full one.
+constexpr int64_t kDiagonalChunk = 16;
 
 // A heap buffer local to one task or call (plain new[]: no library template compiled per tier).
 template <class T = float>
@@ -160,16 +163,17 @@ struct F32ForwardTiles {
     Task(const F32ForwardTiles& t_, const float* q_tile_, int64_t nr_, int64_t b, int64_t hk)
         : t(t_), q_tile(q_tile_), kt_head(t_.k_t.p + (b * t_.s.Hkv + hk) * t_.s.D * t_.ld_kt),
           v_head(t_.v + (b * t_.s.Skv * t_.s.Hkv + hk) * t_.s.D), nr(nr_) {}
-    // scores[r, c] = scale q_r . k_{j0+c}, c < nc (row stride kKeyBlock)
-    void scores(int64_t j0, int64_t nc, float scale, float* scores) const {
-      gemm_block<V>(nr, nc, t.s.D, q_tile, t.s.Hq * t.s.D, 1, kt_head + (j0 - t.k0), t.ld_kt,
-                    scores, kKeyBlock, scale, false);
+    // scores[r, c] = scale q_r . k_{j0+c} for rows [r0, r1), c < nc (row stride kKeyBlock)
+    void scores(int64_t r0, int64_t r1, int64_t j0, int64_t nc, float scale, float* scores) const {
+      const int64_t ldq = t.s.Hq * t.s.D;
+      gemm_block<V>(r1 - r0, nc, t.s.D, q_tile + r0 * ldq, ldq, 1, kt_head + (j0 - t.k0), t.ld_kt,
+                    scores + r0 * kKeyBlock, kKeyBlock, scale, false);
     }
-    // out[r] += sum_c p[r, c] v_{j0+c}
-    void add_pv(const float* p, int64_t j0, int64_t nc, float* out_tile) const {
-      const int64_t ldk = t.s.Hkv * t.s.D;
-      gemm_block<V>(nr, t.s.D, nc, p, kKeyBlock, 1, v_head + j0 * ldk, ldk, out_tile,
-                    t.s.Hq * t.s.D, 1.0f, true);
+    // out[r] += sum_{c < nc} p[r, c] v_{j0+c} for rows [r0, r1)
+    void add_pv(int64_t r0, int64_t r1, const float* p, int64_t j0, int64_t nc, float* out_tile) const {
+      const int64_t ldk = t.s.Hkv * t.s.D, ldq = t.s.Hq * t.s.D;
+      gemm_block<V>(r1 - r0, t.s.D, nc, p + r0 * kKeyBlock, kKeyBlock, 1, v_head + j0 * ldk, ldk,
+                    out_tile + r0 * ldq, ldq, 1.0f, true);
     }
   };
 };
@@ -178,6 +182,7 @@ struct F32ForwardTiles {
 template <class V>
 struct F32BackwardTiles {
   static constexpr AttentionTiles kTiles = AttentionTiles::f32;  // its BackwardScratch layout
+  static constexpr int64_t kQueryAlign = 1;  // query ranges may start anywhere
   const AttentionShape& s;
   const float *q, *dout;
   int64_t ld_t;
@@ -198,25 +203,35 @@ struct F32BackwardTiles {
     int64_t nc;
     KeyTile(const F32BackwardTiles& t_, const float* k_tile_, const float* v_tile_, int64_t nc_)
         : t(t_), k_tile(k_tile_), v_tile(v_tile_), nc(nc_) {}
-    // pt = scale K Q^T, dpt = V dO^T for queries [i0, i0 + nr) of head h (row stride kQueryBlock)
-    void scores_t(int64_t b, int64_t h, int64_t i0, int64_t nr, float scale, float* pt,
-                  float* dpt) const {
-      const int64_t off = (b * t.s.Hq + h) * t.s.D * t.ld_t + i0, ldk = t.s.Hkv * t.s.D;
-      gemm_block<V>(nc, nr, t.s.D, k_tile, ldk, 1, t.q_t.p + off, t.ld_t, pt, kQueryBlock, scale,
-                    false);
-      gemm_block<V>(nc, nr, t.s.D, v_tile, ldk, 1, t.dout_t.p + off, t.ld_t, dpt, kQueryBlock,
-                    1.0f, false);
+    // pt = scale K Q^T, dpt = V dO^T: keys [c0, c1) of the tile (rows) and queries i0 + [r_lo, nr)
+    // of head h (columns; row stride kQueryBlock)
+    void scores_t(int64_t b, int64_t h, int64_t i0, int64_t c0, int64_t c1, int64_t r_lo,
+                  int64_t nr, float scale, float* pt, float* dpt) const {
+      const int64_t ldk = t.s.Hkv * t.s.D, at = c0 * kQueryBlock + r_lo;
+      const int64_t off = (b * t.s.Hq + h) * t.s.D * t.ld_t + i0 + r_lo;
+      gemm_block<V>(c1 - c0, nr - r_lo, t.s.D, k_tile + c0 * ldk, ldk, 1, t.q_t.p + off, t.ld_t,
+                    pt + at, kQueryBlock, scale, false);
+      gemm_block<V>(c1 - c0, nr - r_lo, t.s.D, v_tile + c0 * ldk, ldk, 1, t.dout_t.p + off, t.ld_t,
+                    dpt + at, kQueryBlock, 1.0f, false);
     }
-    // dv += P^T dO, dk += scale dS^T Q (rows [nc, D]), dq_rows += scale dS K (stride Hq*D)
-    void accumulate(int64_t b, int64_t h, int64_t i0, int64_t nr, const float* pt,
-                    const float* dst, float scale, float* dv_acc, float* dk_acc,
-                    float* dq_rows) const {
-      const int64_t D = t.s.D, ldq = t.s.Hq * D, ldk = t.s.Hkv * D;
-      const int64_t q_off = ((b * t.s.S + i0) * t.s.Hq + h) * D;
-      gemm_block<V>(nc, D, nr, pt, kQueryBlock, 1, t.dout + q_off, ldq, dv_acc, D, 1.0f, true);
-      gemm_block<V>(nc, D, nr, dst, kQueryBlock, 1, t.q + q_off, ldq, dk_acc, D, scale, true);
+    // rows [c0, c1) of dv += P^T dO and dk += scale dS^T Q ([nc, D]), over queries [r_lo, nr)
+    void accumulate_kv(int64_t b, int64_t h, int64_t i0, int64_t c0, int64_t c1, int64_t r_lo,
+                       int64_t nr, const float* pt, const float* dst, float scale, float* dv_acc,
+                       float* dk_acc) {
+      const int64_t D = t.s.D, ldq = t.s.Hq * D, at = c0 * kQueryBlock + r_lo;
+      const int64_t q_off = ((b * t.s.S + i0 + r_lo) * t.s.Hq + h) * D;
+      gemm_block<V>(c1 - c0, D, nr - r_lo, pt + at, kQueryBlock, 1, t.dout + q_off, ldq,
+                    dv_acc + c0 * D, D, 1.0f, true);
+      gemm_block<V>(c1 - c0, D, nr - r_lo, dst + at, kQueryBlock, 1, t.q + q_off, ldq,
+                    dk_acc + c0 * D, D, scale, true);
+    }
+    // rows [r0, r1) of dq_rows (stride Hq*D) += scale dS K over the tile's keys [0, n_keys)
+    void accumulate_q(int64_t r0, int64_t r1, int64_t n_keys, const float* dst, float scale,
+                      float* dq_rows) {
+      const int64_t ldk = t.s.Hkv * t.s.D, ldq = t.s.Hq * t.s.D;
       // dS = (dS^T)^T, read through swapped strides
-      gemm_block<V>(nr, D, nc, dst, 1, kQueryBlock, k_tile, ldk, dq_rows, ldq, scale, true);
+      gemm_block<V>(r1 - r0, t.s.D, n_keys, dst + r0, 1, kQueryBlock, k_tile, ldk,
+                    dq_rows + r0 * ldq, ldq, scale, true);
     }
   };
 };
@@ -253,7 +268,13 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     const int64_t n_keys = i0 + nr + off;  // keys seen by the tile's last row
     for (int64_t j0 = bounds.min(b, qb) / align * align; j0 < n_keys; j0 += kKeyBlock) {
       const int64_t nc = std::min(kKeyBlock, n_keys - j0);
-      products.scores(j0, nc, scale, scores.p);
+      // On the causal diagonal, chunks of rows need only the keys their last row sees.
+      const int64_t chunk = j0 + nc > i0 + off + 1 ? kDiagonalChunk : nr;
+      const auto keys_seen = [&](int64_t r1) { return std::clamp<int64_t>(i0 + r1 + off - j0, 0, nc); };
+      for (int64_t r0 = 0; r0 < nr; r0 += chunk) {
+        const int64_t r1 = std::min(nr, r0 + chunk);
+        products.scores(r0, r1, j0, keys_seen(r1), scale, scores.p);
+      }
       for (int64_t r = 0; r < nr; ++r) {
         float* srow = scores.p + r * kKeyBlock;
         // The row's keys in this tile are [c_lo, c_hi); the others are masked (p = 0).
@@ -275,7 +296,10 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
         l.p[r] = l.p[r] * alpha + p_sum;
         m.p[r] = m_new;
       }
-      products.add_pv(scores.p, j0, nc, out_tile);
+      for (int64_t r0 = 0; r0 < nr; r0 += chunk) {
+        const int64_t r1 = std::min(nr, r0 + chunk);
+        products.add_pv(r0, r1, scores.p, j0, keys_seen(r1), out_tile);
+      }
     }
     float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
     for (int64_t r = 0; r < nr; ++r) {
@@ -355,7 +379,16 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
           const float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
           const float* delta_tile = delta.p + (b * s.Hq + h) * s.S + i0;
           const int32_t* lo_tile = first_key ? first_key + b * s.S + i0 : nullptr;
-          products.scores_t(b, h, i0, nr, scale, pt.p, dst.p);
+          // On the causal diagonal, chunks of keys need only the queries their first key is
+          // seen by, and chunks of queries only the keys their last query sees.
+          const bool diagonal = j0 + nc > i0 + off + 1;
+          const int64_t chunk_c = diagonal ? kDiagonalChunk : nc, chunk_r = diagonal ? kDiagonalChunk : nr;
+          const auto queries_from = [&](int64_t c0) {
+            return std::clamp<int64_t>(j0 + c0 - off - i0, 0, nr) / Tiles::kQueryAlign * Tiles::kQueryAlign;
+          };
+          for (int64_t c0 = 0; c0 < nc; c0 += chunk_c)
+            products.scores_t(b, h, i0, c0, std::min(nc, c0 + chunk_c), queries_from(c0), nr, scale,
+                              pt.p, dst.p);
           for (int64_t c = 0; c < nc; ++c) {
             float* prow = pt.p + c * kQueryBlock;
             float* dsrow = dst.p + c * kQueryBlock;
@@ -371,8 +404,14 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
             });
           }
           if (bounds.max(b, qb) > j0) mask_below_first_key(lo_tile, nr, j0, nc, pt.p, dst.p);
-          products.accumulate(b, h, i0, nr, pt.p, dst.p, scale, dv_acc.p, dk_acc.p,
-                              dq_acc + q_row * D);
+          for (int64_t c0 = 0; c0 < nc; c0 += chunk_c)
+            products.accumulate_kv(b, h, i0, c0, std::min(nc, c0 + chunk_c), queries_from(c0), nr,
+                                   pt.p, dst.p, scale, dv_acc.p, dk_acc.p);
+          for (int64_t r0 = 0; r0 < nr; r0 += chunk_r) {
+            const int64_t r1 = std::min(nr, r0 + chunk_r);
+            products.accumulate_q(r0, r1, std::clamp<int64_t>(i0 + r1 + off - j0, 0, nc), dst.p,
+                                  scale, dq_acc + q_row * D);
+          }
         }
       }
       for (int64_t c = 0; c < nc; ++c) {
