@@ -228,19 +228,20 @@ dq, dk, dv = np.empty_like(q), np.empty_like(k), np.empty_like(v)
 for a in (dq, dk, dv, lse):
     a.fill(0.0)  # touch every page before the baseline
 before = peak_rss()
-_core.attention_backward(dout, q, k, v, out, lse, 0.125, dq, dk, dv)
-print(peak_rss() - before, _core.attention_backward_scratch_bytes(B, S, S, Hq, Hkv, D))
+_core.attention_backward(dout, q, k, v, out, lse, 0.125, dq, dk, dv, tiles="{tiles}")
+print(peak_rss() - before, _core.attention_backward_scratch_bytes(B, S, S, Hq, Hkv, D, tiles="{tiles}"))
 """
 
 
+@pytest.mark.parametrize("tiles", ["f32", "bf16"])
 @pytest.mark.parametrize("threads", [1, 2])
-def test_backward_scratch_bytes_is_what_the_backward_allocates(threads):
+def test_backward_scratch_bytes_is_what_the_backward_allocates(threads, tiles):
     """The memory plan sizes the attention backward with attention_backward_scratch_bytes: the
     peak RSS the backward adds (a fresh process, inputs already resident) must match it."""
     import subprocess
     import sys
 
-    code = SCRATCH_PROBE.format(threads=threads, shape=(8, 512, 8, 2, 64))
+    code = SCRATCH_PROBE.format(threads=threads, shape=(8, 512, 8, 2, 64), tiles=tiles)
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     grown, planned = (int(n) for n in done.stdout.split())
     assert planned > 0
@@ -381,6 +382,15 @@ def test_bf16_tiles_backward_matches_finite_differences(isa, shape, kind):
     bounds = bf16_error_bounds(dout, q, k, v, out, scale, first_key)[1:]
     for name, mine, x, bound in zip(("dq", "dk", "dv"), grads, (q64, k64, v64), bounds):
         assert_within(mine, numeric_grad(loss, x), bound + 1e-5, name)
+
+
+@pytest.mark.parametrize("shape", [(8, 128, 128, 9, 3, 64), (8, 128, 128, 4, 1, 256), (1, 33, 100, 2, 1, 16)])
+def test_bf16_scratch_is_within_the_f32_plan(shape):
+    """memory.py plans the float32 figure: for even head dims it bounds the bf16 tiles' scratch."""
+    f32_bytes, bf16_bytes = (_core.attention_backward_scratch_bytes(*shape, tiles=t) for t in ("f32", "bf16"))
+    assert 0 < bf16_bytes <= f32_bytes
+    if native_bf16():
+        assert bf16_bytes != f32_bytes  # the bf16 layout is the one sized
 
 
 def test_attention_rejects_unknown_tiles():
