@@ -12,13 +12,21 @@
    (its local layers; key tiles below a query tile's window are skipped, so the windowed time grows
    like S * window instead of S^2 / 2).
 3. The decode step: one query over a cache of --cache keys, global and windowed.
+4. --iteration: one SmolLM2 training iteration (ctx 128, batch 8, LoRA rank 4 on the seven matrices,
+   checkpointing, precision auto) with each tile precision in turn, one thread, timed by CPU time:
+   the whole iteration and its attention calls.
 Tiles: "f32" (exact float32 products) and "bf16" (operands rounded to bf16, float32 accumulation:
 vdpbf16ps on avx512; other tiers run float32 tiles for it). --cpu-time: one thread, timed by the
-process's CPU time (for a machine shared with other jobs). Figures go in notes, never in tests.
+thread's CPU time (for a machine shared with other jobs). Figures go in notes, never in tests.
 """
 
 import argparse
+import os
 import time
+
+# numpy's BLAS on the calling thread: its workers keep spinning after a call, which would count in
+# CPU time and take a core from the one timed.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 import numpy as np
 
@@ -58,7 +66,7 @@ def causal_flops(B, S, Skv, Hq, D, window=None):
 
 
 def timed(fns, args, burst):
-    clocks = {name: time.process_time for name in fns} if args.cpu_time else None
+    clocks = {name: time.thread_time for name in fns} if args.cpu_time else None
     return best_seconds(fns, args.repeats, burst=burst, settle=0.05, clocks=clocks)
 
 
@@ -98,6 +106,58 @@ def decode(args, rng):
           ", ".join(f"{name} {t * 1e3:.3f} ms" for name, t in best.items()))
 
 
+class AttentionClock:
+    """A proxy of ggtune._core that adds up the CPU time of the attention calls."""
+
+    def __init__(self):
+        self.seconds, self.calls = 0.0, 0
+
+    def __getattr__(self, name):
+        fn = getattr(_core, name)
+        if not name.startswith("attention_"):
+            return fn
+
+        def timed_call(*args, **kwargs):
+            start = time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds += time.thread_time() - start
+                self.calls += 1
+        return timed_call
+
+
+def iteration(args):
+    """Training iterations with float32 and bf16 attention tiles, taking turns (precision auto)."""
+    from ggtune.fetch import smollm2_path
+    from ggtune.graph import Grads, Graph
+    from ggtune.lora import init_lora
+    from ggtune.model import load_model
+
+    model = load_model(str(smollm2_path()), n_threads=1)  # (load_model sets the thread count)
+    kinds = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
+    lora = init_lora(model.weights, {kind: 4 for kind in kinds}, 4.0, seed=0)
+    clock = AttentionClock()
+    graph = Graph(model.weights, lora, precision="auto", kernels=clock)
+    grads = Grads.like(lora)
+    tokens = np.random.default_rng(0).integers(0, model.hparams.n_vocab, (8, 129)).astype(np.int32)
+    best = {}
+    for _ in range(args.repeats):
+        for tiles in TILES:
+            graph.block.attention_tiles = tiles
+            clock.seconds = clock.calls = 0
+            start = time.thread_time()
+            graph.loss_and_grads(tokens[:, :-1], tokens[:, 1:], grads)
+            total = time.thread_time() - start
+            if total < best.get(tiles, (np.inf,))[0]:
+                best[tiles] = (total, clock.seconds, clock.calls)
+    for tiles, (total, att, calls) in best.items():
+        print(f"iteration, {tiles} tiles: {total * 1e3:.0f} ms CPU, attention {att * 1e3:.0f} ms "
+              f"({100 * att / total:.1f}%, {calls} calls)")
+    print(f"  bf16 tiles save {(best['f32'][0] - best['bf16'][0]) * 1e3:.0f} ms of the iteration "
+          f"({100 * (1 - best['bf16'][0] / best['f32'][0]):.1f}%)")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--window", type=int, default=512)
@@ -105,8 +165,14 @@ def main():
     parser.add_argument("--cache", type=int, default=4096)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=0, help="ggtune threads (0: all cores)")
-    parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by process CPU time")
+    parser.add_argument("--cpu-time", action="store_true", help="one thread, timed by its CPU time")
+    parser.add_argument("--iteration", action="store_true",
+                        help="only: SmolLM2 training iterations with either tiles (one thread, CPU time)")
     args = parser.parse_args()
+    if args.iteration:
+        _core.set_num_threads(1)
+        iteration(args)
+        return
     _core.set_num_threads(1 if args.cpu_time else args.threads)
     n = _core.num_threads()
     peaks = {kind: _core.peak_rate(kind, n, 0.3, cpu_time=args.cpu_time) / 1e9

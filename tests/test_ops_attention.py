@@ -399,3 +399,23 @@ def test_attention_rejects_unknown_tiles():
         run_forward(q, q, q, 1.0, tiles="f16")
     with pytest.raises(ValueError, match="tiles: expected 'f32' or 'bf16'"):
         _core.attention_backward_scratch_bytes(1, 2, 2, 1, 1, 4, tiles="int8")
+
+
+def test_precisions_pick_bf16_tiles_only_where_the_qkv_products_round():
+    from types import SimpleNamespace
+
+    from ggtune.block import attention_tiles
+
+    def model(*types):  # one layer per ggml type of its q/k/v weights
+        weight = lambda t: SimpleNamespace(ggml_type=t)
+        return SimpleNamespace(layers=[SimpleNamespace(matrices={k: weight(t) for k in ("attn_q", "attn_k", "attn_v")})
+                                       for t in types])
+
+    q4_1, q8_0, f32_, f16_ = 3, 8, 0, 1
+    assert attention_tiles("auto", model(q4_1, q8_0)) == "bf16"  # auto multiplies these in int8
+    assert attention_tiles("auto", model(f32_)) == "f32"  # ... and float weights exactly
+    assert attention_tiles("auto", model(q4_1, f16_)) == "f32"
+    for precision in ("int8", "bf16"):
+        assert attention_tiles(precision, model(f32_)) == "bf16"
+    for precision in ("f32", "ggml"):
+        assert attention_tiles(precision, model(q4_1)) == "f32"

@@ -125,13 +125,22 @@ class Saved:
         return out
 
 
-def attention_tiles(precision: str) -> str:
-    """The attention tiles (`_core.attention_forward(..., tiles=)`) of a matmul precision: float32 for
-    "f32" and "ggml", whose logits must stay within 1e-3 of the std of llama.cpp's on float32 models
-    (bf16 tiles move them by 2-4e-2); bf16 operands with float32 accumulation for the fast engines
-    ("auto", "int8", "bf16"), which moves their mean KL to llama.cpp by well under int8's own
-    (docs/design.md). Tiers without vdpbf16ps run float32 tiles either way."""
-    return "f32" if precision in ("f32", "ggml") else "bf16"
+FLOAT_TYPES = (0, 1, 30)  # ggml F32, F16, BF16: what precision "auto" multiplies exactly
+
+
+def attention_tiles(precision: str, weights) -> str:
+    """The attention tiles (`_core.attention_forward(..., tiles=)`) of a matmul precision: bf16 operands
+    with float32 accumulation where the products of q, k and v already round (precisions "int8" and
+    "bf16", and "auto" on quantized q/k/v weights, which it multiplies in int8), which moves the mean
+    KL to llama.cpp by well under int8's own; float32 where they are exact ("f32", "ggml", "auto" on
+    float weights), whose logits must stay within 1e-3 of the std of llama.cpp's (bf16 tiles move them
+    by 2-4e-2). Measurements: docs/design.md. Tiers without vdpbf16ps run float32 tiles either way."""
+    if precision in ("int8", "bf16"):
+        return "bf16"
+    if precision != "auto":
+        return "f32"
+    qkv = [layer.matrices[kind] for layer in weights.layers for kind in ("attn_q", "attn_k", "attn_v")]
+    return "bf16" if all(w.ggml_type not in FLOAT_TYPES for w in qkv) else "f32"
 
 
 class Block:

@@ -186,7 +186,7 @@ class Graph:
         self.precision = precision
         self.head_chunk = head_chunk
         self.linears = LoraLinears(lora, kernels, precision)
-        self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision))
+        self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision, weights))
 
     # ----------------------------------------------------------------- embeddings and head
     @property

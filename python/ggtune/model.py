@@ -131,7 +131,7 @@ class Model:
         self._tokenizer = None
         # "ggml": q, k, v rounded to F16 as llama.cpp's default KV cache and K·Q product see them
         self.block = Block(weights, InferenceLinears(self.lora, precision), _core, round_kv_f16=precision == "ggml",
-                           attention_tiles=attention_tiles(precision))
+                           attention_tiles=attention_tiles(precision, weights))
 
     # ----- tokens -----
     @property
