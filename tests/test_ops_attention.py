@@ -80,7 +80,7 @@ def test_attention_backward_matches_finite_differences(isa, shape):
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("shape", SHAPES)
 def test_attention_backward_matches_float64_on_tiled_shapes(isa, shape, threads):
-    _core.set_num_threads(threads)  # changes how key blocks are split into chunks
+    _core.set_num_threads(threads)
     try:
         rng, q, k, v, scale = make_inputs(shape, sum(shape) + 1)
         dout = f32(rng, *q.shape)
@@ -92,6 +92,26 @@ def test_attention_backward_matches_float64_on_tiled_shapes(isa, shape, threads)
     for mine, ref, rerun in zip(grads, attention_backward_ref(dout, q, k, v, scale), again):
         np.testing.assert_allclose(mine, ref, rtol=1e-3, atol=2e-5)
         np.testing.assert_array_equal(mine, rerun)  # deterministic
+
+
+@pytest.mark.parametrize("tiles", ["f32", "bf16"])
+@pytest.mark.parametrize("shape", [(1, 130, 130, 4, 1, 32), (2, 65, 200, 9, 3, 16), (8, 128, 128, 4, 1, 64)])
+def test_attention_bits_do_not_depend_on_the_thread_count(isa, shape, tiles):
+    """The backward's split of key blocks (and with it dq's summation order) depends on the shape
+    alone; the forward's tasks are independent rows."""
+    rng, q, k, v, scale = make_inputs(shape, 3)
+    dout = f32(rng, *q.shape)
+    runs = []
+    for threads in (1, 2, 3, 5):
+        _core.set_num_threads(threads)
+        try:
+            out, lse = run_forward(q, k, v, scale, tiles=tiles)
+            runs.append((out, lse) + run_backward(dout, q, k, v, out, lse, scale, tiles=tiles))
+        finally:
+            _core.set_num_threads(0)
+    for other in runs[1:]:
+        for a, b in zip(runs[0], other):
+            np.testing.assert_array_equal(a, b)
 
 
 @pytest.mark.parametrize("S,Skv", [(0, 0), (0, 5)])

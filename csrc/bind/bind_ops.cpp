@@ -417,8 +417,8 @@ void bind_ops(py::module_& m) {
                                                      attention_tiles_of(tiles));
       },
       arg("B"), arg("S"), arg("Skv"), arg("Hq"), arg("Hkv"), arg("D"), arg("tiles") = "f32",
-      "Bytes of scratch attention_backward allocates for these shapes at the current thread "
-      "count and tier (q and dout transposed or as bf16 pairs, partial dq per key chunk, row "
+      "Bytes of scratch attention_backward allocates for these shapes on the active tier, at "
+      "any thread count (q and dout transposed or as bf16 pairs, partial dq per key chunk, row "
       "deltas): for memory plans. With an even D the 'bf16' figure is at most the 'f32' one.");
   def_gated(m, "swiglu", &ops::ActivationKernels::swiglu_forward,
             &ops::ActivationKernels::swiglu_backward, "out[T,F] = silu(gate) * up.");

@@ -40,7 +40,7 @@ struct AttentionKernels {
 
 const AttentionKernels& attention_kernels();  // the active tier's kernels
 
-// Bytes of scratch the backward allocates for shape s at the current thread count and tier
+// Bytes of scratch the backward allocates for shape s on the active tier (any thread count)
 // (memory plans). For even D (every model's head dim) the bf16 tiles' scratch is at most the
 // f32 tiles'.
 int64_t attention_backward_scratch_bytes(const AttentionShape& s, AttentionTiles tiles);

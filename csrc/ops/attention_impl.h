@@ -68,21 +68,23 @@ void scale_row(float* row, int64_t n, float alpha) {
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // The attention backward's scratch, in one place for the kernel and for memory plans
-// (attention_backward_scratch_bytes). Key blocks are split into chunks so that every thread
-// has work (twice over, for balance) even at batch 1 with few KV heads; each chunk beyond the
-// first costs a dq-sized buffer, hence the cap. The operands the tiles read across heads are
+// (attention_backward_scratch_bytes). Key blocks are split into chunks so that there are
+// kTargetTasks work items (twice over 8 threads, for balance) even at batch 1 with few KV
+// heads; each chunk beyond the first costs a dq-sized buffer, hence the cap. The split depends
+// on the shape alone, not on the thread count: dq's partial sums are added in chunk order, so
+// the same split gives the same bits on any number of threads. The operands the tiles read across heads are
 // converted once per call: f32 tiles transpose Q and dO ([B,Hq,D,ld_t] floats each); bf16
 // tiles keep them as bf16 pairs twice, along D (Q^T, dO^T: [B,Hq,D2,ld_t] words) and along the
 // queries (Q, dO: [B,Hq,S2,D] words), one word = two bf16 = one float's bytes.
 struct BackwardScratch {
-  static constexpr int64_t kMaxChunks = 8;
+  static constexpr int64_t kMaxChunks = 8, kTargetTasks = 16;
   int64_t n_chunks, dq_size, ld_t, B, Hq, S, D;
   bool bf16;
 
   BackwardScratch(const AttentionShape& s, AttentionTiles tiles)
       : n_chunks(std::clamp<int64_t>(
             std::min(ceil_div(s.Skv, kKeyBlock),
-                     ceil_div(2 * num_threads(), std::max<int64_t>(1, s.B * s.Hkv))),
+                     ceil_div(kTargetTasks, std::max<int64_t>(1, s.B * s.Hkv))),
             1, kMaxChunks)),
         dq_size(s.B * s.S * s.Hq * s.D), ld_t(transposed_ld(s.S)), B(s.B), Hq(s.Hq), S(s.S), D(s.D),
         bf16(tiles == AttentionTiles::bf16) {}
