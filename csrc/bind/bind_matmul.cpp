@@ -65,15 +65,22 @@ struct LoraArg {
 LoraArg lora_arg(const py::object& lora, const py::array& out, int64_t T, int64_t n) {
   LoraArg arg;
   if (lora.is_none()) return arg;
-  const auto parts = py::cast<py::tuple>(lora);
-  if (parts.size() != 3) fail("lora", "expected a tuple (z, b, scale)");
-  arg.z = py::cast<py::array>(parts[0]);
-  arg.b = py::cast<py::array>(parts[1]);
+  if (!py::isinstance<py::tuple>(lora) || py::len(lora) != 3)
+    fail("lora", "expected a tuple (z, b, scale) or None");
+  const auto parts = py::reinterpret_borrow<py::tuple>(lora);
+  float scale = 0.0f;
+  try {
+    arg.z = py::cast<py::array>(parts[0]);
+    arg.b = py::cast<py::array>(parts[1]);
+    scale = py::cast<float>(parts[2]);
+  } catch (const py::cast_error&) {
+    fail("lora", "expected (z, b, scale): two float32 arrays and a float");
+  }
   const float* z = cdata_of<float>(arg.z, "lora z", {T, kAny});  // [T, r]
   const int64_t r = dim(arg.z, 1);
   const float* b = cdata_of<float>(arg.b, "lora b", {r, n});  // [r, n]
   if (overlaps(arg.z, out) || overlaps(arg.b, out)) fail("lora", "z or b overlaps the output");
-  arg.term = {z, b, r, py::cast<float>(parts[2])};
+  arg.term = {z, b, r, scale};
   return arg;
 }
 

@@ -25,18 +25,27 @@ inline int32_t load_i32(const int8_t* p) {
 }
 
 // acc += the update (LowRankUpdate), rank by rank: the M x 2 FMAs of one rank are independent.
-template <int M>
-inline void add_update(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m0, __mmask16 m1) {
+// With scale 1 (graph.py folds s into Bᵀ) u is broadcast straight from memory, a load: a scaled
+// u costs a multiply and a broadcast on the FMA pipes, as much as the FMAs themselves.
+template <int M, bool UnitScale>
+inline void add_ranks(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m0, __mmask16 m1) {
   for (int64_t k = 0; k < up.r; ++k) {
     const float* vk = up.v + k * up.ldv;
     const __m512 v0 = _mm512_maskz_loadu_ps(m0, vk), v1 = _mm512_maskz_loadu_ps(m1, vk + 16);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
-      const __m512 u = _mm512_set1_ps(up.scale * up.u[i * up.ldu + k]);
+      const float uk = up.u[i * up.ldu + k];
+      const __m512 u = _mm512_set1_ps(UnitScale ? uk : up.scale * uk);
       acc[i][0] = _mm512_fmadd_ps(u, v0, acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(u, v1, acc[i][1]);
     }
   }
+}
+
+template <int M>
+inline void add_update(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m0, __mmask16 m1) {
+  if (up.scale == 1.0f) add_ranks<M, true>(up, acc, m0, m1);  // the same bits: 1 * u == u
+  else add_ranks<M, false>(up, acc, m0, m1);
 }
 
 template <int M, bool Symmetric>

@@ -87,7 +87,7 @@ class LoraLinears:
             self.k.lora_project(x, _stacked([pair.a for _, pair, _ in adapted]), z_all)
             for (i, pair, cols) in adapted:
                 zs[i] = np.ascontiguousarray(z_all[:, cols])
-        up = {i: (zs[i], np.ascontiguousarray(pair.b.T), self.lora.scale(items[i][1])) for i, pair, _ in adapted}
+        up = {i: (zs[i], self._scaled_b_t(pair, items[i][1]), 1.0) for i, pair, _ in adapted}
         for i, ((weight, _), y) in enumerate(zip(items, ys)):
             self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision, lora=up.get(i))
         return list(zip(ys, zs))
@@ -147,6 +147,15 @@ class LoraLinears:
             dx_lora = np.zeros_like(dx)
             self.k.lora_expand(dz, pair.a, dx_lora)
             dx += dx_lora * mask                                       # dx += M ⊙ (dz·A)
+
+    def _scaled_b_t(self, pair, name: str) -> np.ndarray:
+        """s·Bᵀ [r, n_out], contiguous: the matmul's up-projection with s folded in (a scale of 1
+        lets its kernel broadcast z straight from memory)."""
+        b_t = np.ascontiguousarray(pair.b.T)
+        s = self.lora.scale(name)
+        if s != 1.0:
+            b_t *= np.float32(s)
+        return b_t
 
     def _adapted(self, items):
         """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
