@@ -114,3 +114,29 @@ OUT = np.zeros((5, 40), np.float32)
 def test_matmul_rejects_bad_lora(lora, out, match):
     with pytest.raises(ValueError, match=match):
         _bad_lora(lora, out)
+
+
+@pytest.mark.parametrize("rank", [1, 3])
+def test_lora_linears_forward_adds_the_scaled_adapter_and_leaves_b_alone(rank):
+    """graph.LoraLinears folds s into Bᵀ for the fused term: y = x·Wᵀ + s·(x·Aᵀ)·Bᵀ, and B itself
+    is not scaled (at rank 1 B.T is contiguous, the same memory as B)."""
+    from types import SimpleNamespace
+
+    from ggtune.graph import LoraLinears
+    from ggtune.lora import LoraSet
+
+    rng = np.random.default_rng(8 + rank)
+    T, K, N = 37, 96, 70
+    w, wd = weight_bytes(rng, Q.Q8_0, N, K)
+    lora = LoraSet(alpha=2.5)
+    lora.add("w", rng.standard_normal((rank, K)), rng.standard_normal((N, rank)))
+    b0 = lora.pairs["w"].b.copy()
+    weight = SimpleNamespace(data=w, ggml_type=int(Q.Q8_0), n_out=N)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    (y, z), = LoraLinears(lora, _core, "f32").forward(x, [(weight, "w")])
+    np.testing.assert_array_equal(lora.pairs["w"].b, b0)
+    x64, a64, b64 = x.astype(np.float64), lora.pairs["w"].a.astype(np.float64), b0.astype(np.float64)
+    s = lora.scale("w")
+    ref = x64 @ wd.T + s * (x64 @ a64.T) @ b64.T
+    S = np.abs(x64) @ np.abs(wd).T + s * (np.abs(x64) @ np.abs(a64).T) @ np.abs(b64).T
+    assert np.all(np.abs(y - ref) <= (K + rank + 4) * 2.0 ** -23 * S)

@@ -151,11 +151,9 @@ class LoraLinears:
     def _scaled_b_t(self, pair, name: str) -> np.ndarray:
         """s·Bᵀ [r, n_out], contiguous: the matmul's up-projection with s folded in (a scale of 1
         lets its kernel broadcast z straight from memory)."""
-        b_t = np.ascontiguousarray(pair.b.T)
         s = self.lora.scale(name)
-        if s != 1.0:
-            b_t *= np.float32(s)
-        return b_t
+        # a new array whenever s != 1: at rank 1, B.T is contiguous already and is B's own memory
+        return np.ascontiguousarray(pair.b.T * np.float32(s) if s != 1.0 else pair.b.T)
 
     def _adapted(self, items):
         """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
