@@ -128,12 +128,14 @@ class Saved:
 class Block:
     """Forward and backward of layer `li` of a model (gguf_io.ModelWeights)."""
 
-    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False):
+    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False, ggml_gelu: bool = False):
         self.weights = weights
         self.arch: Architecture = weights.arch
         self.lin = linears
         self.k = kernels
-        self.round_kv_f16 = round_kv_f16  # inference "ggml" precision: llama.cpp's F16 KV cache
+        # inference "ggml" precision: llama.cpp's F16 KV cache; ggml-cpu's float16 GELU table (geglu)
+        self.round_kv_f16 = round_kv_f16
+        self.ggml_gelu = ggml_gelu
 
     # ---------------------------------------------------------------- what a layer keeps
     def kept_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
@@ -207,7 +209,10 @@ class Block:
         h2, rstd2 = self._rms_norm(x1, w_fn)
         (gate, zg), (up, zu) = lin.forward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")])
         act = empty(T, hp.n_ff)
-        (kn.geglu_forward if fam.activation == "geglu" else kn.swiglu_forward)(gate, up, act)
+        if fam.activation == "geglu":
+            (kn.geglu_ggml_forward if self.ggml_gelu else kn.geglu_forward)(gate, up, act)
+        else:
+            kn.swiglu_forward(gate, up, act)
         f, zd = lin.forward(act, [(layer.matrices["ffn_down"], name("ffn_down"))])[0]
         f_raw = rstd_f = None
         if fam.post_norms:
