@@ -2,7 +2,7 @@
 
     PYTHONPATH=python python benchmarks/bench_kernels.py [--tokens 1024] [--precision auto]
         [--types Q4_1,Q8_0,F32] [--repeats 7] [--threads N] [--no-numpy] [--no-decode]
-        [--decode-only] [--model M]
+        [--decode-only] [--model M] [--lora-only] [--rank 4]
 
 1. Peaks: `_core.peak_rate` runs register-only loops of vpdpbusd (int8), vdpbf16ps (bf16) and float32
    FMA on 1 thread and on N (the widest instruction the tier has; csrc/bench/peaks.h).
@@ -14,6 +14,10 @@
 3. Decode: the products of one generated token (T = 1) of SmolLM2 with its real weights (every layer's
    q, k, v, o, gate, up, down and the tied head), replayed through `matmul` one call per weight and
    through `matmul_many` (q/k/v and gate/up in one call each), as ms per token.
+4. LoRA (--lora-only): on the same shapes with rank --rank (Q4_1 weight), the product alone, the
+   product then `lora_expand` of its up-projection (a pass of its own over the output, as graph.py
+   did), and the product with the up-projection fused (`lora=(z, b, 1.0)`: graph.py folds the scale into
+   b), forward and backward, as ms per call at 1 and N threads.
 
 Timing: calls run in bursts, the callables take turns, and the best burst counts, so a load spike on
 the shared machine hits all of them alike. On the 2-vCPU VMs ggtune is tuned on, a thread pool that slept
@@ -145,6 +149,52 @@ def bench_shapes(args, types, thread_counts, peaks):
         print(f"  {qtype.name:<5} " + ", ".join(parts))
 
 
+def bench_lora(args, thread_counts):
+    """ms per call: product, product + lora_expand, fused, per shape and direction."""
+    rng = np.random.default_rng(0)
+    T, r, qtype = args.tokens, args.rank, GGMLQuantizationType.Q4_1
+    print(f"\nLoRA up-projection, T = {T}, rank {r}, Q4_1, precision {args.precision}: ms per call at "
+          f"{' / '.join(map(str, thread_counts))} threads{' (1 thread: CPU time)' if args.cpu_time else ''}")
+    totals = {}
+    for n_in, n_out in SHAPES[:4]:
+        w = weight_bytes(rng.standard_normal((n_out, n_in), dtype=np.float32), qtype)
+        x, dy = (rng.standard_normal((T, n), dtype=np.float32) for n in (n_in, n_out))
+        y, dx = np.empty((T, n_out), np.float32), np.empty((T, n_in), np.float32)
+        z = rng.standard_normal((T, r), dtype=np.float32)
+        b_t, a = (rng.standard_normal((r, n), dtype=np.float32) for n in (n_out, n_in))
+        calls = {
+            "fwd": (lambda: _core.matmul(x, w, int(qtype), y, precision=args.precision),
+                    lambda: _core.lora_expand(z, b_t, y, 1.0),
+                    lambda: _core.matmul(x, w, int(qtype), y, precision=args.precision, lora=(z, b_t, 1.0))),
+            "bwd": (lambda: _core.matmul_backward(dy, w, int(qtype), dx, precision=args.precision),
+                    lambda: _core.lora_expand(z, a, dx, 1.0),
+                    lambda: _core.matmul_backward(dy, w, int(qtype), dx, precision=args.precision,
+                                                  lora=(z, a, 1.0))),
+        }
+        fns = {}
+        for d, (product, expand, fused) in calls.items():
+            for n in thread_counts:
+                fns[d, "product", n] = with_threads(n, product)
+                fns[d, "+ expand", n] = with_threads(n, lambda product=product, expand=expand: (product(), expand()))
+                fns[d, "fused", n] = with_threads(n, fused)
+        clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
+        best = best_seconds(fns, args.repeats, burst=4, settle=0.02, clocks=clocks)
+        for d in calls:
+            cells = []
+            for kind in ("product", "+ expand", "fused"):
+                ms = [1e3 * best[d, kind, n] for n in thread_counts]
+                for n, v in zip(thread_counts, ms):
+                    totals[kind, n] = totals.get((kind, n), 0.0) + v
+                cells.append(f"{kind} {' / '.join(f'{v:6.3f}' for v in ms)}")
+            print(f"{n_in:>5} -> {n_out:<5} {d}  " + "   ".join(cells))
+    for n in thread_counts:
+        extra = totals["+ expand", n] - totals["product", n]
+        fused = totals["fused", n] - totals["product", n]
+        print(f"  {n} thread(s), all 8 products: the up-projection adds {extra:.3f} ms as its own pass, "
+              f"{fused:.3f} ms fused")
+    _core.set_num_threads(thread_counts[-1])
+
+
 def model_path(arg):
     if arg:
         return arg
@@ -226,11 +276,17 @@ def main():
                         help="time 1-thread kernels and peaks by the thread's CPU time (immune to other "
                              "processes' time slices on a loaded machine)")
     parser.add_argument("--model", default=None, help="GGUF for the decode replay (default: cached SmolLM2)")
+    parser.add_argument("--lora-only", action="store_true",
+                        help="only the LoRA up-projection: after the product vs fused into it")
+    parser.add_argument("--rank", type=int, default=4, help="LoRA rank of --lora-only")
     args = parser.parse_args()
     _core.set_num_threads(args.threads)
     full = _core.num_threads()
     thread_counts = [1, full] if full > 1 else [1]
     print(f"isa {_core.active_isa()}, threads {' and '.join(map(str, thread_counts))}")
+    if args.lora_only:
+        bench_lora(args, thread_counts)
+        return
     peaks = measure_peaks(thread_counts, args.cpu_time)
     if not args.decode_only:
         bench_shapes(args, [GGMLQuantizationType[name] for name in args.types.split(",")], thread_counts, peaks)

@@ -47,9 +47,46 @@ int64_t check_weight(const py::array& w, const TypeTraits& t, int64_t K, const c
   return dim(w, 0);
 }
 
-// out[T, N] (= or +=) x[T, K] @ W.T
+// True when the byte ranges of a and b overlap.
+bool overlaps(const py::array& a, const py::array& b) {
+  const auto* pa = static_cast<const char*>(a.data());
+  const auto* pb = static_cast<const char*>(b.data());
+  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+}
+
+// The optional lora=(z, b, scale) of matmul and matmul_backward, checked against the output
+// out[T, n]: z float32 [T, r], b float32 [r, n]. The arrays stay referenced by the caller's tuple.
+struct LoraArg {
+  py::array z, b;
+  LoraTerm term{};
+  const LoraTerm* get() const { return term.z ? &term : nullptr; }
+};
+
+LoraArg lora_arg(const py::object& lora, const py::array& out, int64_t T, int64_t n) {
+  LoraArg arg;
+  if (lora.is_none()) return arg;
+  if (!py::isinstance<py::tuple>(lora) || py::len(lora) != 3)
+    fail("lora", "expected a tuple (z, b, scale) or None");
+  const auto parts = py::reinterpret_borrow<py::tuple>(lora);
+  float scale = 0.0f;
+  try {
+    arg.z = py::cast<py::array>(parts[0]);
+    arg.b = py::cast<py::array>(parts[1]);
+    scale = py::cast<float>(parts[2]);
+  } catch (const py::cast_error&) {
+    fail("lora", "expected (z, b, scale): two float32 arrays and a float");
+  }
+  const float* z = cdata_of<float>(arg.z, "lora z", {T, kAny});  // [T, r]
+  const int64_t r = dim(arg.z, 1);
+  const float* b = cdata_of<float>(arg.b, "lora b", {r, n});  // [r, n]
+  if (overlaps(arg.z, out) || overlaps(arg.b, out)) fail("lora", "z or b overlaps the output");
+  arg.term = {z, b, r, scale};
+  return arg;
+}
+
+// out[T, N] (= or +=) x[T, K] @ W.T (+ scale * z @ b)
 void matmul(const py::array& x, const py::array& w, int w_type, py::array& out, bool accumulate,
-            const std::string& precision) {
+            const std::string& precision, const py::object& lora) {
   const TypeTraits& t = weight_traits(w_type);
   const float* xp = cdata_of<float>(x, "x", {kAny, kAny});  // [T, K]
   const int64_t T = dim(x, 0), K = dim(x, 1);
@@ -58,15 +95,9 @@ void matmul(const py::array& x, const py::array& w, int w_type, py::array& out, 
   const auto type = static_cast<GgmlType>(w_type);
   const gemm::Precision prec = parse_precision(precision, type);
   const auto* wp = static_cast<const uint8_t*>(w.data());  // [N, B]
+  const LoraArg term = lora_arg(lora, out, T, N);
   py::gil_scoped_release release;
-  matmul_forward(xp, T, K, wp, type, N, op, accumulate, prec);
-}
-
-// True when the byte ranges of a and b overlap.
-bool overlaps(const py::array& a, const py::array& b) {
-  const auto* pa = static_cast<const char*>(a.data());
-  const auto* pb = static_cast<const char*>(b.data());
-  return pa < pb + b.nbytes() && pb < pa + a.nbytes();
+  matmul_forward(xp, T, K, wp, type, N, op, accumulate, prec, term.get());
 }
 
 // outs[i][T, N_i] (= or +=) x[T, K] @ W_i.T for weights sharing x.
@@ -105,9 +136,9 @@ void matmul_many(const py::array& x, const py::list& ws, const py::list& w_types
     matmul_forward(xp, T, K, many[i].w, many[i].type, many[i].n, many[i].out, accumulate, precs[i]);
 }
 
-// dx[T, K] (= or +=) dy[T, N] @ W
+// dx[T, K] (= or +=) dy[T, N] @ W (+ scale * z @ b)
 void matmul_backward(const py::array& dy, const py::array& w, int w_type, py::array& dx,
-                     bool accumulate, const std::string& precision) {
+                     bool accumulate, const std::string& precision, const py::object& lora) {
   const TypeTraits& t = weight_traits(w_type);
   const float* dyp = cdata_of<float>(dy, "dy", {kAny, kAny});  // [T, N]
   const int64_t T = dim(dy, 0);
@@ -120,8 +151,9 @@ void matmul_backward(const py::array& dy, const py::array& w, int w_type, py::ar
   const auto type = static_cast<GgmlType>(w_type);
   const gemm::Precision prec = parse_precision(precision, type);
   const auto* wp = static_cast<const uint8_t*>(w.data());  // [N, B]
+  const LoraArg term = lora_arg(lora, dx, T, K);
   py::gil_scoped_release release;
-  ggtune::matmul_backward(dyp, T, N, wp, type, K, dxp, accumulate, prec);
+  ggtune::matmul_backward(dyp, T, N, wp, type, K, dxp, accumulate, prec, term.get());
 }
 
 // out[M, N] = alpha * op(a)[M, K] @ op(b)[K, N] + beta * out
@@ -162,14 +194,16 @@ double peak_rate(const std::string& kind, int threads, double seconds, bool cpu_
 void bind_matmul(py::module_& m) {
   using namespace pybind11::literals;
   m.def("matmul", &matmul, "x"_a, "w"_a, "w_type"_a, "out"_a, "accumulate"_a = false,
-        "precision"_a = "auto",
+        "precision"_a = "auto", "lora"_a = py::none(),
         "out[T, N] (= or +=) x[T, K] @ W.T, W the GGUF bytes (uint8 [N, row_bytes]) of ggml "
         "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
         "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere), "
         "'int8' (x rounded to Q8 per 32 values, W as its integer codes or requantized to 8 bits "
         "per 32, integer dot products: csrc/gemm/qgemm.h) or 'auto' (int8 for quantized W on "
         "the avx512 tier, else f32: see auto_matmul_precision in csrc/ops/matmul.h). "
-        "out must not overlap x.");
+        "lora=(z, b, scale) (z float32 [T, r], b float32 [r, N]) also adds scale * z @ b, the "
+        "LoRA up-projection, to each output tile as it is computed: the same float ops as "
+        "lora_expand(z, b, out, scale) after the product. out must not overlap x, z or b.");
   m.def("matmul_many", &matmul_many, "x"_a, "ws"_a, "w_types"_a, "outs"_a, "accumulate"_a = false,
         "precision"_a = "auto",
         "outs[i][T, N_i] (= or +=) x[T, K] @ W_i.T for weights that share x (q/k/v, gate/up): "
@@ -177,10 +211,11 @@ void bind_matmul(py::module_& m) {
         "all of them run in one parallel region, W's blocks read in place "
         "(csrc/gemm/qgemv.h); else one matmul each. Outputs must not overlap x or each other.");
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
-        "accumulate"_a = false, "precision"_a = "auto",
+        "accumulate"_a = false, "precision"_a = "auto", "lora"_a = py::none(),
         "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision "
         "(int8: dy rounded to Q8 per 32 values along N, W requantized to 8 bits per 32 rows). "
-        "dx must not overlap dy.");
+        "lora=(z, b, scale) (b [r, K]) adds scale * z @ b to dx as in matmul (the adapters' "
+        "dz·A). dx must not overlap dy, z or b.");
   m.def("gemm", &gemm, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
         "alpha"_a = 1.0f, "beta"_a = 0.0f,
         "Plain float32 out[M, N] = alpha * op(a) @ op(b) + beta * out, op = transpose when "

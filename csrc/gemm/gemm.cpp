@@ -48,6 +48,7 @@ struct Plan {
   PackFormat format = PackFormat::f32;
   int64_t kc = 0, mc = 0, nc = 0;  // block sizes (kc respects the operand's K alignment)
   int64_t n_unit = 0;              // output columns are split in multiples of this
+  const TileEpilogue* epilogue = nullptr;
 };
 
 PanelLayout layout(const Plan& p, int64_t width, int64_t kc) {
@@ -145,6 +146,7 @@ void run_block(const Plan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       const int64_t kcur = std::min(p.kc, p.K - pc), kcp = round_up(kcur, g);
       pack_b_panel(p, pc, kcur, jc, ncur, b_panel, buf);
       const float beta = pc == 0 ? p.beta : 1.0f;
+      const TileEpilogue* epilogue = pc + kcur >= p.K ? p.epilogue : nullptr;  // last panel only
       for (int64_t ic = m0, ii = 0; ic < m1; ic += mc, ++ii) {
         const int64_t mcur = std::min(mc, m1 - ic);
         const int64_t block = ii * pc_blocks + pi;
@@ -156,9 +158,12 @@ void run_block(const Plan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
         }
         for (int64_t jr = 0; jr < ncur; jr += nr) {
           const char* b_strip = static_cast<const char*>(b_panel) + jr * kcp * eb;
-          for (int64_t ir = 0; ir < mcur; ir += mr)
-            tile_product(p, kcp, a_panel + ir * kcp * eb, b_strip, std::min(mr, mcur - ir),
-                         std::min(nr, ncur - jr), ic + ir, jc + jr, beta);
+          for (int64_t ir = 0; ir < mcur; ir += mr) {
+            const int64_t m = std::min(mr, mcur - ir), n = std::min(nr, ncur - jr);
+            const int64_t row = ic + ir, col = jc + jr;
+            tile_product(p, kcp, a_panel + ir * kcp * eb, b_strip, m, n, row, col, beta);
+            if (epilogue) (*epilogue)(p.c.p + row * p.c.rs + col, p.c.rs, row, col, m, n);
+          }
         }
       }
     }
@@ -197,14 +202,18 @@ void scale_output(int64_t M, int64_t N, OutView c, float beta) {
 }  // namespace
 
 void run(int64_t M, int64_t N, int64_t K, FloatView a, const BOperand& b, OutView c, float alpha,
-         float beta, Precision precision) {
+         float beta, Precision precision, const TileEpilogue* epilogue) {
   if (precision == Precision::int8) throw std::invalid_argument("gemm::run: int8 goes to run_q8");
+  if (epilogue && c.cs != 1) throw std::invalid_argument("gemm::run: an epilogue needs c.cs == 1");
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     scale_output(M, N, c, beta);
+    if (epilogue) (*epilogue)(c.p, c.rs, 0, 0, M, N);
     return;
   }
-  run_parallel(make_plan(M, N, K, a, b, c, alpha, beta, precision));
+  Plan p = make_plan(M, N, K, a, b, c, alpha, beta, precision);
+  p.epilogue = epilogue;
+  run_parallel(p);
 }
 
 void gemm_f32(int64_t M, int64_t N, int64_t K, const float* a, int64_t lda, bool trans_a,

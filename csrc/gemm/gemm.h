@@ -21,6 +21,8 @@
 
 #include <cstdint>
 
+#include "gemm/epilogue.h"
+
 namespace ggtune::gemm {
 
 // int8 is the int8 engine's (qgemm.h), chosen per weight in ops/matmul.cpp; run() takes f32
@@ -79,8 +81,9 @@ struct OutView {
 };
 
 // C = alpha * A @ B + beta * C; with beta == 0, C is not read (it may hold garbage).
+// epilogue (optional; C row-major, c.cs == 1) then runs on every tile of C (epilogue.h).
 void run(int64_t M, int64_t N, int64_t K, FloatView a, const BOperand& b, OutView c,
-         float alpha, float beta, Precision precision);
+         float alpha, float beta, Precision precision, const TileEpilogue* epilogue = nullptr);
 
 // Plain float32 GEMM (LoRA factors, attention): out[M, N] = alpha * op(a) @ op(b) + beta * out,
 // with op(a)[M, K] and op(b)[K, N]; a, b, out row-major with leading dimensions lda, ldb, ldc.

@@ -43,10 +43,19 @@ float round_q8_block(const float* x, int64_t stride, int64_t n, int32_t* q) {
   return amax / 127.0f + poison;
 }
 
+// c[m, n] += the update, rank by rank (the scalar reference of the micro-kernels' update).
+void add_update(const LowRankUpdate& up, int64_t m, int64_t n, float* c, int64_t ldc) {
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t k = 0; k < up.r; ++k) {
+      const float uk = up.scale * up.u[i * up.ldu + k];
+      for (int64_t j = 0; j < n; ++j) c[i * ldc + j] += uk * up.v[k * up.ldv + j];
+    }
+}
+
 template <bool Symmetric>
 void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                      const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
-                     int64_t ldc, int m, int n, bool accumulate) {
+                     int64_t ldc, int m, int n, bool accumulate, const LowRankUpdate* update) {
   float acc[kScalarMr][kQNr] = {};
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const uint8_t* codes = b + blk * kQBlockBytes;
@@ -66,6 +75,7 @@ void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* 
   }
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
+  if (update) add_update(*update, m, n, c, ldc);
 }
 
 // Everything about a call that does not depend on the thread.
@@ -80,12 +90,15 @@ struct QPlan {
   QMicroKernel kernel;
   const int32_t* bias;  // -k * sum(qa) per A block when B is symmetric, else nullptr
   int64_t kc, nc, n_unit;
+  const LowRankUpdate* update;  // nullptr: none
 };
 
 QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
-                float* c, int64_t ldc, bool accumulate, const int32_t* bias) {
+                float* c, int64_t ldc, bool accumulate, const int32_t* bias,
+                const LowRankUpdate* update) {
   const QKernelSet* ks = &active_q_kernels();
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, bias ? ks->symmetric : ks->kernel, bias, 0, 0, 0};
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, bias ? ks->symmetric : ks->kernel, bias, 0, 0, 0,
+          update};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
   p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
   p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
@@ -131,14 +144,18 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       float* scratch = static_cast<float*>(scratch_buf.get(4 * p.b->scratch_floats(kcur, ncur)));
       p.b->pack(pc, kcur, jc, ncur, panel, scratch);
       const bool accumulate = pc > 0 || p.accumulate;
+      const bool last_panel = pc + kcur >= p.K;  // the update goes in once, with the last panel
       const int64_t b0 = pc / kQBlock;
       for (int64_t jr = 0; jr < ncur; jr += kQNr) {
         const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
-        for (int64_t ir = m0; ir < m1; ir += mr)
+        for (int64_t ir = m0; ir < m1; ir += mr) {
+          float* tile = p.c + ir * p.ldc + jc + jr;
+          const int m = int(std::min(mr, m1 - ir)), n = int(std::min<int64_t>(kQNr, ncur - jr));
+          const LowRankUpdate update = p.update && last_panel ? p.update->at(ir, jc + jr) : LowRankUpdate{};
           p.kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
                    p.a.s + ir * p.a.lds + b0, p.bias ? p.bias + ir * p.a.lds + b0 : nullptr,
-                   p.a.lds, strip, p.c + ir * p.ldc + jc + jr, p.ldc,
-                   int(std::min(mr, m1 - ir)), int(std::min<int64_t>(kQNr, ncur - jr)), accumulate);
+                   p.a.lds, strip, tile, p.ldc, m, n, accumulate, update.u ? &update : nullptr);
+        }
       }
     }
   }
@@ -236,11 +253,12 @@ const QKernelSet& active_q_kernels() {
 }
 
 void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
-            float* c, int64_t ldc, bool accumulate) {
+            float* c, int64_t ldc, bool accumulate, const LowRankUpdate* update) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0) {
     if (!accumulate)
       for (int64_t i = 0; i < M; ++i) std::fill(c + i * ldc, c + i * ldc + N, 0.0f);
+    if (update) add_update(*update, M, N, c, ldc);
     return;
   }
   // Symmetric B: the per-block integer start -k * sum(qa), for every row of A.
@@ -254,7 +272,7 @@ void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOp
       for (int64_t blk = 0; blk < blocks; ++blk)
         bias[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
   }
-  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, bias);
+  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, bias, update);
   const Grid grid = thread_grid(M, N, p, num_threads());
   const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
   parallel_for(grid.tn * grid.tm, 1, [&](int64_t t0, int64_t t1) {

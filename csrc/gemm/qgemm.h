@@ -24,6 +24,8 @@
 
 #include <cstdint>
 
+#include "gemm/epilogue.h"
+
 namespace ggtune::gemm {
 
 constexpr int kQBlock = 32;  // values per scale along K
@@ -102,11 +104,13 @@ bool requantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t k
                             uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
 
 // Micro-kernel: an m x n tile (m <= MR, n <= kQNr) of C from `blocks` blocks of one B strip
-// and m rows of A starting at block b0: c (= or +=) sum over the blocks. `symmetric`: B has
+// and m rows of A starting at block b0: c (= or +=) sum over the blocks, then + the update
+// (already at the tile: LowRankUpdate::at) when not nullptr, in registers. `symmetric`: B has
 // c = -k d (offset_code), and bias holds -k * sum(qa) per A block (ld lds) in place of as.
 using QMicroKernel = void (*)(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                               const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
-                              float* c, int64_t ldc, int m, int n, bool accumulate);
+                              float* c, int64_t ldc, int m, int n, bool accumulate,
+                              const LowRankUpdate* update);
 
 struct QKernelSet {
   int mr;
@@ -119,7 +123,8 @@ const QKernelSet& q_kernels_avx512();  // x86-64 only
 const QKernelSet& active_q_kernels();
 
 // C[M, N] (= or +=) A @ B; c row-major with leading dimension ldc. K is A's logical depth.
+// update (optional) is added to C by the micro-kernels (epilogue.h).
 void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
-            float* c, int64_t ldc, bool accumulate);
+            float* c, int64_t ldc, bool accumulate, const LowRankUpdate* update = nullptr);
 
 }  // namespace ggtune::gemm

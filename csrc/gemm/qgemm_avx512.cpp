@@ -24,10 +24,34 @@ inline int32_t load_i32(const int8_t* p) {
   return v;
 }
 
+// acc += the update (LowRankUpdate), rank by rank: the M x 2 FMAs of one rank are independent.
+// With scale 1 (graph.py folds s into Bᵀ) u is broadcast straight from memory, a load: a scaled
+// u costs a multiply and a broadcast on the FMA pipes, as much as the FMAs themselves.
+template <int M, bool UnitScale>
+inline void add_ranks(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m0, __mmask16 m1) {
+  for (int64_t k = 0; k < up.r; ++k) {
+    const float* vk = up.v + k * up.ldv;
+    const __m512 v0 = _mm512_maskz_loadu_ps(m0, vk), v1 = _mm512_maskz_loadu_ps(m1, vk + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const float uk = up.u[i * up.ldu + k];
+      const __m512 u = _mm512_set1_ps(UnitScale ? uk : up.scale * uk);
+      acc[i][0] = _mm512_fmadd_ps(u, v0, acc[i][0]);
+      acc[i][1] = _mm512_fmadd_ps(u, v1, acc[i][1]);
+    }
+  }
+}
+
+template <int M>
+inline void add_update(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m0, __mmask16 m1) {
+  if (up.scale == 1.0f) add_ranks<M, true>(up, acc, m0, m1);  // the same bits: 1 * u == u
+  else add_ranks<M, false>(up, acc, m0, m1);
+}
+
 template <int M, bool Symmetric>
 void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
               const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n,
-              bool accumulate) {
+              bool accumulate, const LowRankUpdate* update) {
   __m512 acc[M][2];
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
@@ -63,15 +87,18 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
     }
   }
   const __mmask16 m0 = first_lanes(n), m1 = first_lanes(n - 16);
+  if (accumulate) {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, c + i * ldc));
+      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, c + i * ldc + 16));
+    }
+  }
+  if (update) add_update<M>(*update, acc, m0, m1);
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) {
-    float* row = c + i * ldc;
-    if (accumulate) {
-      acc[i][0] = _mm512_add_ps(acc[i][0], _mm512_maskz_loadu_ps(m0, row));
-      acc[i][1] = _mm512_add_ps(acc[i][1], _mm512_maskz_loadu_ps(m1, row + 16));
-    }
-    _mm512_mask_storeu_ps(row, m0, acc[i][0]);
-    _mm512_mask_storeu_ps(row + 16, m1, acc[i][1]);
+    _mm512_mask_storeu_ps(c + i * ldc, m0, acc[i][0]);
+    _mm512_mask_storeu_ps(c + i * ldc + 16, m1, acc[i][1]);
   }
 }
 
@@ -80,8 +107,9 @@ constexpr auto kernel_rows(std::index_sequence<I...>) {
   return std::array<QMicroKernel, sizeof...(I)>{
       [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
          const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n,
-         bool accumulate) {
-        q_kernel<int(I) + 1, Symmetric>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate);
+         bool accumulate, const LowRankUpdate* update) {
+        q_kernel<int(I) + 1, Symmetric>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate,
+                                        update);
       }...};
 }
 
@@ -90,14 +118,15 @@ constexpr auto kSymmetricRows = kernel_rows<true>(std::make_index_sequence<kMr>(
 
 void q_kernel_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                      const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
-                     int64_t ldc, int m, int n, bool accumulate) {
-  kRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate);
+                     int64_t ldc, int m, int n, bool accumulate, const LowRankUpdate* update) {
+  kRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
 }
 
 void q_kernel_symmetric_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                                const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
-                               float* c, int64_t ldc, int m, int n, bool accumulate) {
-  kSymmetricRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate);
+                               float* c, int64_t ldc, int m, int n, bool accumulate,
+                               const LowRankUpdate* update) {
+  kSymmetricRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
 }
 
 // x * inv rounded to nearest even, as int32 lanes.

@@ -15,6 +15,11 @@ struct LoraKernels {
   // y[T, K] += scale * z[T, r] @ b[r, K]   (up-projection into y: s·z·Bᵀ with b = Bᵀ; dz·A)
   void (*expand)(const float* z, const float* b, float scale, float* y, int64_t T, int64_t K,
                  int64_t r);
+  // The same on one tile, in the calling thread: y[i * ldy + k] += scale * sum_j
+  // z[i * ldz + j] * b[j * ldb + k] for i < m, k < n (expand is this over row ranges; the
+  // matmul's epilogue runs it on each output tile it has just written).
+  void (*expand_tile)(const float* z, int64_t ldz, const float* b, int64_t ldb, float scale,
+                      float* y, int64_t ldy, int64_t m, int64_t n, int64_t r);
   // g[r, K] += scale * z[T, r]^T @ x[T, K]   (factor gradients: dzᵀ·x, zᵀ·dy); rows of x
   // are summed in order, so results do not depend on the thread count
   void (*outer)(const float* z, const float* x, float scale, float* g, int64_t T, int64_t K,

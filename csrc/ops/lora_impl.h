@@ -41,20 +41,28 @@ void project_v(const float* x, const float* a, float* z, int64_t T, int64_t K, i
   });
 }
 
+// Rank by rank into each vector of y: the r FMAs of one vector form a chain, the vectors of
+// a row (and the rows) are independent, so they overlap.
+template <class V>
+void expand_tile_v(const float* z, int64_t ldz, const float* b, int64_t ldb, float scale, float* y,
+                   int64_t ldy, int64_t m, int64_t n, int64_t r) {
+  for (int64_t t = 0; t < m; ++t) {
+    float* yr = y + t * ldy;
+    const float* zr = z + t * ldz;
+    for_chunks<V>(n, [&](auto u, int64_t i) {
+      using U = decltype(u);
+      auto acc = U::load(yr + i);
+      for (int64_t j = 0; j < r; ++j) acc = U::fmadd(U::set1(scale * zr[j]), U::load(b + j * ldb + i), acc);
+      U::store(yr + i, acc);
+    });
+  }
+}
+
 template <class V>
 void expand_v(const float* z, const float* b, float scale, float* y, int64_t T, int64_t K,
               int64_t r) {
   parallel_for(T, kLoraRowGrain, [&](int64_t t0, int64_t t1) {
-    for (int64_t t = t0; t < t1; ++t) {
-      float* yr = y + t * K;
-      const float* zr = z + t * r;
-      for_chunks<V>(K, [&](auto u, int64_t i) {
-        using U = decltype(u);
-        auto acc = U::load(yr + i);
-        for (int64_t j = 0; j < r; ++j) acc = U::fmadd(U::set1(scale * zr[j]), U::load(b + j * K + i), acc);
-        U::store(yr + i, acc);
-      });
-    }
+    expand_tile_v<V>(z + t0 * r, r, b, K, scale, y + t0 * K, K, t1 - t0, K, r);
   });
 }
 
@@ -85,7 +93,7 @@ void outer_v(const float* z, const float* x, float scale, float* g, int64_t T, i
 
 template <class V>
 constexpr LoraKernels make_lora_kernels() {
-  return {&project_v<V>, &expand_v<V>, &outer_v<V>};
+  return {&project_v<V>, &expand_v<V>, &expand_tile_v<V>, &outer_v<V>};
 }
 
 }  // namespace

@@ -12,6 +12,7 @@
 #include "dispatch.h"
 #include "gemm/qgemm.h"
 #include "gemm/qgemv.h"
+#include "ops/lora.h"
 #include "quant/codes.h"
 #include "quant/dequant.h"
 
@@ -188,6 +189,38 @@ QuantizedRows& thread_rows() {
   return rows;
 }
 
+// A LoraTerm over an output of n columns, as each engine takes it: the int8 engine's
+// micro-kernels add it in registers, the f32 engine calls the LoRA tile kernel on each tile.
+class LoraEpilogue {
+ public:
+  LoraEpilogue(const LoraTerm* term, int64_t n)
+      : term_(term ? *term : LoraTerm{}), n_(n), kernels_(ops::lora_kernels()),
+        epilogue_{&apply, this}, update_{term_.z, term_.r, term_.b, n, term_.r, term_.scale} {}
+  LoraEpilogue(const LoraEpilogue&) = delete;  // epilogue_ points at this object
+  LoraEpilogue& operator=(const LoraEpilogue&) = delete;
+  // nullptr without a term.
+  const gemm::TileEpilogue* tiles() const { return term_.z ? &epilogue_ : nullptr; }
+  const gemm::LowRankUpdate* update() const { return term_.z ? &update_ : nullptr; }
+  // The whole output at once (the paths that have no tiles).
+  void apply_all(float* out, int64_t T) const {
+    if (term_.z) kernels_.expand(term_.z, term_.b, term_.scale, out, T, n_, term_.r);
+  }
+
+ private:
+  static void apply(const void* ctx, float* c, int64_t ldc, int64_t row, int64_t col, int64_t m,
+                    int64_t n) {
+    const auto& self = *static_cast<const LoraEpilogue*>(ctx);
+    const LoraTerm& t = self.term_;
+    self.kernels_.expand_tile(t.z + row * t.r, t.r, t.b + col, self.n_, t.scale, c, ldc, m, n, t.r);
+  }
+
+  LoraTerm term_;
+  int64_t n_;
+  const ops::LoraKernels& kernels_;
+  gemm::TileEpilogue epilogue_;
+  gemm::LowRankUpdate update_;
+};
+
 bool is_float_type(GgmlType type) {
   return type == GgmlType::F32 || type == GgmlType::F16 || type == GgmlType::BF16;
 }
@@ -200,20 +233,24 @@ gemm::Precision auto_matmul_precision(GgmlType type) {
 }
 
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
-                    int64_t N, float* out, bool accumulate, gemm::Precision precision) {
+                    int64_t N, float* out, bool accumulate, gemm::Precision precision,
+                    const LoraTerm* lora) {
   const GgufMatrix weight(w, type, K);
+  const LoraEpilogue epilogue(lora, N);
   if (precision == gemm::Precision::int8 && gemm::gemv_covers(type, T)) {
     const gemm::GemvWeight gw{w, type, N, weight.row_bytes, out, N};
     gemm::run_q8_gemv(T, K, thread_rows().view(x, T, K), &gw, 1, accumulate);
+    epilogue.apply_all(out, T);
     return;
   }
   if (precision == gemm::Precision::int8) {
     const CodesTransposed b(weight);
-    gemm::run_q8(T, N, K, thread_rows().view(x, T, K), b, out, N, accumulate);
+    gemm::run_q8(T, N, K, thread_rows().view(x, T, K), b, out, N, accumulate, epilogue.update());
     return;
   }
   const WeightTransposed b(weight);
-  gemm::run(T, N, K, {x, K, 1}, b, {out, N, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
+  gemm::run(T, N, K, {x, K, 1}, b, {out, N, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision,
+            epilogue.tiles());
 }
 
 void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight* weights,
@@ -236,15 +273,18 @@ void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight*
 }
 
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,
-                     int64_t K, float* dx, bool accumulate, gemm::Precision precision) {
+                     int64_t K, float* dx, bool accumulate, gemm::Precision precision,
+                     const LoraTerm* lora) {
   const GgufMatrix weight(w, type, K);
+  const LoraEpilogue epilogue(lora, K);
   if (precision == gemm::Precision::int8) {
     const CodesRows b(weight);
-    gemm::run_q8(T, K, N, thread_rows().view(dy, T, N), b, dx, K, accumulate);
+    gemm::run_q8(T, K, N, thread_rows().view(dy, T, N), b, dx, K, accumulate, epilogue.update());
     return;
   }
   const WeightRows b(weight);
-  gemm::run(T, K, N, {dy, N, 1}, b, {dx, K, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision);
+  gemm::run(T, K, N, {dy, N, 1}, b, {dx, K, 1}, 1.0f, accumulate ? 1.0f : 0.0f, precision,
+            epilogue.tiles());
 }
 
 }  // namespace ggtune

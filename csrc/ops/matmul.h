@@ -20,10 +20,23 @@ namespace ggtune {
 // vfmadd231ps (~77 vs ~170 GFLOP/s per core), so the bf16 GEMM runs at ~0.55x the f32 one.
 gemm::Precision auto_matmul_precision(GgmlType type);
 
-// out[T, N] (= or +=) x[T, K] @ W.T. int8 with T <= gemm::kGemvMaxRows and a type with u8
-// codes runs the matrix-vector path (gemm/qgemv.h: W's blocks read in place), else the GEMM.
+// A LoRA up-projection added to a product's output: out[T, N] += scale * z[T, r] @ b[r, N]
+// (forward: z = x·Aᵀ, b = Bᵀ; backward: z = dz, b = A), z and b contiguous. The engines add it
+// to each output tile they have just computed (gemm/epilogue.h), with the float ops of
+// ops::LoraKernels::expand run after the product.
+struct LoraTerm {
+  const float* z;  // [T, r]
+  const float* b;  // [r, N]
+  int64_t r;
+  float scale;
+};
+
+// out[T, N] (= or +=) x[T, K] @ W.T (+ the LoRA term when given). int8 with T <=
+// gemm::kGemvMaxRows and a type with u8 codes runs the matrix-vector path (gemm/qgemv.h: W's
+// blocks read in place; the LoRA term is added after), else the GEMM.
 void matmul_forward(const float* x, int64_t T, int64_t K, const uint8_t* w, GgmlType type,
-                    int64_t N, float* out, bool accumulate, gemm::Precision precision);
+                    int64_t N, float* out, bool accumulate, gemm::Precision precision,
+                    const LoraTerm* lora = nullptr);
 
 // One weight of matmul_forward_many: W[n, K] of `type`, out[T, n].
 struct ManyWeight {
@@ -39,8 +52,9 @@ struct ManyWeight {
 void matmul_forward_many(const float* x, int64_t T, int64_t K, const ManyWeight* weights,
                          int64_t count, bool accumulate, gemm::Precision precision);
 
-// dx[T, K] (= or +=) dy[T, N] @ W
+// dx[T, K] (= or +=) dy[T, N] @ W (+ the LoRA term when given, its b [r, K])
 void matmul_backward(const float* dy, int64_t T, int64_t N, const uint8_t* w, GgmlType type,
-                     int64_t K, float* dx, bool accumulate, gemm::Precision precision);
+                     int64_t K, float* dx, bool accumulate, gemm::Precision precision,
+                     const LoraTerm* lora = nullptr);
 
 }  // namespace ggtune

@@ -70,12 +70,11 @@ class LoraLinears:
     def forward(self, x, items, outs=None):
         """Matrices [(weight, name), ...] reading the same x [T, n_in] (q/k/v; gate/up) ->
         [(y [T, n_out], z [T, r] or None)]; z = x·Aᵀ is kept for the backward. The adapters'
-        down-projections run as one pass over x, their A factors stacked."""
+        down-projections run as one pass over x, their A factors stacked; each up-projection
+        s·z·Bᵀ is added by the matmul to each output tile it computes (lora=, no pass of its own)."""
         T = x.shape[0]
         ys = [out if out is not None else _empty(T, weight.n_out)
               for (weight, _), out in zip(items, outs or [None] * len(items))]
-        for (weight, _), y in zip(items, ys):
-            self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision)
         zs = [None] * len(items)
         adapted = self._adapted(items)
         if adapted and self.dropout is not None:
@@ -83,27 +82,34 @@ class LoraLinears:
                 x_kept = x * self.dropout.mask(items[i][1], x.shape)
                 zs[i] = _empty(T, pair.a.shape[0])
                 self.k.lora_project(x_kept, pair.a, zs[i])
-                self.k.lora_expand(zs[i], np.ascontiguousarray(pair.b.T), ys[i], self.lora.scale(items[i][1]))
         elif adapted:
             z_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
             self.k.lora_project(x, _stacked([pair.a for _, pair, _ in adapted]), z_all)
             for (i, pair, cols) in adapted:
                 zs[i] = np.ascontiguousarray(z_all[:, cols])
-                self.k.lora_expand(zs[i], np.ascontiguousarray(pair.b.T), ys[i], self.lora.scale(items[i][1]))
+        up = {i: (zs[i], self._scaled_b_t(pair, items[i][1]), 1.0) for i, pair, _ in adapted}
+        for i, ((weight, _), y) in enumerate(zip(items, ys)):
+            self.k.matmul(x, weight.data, weight.ggml_type, y, precision=self.precision, lora=up.get(i))
         return list(zip(ys, zs))
 
     def backward(self, x, items, dys, zs, grads: Grads, dx, accumulate: bool = False):
         """dx (= or +=) Σ dy·W + s·(dy·B)·A over matrices [(weight, name), ...] that read the same x;
         dA += s·(dy·B)ᵀ·x and dB += s·dyᵀ·z for each adapter. One pass over x serves every
-        dA and one pass over dx every (dy·B)·A, the adapters stacked."""
+        dA, and the stacked (dy·B)·A of all adapters is added by the last dy·W product to each tile
+        of dx it computes."""
+        adapted = self._adapted(items)
+        dx_lora = None
+        if adapted and self.dropout is None:
+            dz_all = self._factor_gradients(x, items, dys, zs, adapted, grads)
+            dx_lora = (dz_all, _stacked([pair.a for _, pair, _ in adapted]), 1.0)  # dx += dz·A
         for i, ((weight, _), dy) in enumerate(zip(items, dys)):
             self.k.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate or i > 0,
-                                  precision=self.precision)
-        adapted = self._adapted(items)
-        if not adapted:
-            return
-        if self.dropout is not None:
-            return self._dropout_backward(x, items, dys, zs, adapted, grads, dx)
+                                  precision=self.precision, lora=dx_lora if i == len(items) - 1 else None)
+        if adapted and self.dropout is not None:
+            self._dropout_backward(x, items, dys, zs, adapted, grads, dx)
+
+    def _factor_gradients(self, x, items, dys, zs, adapted, grads: Grads) -> np.ndarray:
+        """dB += s·dyᵀ·z and dA += dzᵀ·x for each adapter; returns the stacked dz = s·dy·B [T, Σr]."""
         T = x.shape[0]
         dz_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
         for (i, pair, cols) in adapted:
@@ -119,7 +125,7 @@ class LoraLinears:
         self.k.lora_outer(dz_all, x, da_all)                           # dA += dzᵀ·x   [r, n_in]
         for (i, pair, cols) in adapted:
             grads.pairs[items[i][1]].a += da_all[cols]
-        self.k.lora_expand(dz_all, _stacked([pair.a for _, pair, _ in adapted]), dx)  # dx += dz·A
+        return dz_all
 
     def _dropout_backward(self, x, items, dys, zs, adapted, grads: Grads, dx) -> None:
         """The adapters' part of backward with input dropout M: with x_kept = M ⊙ x,
@@ -141,6 +147,13 @@ class LoraLinears:
             dx_lora = np.zeros_like(dx)
             self.k.lora_expand(dz, pair.a, dx_lora)
             dx += dx_lora * mask                                       # dx += M ⊙ (dz·A)
+
+    def _scaled_b_t(self, pair, name: str) -> np.ndarray:
+        """s·Bᵀ [r, n_out], contiguous: the matmul's up-projection with s folded in (a scale of 1
+        lets its kernel broadcast z straight from memory)."""
+        s = self.lora.scale(name)
+        # a new array whenever s != 1: at rank 1, B.T is contiguous already and is B's own memory
+        return np.ascontiguousarray(pair.b.T * np.float32(s) if s != 1.0 else pair.b.T)
 
     def _adapted(self, items):
         """[(index, pair, columns of the stacked z)] of the items that have an adapter."""
