@@ -117,7 +117,7 @@ def test_kv_cache_decode_equals_the_full_forward_across_the_window(tmp_path):
 
 @pytest.mark.parametrize("name", CASES)
 def test_the_plan_sizes_exactly_what_a_layer_keeps(tmp_path, name):
-    """The memory plan reads Block.kept_shapes; a real forward's Saved record must hold exactly that."""
+    """The memory plan reads Block.kept_layout; a real forward's Saved record must hold exactly that."""
     weights = read_model_gguf(write_case(tmp_path, name))
     ranks = {"attn_q": 3, "attn_k": 2, "ffn_up": 4, "attn_norm": 1}
     lora = init_lora(weights, ranks, alpha=1.0, seed=0)
@@ -126,7 +126,7 @@ def test_the_plan_sizes_exactly_what_a_layer_keeps(tmp_path, name):
     x = np.random.default_rng(0).standard_normal((B * S, weights.hparams.n_embd)).astype(np.float32)
     _, saved = graph.block.forward(0, x, Tokens.rows(B, S), keep=True)
     kept = saved.arrays()
-    declared = Block(weights, None, None).kept_shapes(B, S)
+    declared = {k: v.shape for k, v in Block(weights, None, None).kept_layout(B, S).items()}
     assert {k: v.shape for k, v in kept.items() if not k.startswith("z:")} == declared
     assert sum(v.nbytes for v in kept.values()) == layer_intermediates(weights, B, S, ranks)
 

@@ -103,3 +103,19 @@ def test_memory_plan_predicts_the_peak_rss(model, keep_layers, tmp_path, request
     path = request.getfixturevalue("smollm2_path" if model == "smollm2" else "gemma3_path")
     got = measured_plan(path, tmp_path, keep_layers)
     assert 0.8 <= got["peak"] / got["plan"] <= 1.2, got
+
+
+@pytest.mark.slow
+def test_default_memory_plan_keeps_no_layer(gemma3_path, monkeypatch):
+    """Gemma 3's 262k-token head alone plans ~300 MiB at ctx 128 batch 8: the default budget has no
+    room for a kept layer, and the plan is the all-recompute one, said so in its last line."""
+    from ggtune import memory
+    from ggtune.gguf_io import read_model_gguf
+    from test_memory import default_plan_args
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (2**40, 2**40))
+    weights = read_model_gguf(gemma3_path)
+    plan = memory.plan_memory(weights, **default_plan_args(weights))
+    assert plan.kept_layers == 0 and "above the memory budget" in plan.why
+    assert plan.total == memory.plan_memory(weights, **dict(default_plan_args(weights), keep_layers=0)).total
+    assert plan.total < 1000 * 2**20
