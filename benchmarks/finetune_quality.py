@@ -72,7 +72,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--out", default=None, help="directory for the adapter (default: a temp dir)")
     parser.add_argument("--precision", default="auto")
-    parser.add_argument("--keep-layers", type=int, default=0, help="layers that skip the recompute")
+    parser.add_argument("--keep-layers", type=int, default=None,
+                        help="layers that skip the recompute (default: as many as the memory budget allows)")
     parser.add_argument("--verbose", action="store_true", help="finetune's progress and memory plan on stderr")
     parser.add_argument("--no-start-with-bos", dest="start_with_bos", action="store_false",
                         help="training rows start with their text, as the held-out windows are scored")
