@@ -10,6 +10,7 @@ adapter with ggtune, training tokens/s and peak RSS, and, when llama-cpp-python 
 same cross-entropies in llama.cpp (base, and base + the written adapter).
 
     python benchmarks/finetune_quality.py [--model smollm2|gemma3|PATH] [--iterations 60] [--out DIR]
+        [--precision auto] [--against-precision f32]
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def llama_cpp_cross_entropy(model_path: str, lora_path: str | None, heldout: lis
     return total / count
 
 
+def train_and_score(args, model_path: str, train_file: str, lora: str, heldout: list[int],
+                    precision: str) -> float:
+    """Train the adapter at `precision`, print its speed and memory; its held-out cross-entropy.
+    The held-out windows are scored the same way whatever precision trained the adapter."""
+    start = time.perf_counter()
+    result = finetune(model_path, train_file, lora_out=lora, checkpoint_in="", checkpoint_out="", ctx=128,
+                      batch=8, lora_r=4, adam_alpha=1e-3, warmup=0, adam_decay=0.0, adam_iter=args.iterations,
+                      seed=1, precision=precision, keep_layers=args.keep_layers, verbose=args.verbose,
+                      start_with_bos=args.start_with_bos)
+    seconds = time.perf_counter() - start
+    print(f"trained {args.iterations} iterations at precision {precision} in {seconds:.1f} s "
+          f"({np.median(result.tokens_per_second):.1f} tokens/s median); last loss {result.losses[-1]:.4f}; "
+          f"peak RSS {result.peak_rss_bytes / 2**20:.0f} MiB (plan {result.memory_plan_bytes / 2**20:.0f} MiB)")
+    return heldout_cross_entropy(model_path, heldout, 128, lora=lora)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="smollm2", help="smollm2, gemma3 (cached, fetched on first use) "
@@ -72,6 +89,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=60)
     parser.add_argument("--out", default=None, help="directory for the adapter (default: a temp dir)")
     parser.add_argument("--precision", default="auto")
+    parser.add_argument("--against-precision", default=None, metavar="P",
+                        help="train a second adapter at precision P (e.g. f32) and compare the held-out "
+                             "cross-entropies (issue 12: int8 within 1%% of float32)")
     parser.add_argument("--keep-layers", type=int, default=None,
                         help="layers that skip the recompute (default: as many as the memory budget allows)")
     parser.add_argument("--verbose", action="store_true", help="finetune's progress and memory plan on stderr")
@@ -90,17 +110,15 @@ def main() -> None:
     before = heldout_cross_entropy(model_path, heldout, 128)
     print(f"{os.path.basename(model_path)}: held-out tokens {len(heldout)} (split by {split}); "
           f"base model cross-entropy {before:.4f}", flush=True)
-    start = time.perf_counter()
-    result = finetune(model_path, train_file, lora_out=lora, checkpoint_in="", checkpoint_out="", ctx=128,
-                      batch=8, lora_r=4, adam_alpha=1e-3, warmup=0, adam_decay=0.0, adam_iter=args.iterations,
-                      seed=1, precision=args.precision, keep_layers=args.keep_layers, verbose=args.verbose,
-                      start_with_bos=args.start_with_bos)
-    seconds = time.perf_counter() - start
-    after = heldout_cross_entropy(model_path, heldout, 128, lora=lora)
-    print(f"trained {args.iterations} iterations in {seconds:.1f} s "
-          f"({np.median(result.tokens_per_second):.1f} tokens/s median); last loss {result.losses[-1]:.4f}; "
-          f"peak RSS {result.peak_rss_bytes / 2**20:.0f} MiB (plan {result.memory_plan_bytes / 2**20:.0f} MiB)")
+    after = train_and_score(args, model_path, train_file, lora, heldout, args.precision)
     print(f"ggtune base+adapter cross-entropy {after:.4f}  (drop {before - after:.4f} nats)", flush=True)
+    if args.against_precision:
+        other = train_and_score(args, model_path, train_file, os.path.join(out, "lora-against.gguf"), heldout,
+                                   args.against_precision)
+        ratio = after / other
+        print(f"held-out cross-entropy trained at {args.precision} / at {args.against_precision}: "
+              f"{after:.4f} / {other:.4f} = {ratio:.4f} (within 1%: {'met' if abs(ratio - 1) <= 0.01 else 'NOT met'}; "
+              f"drops {before - after:.4f} / {before - other:.4f})", flush=True)
     try:
         base_reference = llama_cpp_cross_entropy(model_path, None, heldout, 128)
         reference = llama_cpp_cross_entropy(model_path, lora, heldout, 128)

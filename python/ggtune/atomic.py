@@ -103,7 +103,16 @@ def _mode_for(final: Path) -> int:
 
 
 def current_umask() -> int:
-    mask = os.umask(0o022)  # the only way to read it; set back at once
+    """The process's umask, read from /proc (Linux 4.7+) where it can be: setting it to read it
+    back would change it for a moment under every other thread of the process."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: the only way left to read it; set back at once
     os.umask(mask)
     return mask
 
