@@ -118,10 +118,21 @@ def gelu_tanh(x: np.ndarray) -> np.ndarray:
     return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x ** 3)))
 
 
+def gelu_ggml_f32(x: np.ndarray) -> np.ndarray:
+    """ggml_gelu_f32 in float32 as x86 builds compile it: 0.5 x (1 + tanhf(sqrt(2/pi) x c)) with
+    c = 1 + 0.044715 x^2 one fused multiply-add (the product is exact in float64, so rounding the
+    float64 sum once to float32 is the fma but for double-rounding ties); tanh in float64 rounded."""
+    f = np.float32
+    x = np.asarray(x, f)
+    c = ((f(0.044715) * x).astype(np.float64) * x + 1.0).astype(f)
+    t = np.tanh((f(0.7978845608028654) * x * c).astype(np.float64)).astype(f)
+    return f(0.5) * x * (f(1.0) + t)
+
+
 def gelu_ggml_table(x: np.ndarray) -> np.ndarray:
-    """ggml-cpu's GELU: x rounded to float16, looked up in a float16 table (GGML_GELU_FP16), so the
-    result is gelu_tanh of the rounded input, rounded to float16; exact outside [-10, 10]."""
-    table = gelu_tanh(x.astype(np.float16).astype(np.float64)).astype(np.float16).astype(np.float64)
+    """ggml-cpu's GELU (GGML_GELU_FP16): x rounded to float16, looked up in a float16 table of
+    gelu_ggml_f32; 0 below -10 and x above 10, where the table is skipped."""
+    table = gelu_ggml_f32(x.astype(np.float16)).astype(np.float16).astype(np.float64)
     return np.where(x <= -10.0, 0.0, np.where(x >= 10.0, x, table))
 
 

@@ -14,7 +14,6 @@ from reference_model import ReferenceModel, mean_kl
 
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "model", "gemma3_270m.npz")
 GEMMA3 = os.path.join(os.path.expanduser("~"), ".cache", "ggtune", "gemma-3-270m-q4_k_m.gguf")
-KL_BOUND = 1e-3
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +107,95 @@ def test_transformers_matches_llama_cpp(golden, gemma3_path):
     targets = torch.tensor(golden["sequence"][1:].astype(np.int64))
     losses = torch.nn.functional.cross_entropy(logits[:-1], targets, reduction="none").numpy()
     assert np.abs(losses - golden["f32copy_sequence_losses"]).max() < 0.01
+
+
+# ---- ggtune's forward against llama.cpp ------------------------------------------------------------
+# Issue 11 asks for a mean KL <= 1e-3 at the fixture positions. On this model llama.cpp's own run is
+# that sensitive to float32 rounding: through the 8-bit activations a difference in the last bit
+# flips a rounding now and then, and 18 layers of Gemma's large activations amplify it. Measured
+# (2026-12-01): llama.cpp with one norm weight moved by one ulp lands at a mean KL of 0.004-0.012
+# from itself; ggtune's "ggml" path with 1e-7 relative noise on its norms at 0.011-0.019 from itself,
+# where the exact path moves by 2e-11. Given llama.cpp's inputs, each ggtune layer reproduces its
+# output to float32 rounding (1e-7 of the largest value per token) but for isolated rounding flips;
+# on one token, where nothing is mixed across positions, "ggml" is llama.cpp to a KL of 2e-6.
+
+def ggtune_model(gemma3_path, precision: str):
+    from ggtune.model import load_model
+
+    return load_model(gemma3_path, precision=precision, kv_type="f32")  # the fixture's cache
+
+
+def logits_at_positions(model, golden) -> np.ndarray:
+    h = model.hidden(golden["sequence"][None])
+    return model.output_logits(np.ascontiguousarray(h[golden["positions"]]))
+
+
+def test_ggml_precision_is_llama_cpp_on_one_token(golden, gemma3_path):
+    """The BOS token alone: measured KL 2.2e-6 and 1.4e-3 of the std (the fixture keeps float16
+    logits) with "ggml"; the exact products are 4.7e-3 away, llama.cpp's rounding."""
+    model = ggtune_model(gemma3_path, "ggml")
+    expected = golden["logits"][:1].astype(np.float64)
+    logits = model.logits(golden["sequence"][:1])
+    assert mean_kl(expected, logits) <= 1e-4
+    assert relative_max_diff(expected, logits) <= 3e-3
+    model.__init__(model.weights, precision="f32")
+    assert mean_kl(expected, model.logits(golden["sequence"][:1])) > 1e-3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision, bound", [("ggml", 0.03), ("f32", 0.05), ("auto", 0.05)])
+def test_ggtune_against_llama_cpp_at_the_fixture_positions(golden, gemma3_path, precision, bound):
+    """Measured mean KL: ggml 0.013, f32 0.021, auto 0.021 (the noise above, not 1e-3)."""
+    logits = logits_at_positions(ggtune_model(gemma3_path, precision), golden)
+    assert mean_kl(golden["logits"], logits) <= bound
+
+
+class NoisyNorms:
+    """The kernels with every rms_norm output scaled by 1 + eps * N(0, 1): float32 rounding noise."""
+
+    def __init__(self, kernels, eps: float):
+        self.kernels, self.eps, self.rng = kernels, eps, np.random.default_rng(0)
+
+    def __getattr__(self, name):
+        return getattr(self.kernels, name)
+
+    def rms_norm_forward(self, x, weight, eps, out, rstd):
+        self.kernels.rms_norm_forward(x, weight, eps, out, rstd)
+        out *= (1 + self.eps * self.rng.standard_normal(out.shape)).astype(np.float32)
+
+
+@pytest.mark.slow
+def test_llama_cpps_rounding_is_noisier_than_the_kl_bound(golden, gemma3_path):
+    """Measured: the ggml path moves by a mean KL of 0.011 from itself under 1e-7 noise, the exact
+    path by 2e-11."""
+    for precision, low, high in (("ggml", 1e-3, 1.0), ("f32", 0.0, 1e-8)):
+        model = ggtune_model(gemma3_path, precision)
+        clean = logits_at_positions(model, golden)
+        model.block.k = NoisyNorms(model.block.k, 1e-7)
+        assert low < mean_kl(clean, logits_at_positions(model, golden)) <= high, precision
+
+
+@pytest.mark.llamacpp
+def test_llama_cpp_moves_off_its_fixture_when_one_weight_moves_one_ulp(golden, gemma3_path, tmp_path):
+    """llama.cpp against itself: blk.0.attn_norm.weight one ulp up, measured mean KL 0.0069 at the
+    fixture positions, mean |loss difference| 0.083 over the sequence (ggtune's ggml path: 0.013, 0.083)."""
+    import shutil
+    import sys
+
+    pytest.importorskip("llama_cpp")
+    import gguf
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "scripts"))
+    from make_gemma3_fixtures import sequence_scores
+
+    nudged = str(tmp_path / "nudged.gguf")
+    shutil.copy(gemma3_path, nudged)
+    reader = gguf.GGUFReader(nudged, "r+")
+    weight = next(t for t in reader.tensors if t.name == "blk.0.attn_norm.weight").data.view(np.float32)
+    weight[...] = np.nextafter(weight, np.float32(np.inf))
+    del reader, weight
+    scores = sequence_scores(nudged, golden["sequence"].tolist())
+    assert mean_kl(golden["logits"], scores[golden["positions"]]) > 1e-3
 
 
 @pytest.mark.llamacpp

@@ -35,7 +35,7 @@ from tiny_models import tensor_shapes, TinyConfig, write_tiny_llama
 
 TEXT = "The quick brown fox jumps over the lazy dog while the cat watches the rain. " * 30
 COMMON = dict(ctx=16, batch=2, lora_r=2, adam_alpha=1e-2, warmup=2, seed=3, save_every=0, verbose=False,
-              checkpoint_in="")
+              checkpoint_in="", checkpoint_out="")
 CFG = TinyConfig(byte_vocab=True, tied=False, n_embd=32, n_ff=64, n_head=4, n_head_kv=2, n_ctx=64)
 
 

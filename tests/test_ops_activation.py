@@ -56,6 +56,29 @@ def test_gated_backward_matches_finite_differences(isa, gate_name, F):
     np.testing.assert_allclose(dup, numeric_grad(loss, u64), rtol=1e-5, atol=1e-6)
 
 
+def test_geglu_ggml_forward_reads_ggmls_float16_table(isa):
+    """Every finite float16 gate (the whole table), random gates rounded on the way in, both sides of
+    the +-10 cut where ggml skips the table; bit for bit the numpy recipe of ggml-cpu's kernel (which
+    reproduces llama.cpp's ffn_geglu of Gemma 3 270M bit for bit, 2026-12-01)."""
+    from reference_model import gelu_ggml_table
+
+    rng = np.random.default_rng(3)
+    halves = np.arange(1 << 16, dtype=np.uint16).view(np.float16)
+    edges = np.array([-10.0, 10.0, np.nextafter(np.float32(-10), 0), np.nextafter(np.float32(10), 0),
+                      np.nextafter(np.float32(10), 11), -1e30, 1e30], np.float32)
+    gate = np.concatenate([halves[np.isfinite(halves)].astype(np.float32), edges,
+                           rng.uniform(-12, 12, 4096).astype(np.float32)])
+    gate = gate[: len(gate) // 61 * 61].reshape(-1, 61)  # rows of 61: vector bodies and scalar tails
+    up = f32(rng, *gate.shape, scale=2.0)
+    out = np.full_like(gate, np.nan)
+    _core.geglu_ggml_forward(gate, up, out)
+    expected = (gelu_ggml_table(gate.astype(np.float64)) * up).astype(np.float32)  # exact product, one rounding
+    np.testing.assert_array_equal(out, expected)
+    exact = np.empty_like(gate)
+    _core.geglu_forward(gate, up, exact)
+    assert np.mean(out != exact) > 0.5  # the table, not the exact GELU
+
+
 @pytest.mark.parametrize("shape", [(1,), (33,), (5, 31), (3, 2, 100_003)])
 def test_add_and_scale_add(isa, shape):
     rng = np.random.default_rng(len(shape))

@@ -411,6 +411,15 @@ void bind_ops(py::module_& m) {
             &ops::ActivationKernels::geglu_backward,
             "out[T,F] = gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + "
             "0.044715 x^3))), computed exactly (ggml's CPU kernel reads an f16 table).");
+  m.def(
+      "geglu_ggml_forward",
+      [](const py::array& gate, const py::array& up, py::array& out) {
+        gated_forward(ops::activation_kernels().geglu_ggml_forward, gate, up, out);
+      },
+      arg("gate"), arg("up"), arg("out"),
+      "out[T,F] = gelu(gate) * up as ggml-cpu computes it (GGML_GELU_FP16): 0 for gate <= -10, "
+      "gate * up for gate >= 10, else a float16 table of gelu_tanh read at gate rounded to float16 "
+      "(inference at precision \"ggml\"; no backward).");
   m.def("add_bias", &add_bias, arg("y"), arg("bias"), "y[T,N] += bias[N], in place.");
   m.def("bias_backward", &bias_backward, arg("dy"), arg("dbias"), arg("accumulate") = false,
         "dbias[N] = (or += when accumulate) the column sums of dy[T,N], rows in order.");

@@ -19,6 +19,11 @@ struct ActivationKernels {
   // out = gelu_tanh(gate) * up,  gelu_tanh(g) = 0.5 g (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3)))
   void (*geglu_forward)(const float* gate /*[T,F]*/, const float* up /*[T,F]*/,
                         float* out /*[T,F]*/, int64_t n);
+  // out = gelu_ggml(gate) * up as ggml-cpu computes it (GGML_GELU_FP16, its default): 0 for
+  // gate <= -10, gelu_tanh(gate) = gate for gate >= 10, else gate rounded to binary16 and looked
+  // up in ggml_gelu_table. Inference with precision "ggml" only (no backward).
+  void (*geglu_ggml_forward)(const float* gate /*[T,F]*/, const float* up /*[T,F]*/,
+                             float* out /*[T,F]*/, int64_t n);
   // dgate, dup overwritten.
   void (*geglu_backward)(const float* dout /*[T,F]*/, const float* gate, const float* up,
                          float* dgate /*[T,F]*/, float* dup /*[T,F]*/, int64_t n);
@@ -33,6 +38,11 @@ struct ActivationKernels {
 };
 
 const ActivationKernels& activation_kernels();  // the active tier's kernels
+
+// ggml-cpu's GELU table, indexed by binary16 bits h: gelu_tanh of half(h), evaluated in float32
+// as ggml_gelu_f32 does (0.5 x (1 + tanhf(sqrt(2/pi) x (1 + 0.044715 x^2)))) and rounded to
+// binary16, stored widened to float32 so that SIMD tiers gather from it. Built once (256 KiB).
+const float* ggml_gelu_table();
 
 #if defined(__x86_64__)
 extern const ActivationKernels activation_kernels_avx2, activation_kernels_avx512;

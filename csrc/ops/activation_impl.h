@@ -62,6 +62,20 @@ void gated_forward_v(const float* gate, const float* up, float* out, int64_t n) 
   });
 }
 
+// out = gelu_ggml(gate) * up: ggml_vec_geglu_f32 with GGML_GELU_FP16 (activation.h).
+template <class V>
+void geglu_ggml_forward_v(const float* gate, const float* up, float* out, int64_t n) {
+  const float* table = ggml_gelu_table();
+  elementwise<V>(n, [&](auto u, int64_t i) {
+    using U = decltype(u);
+    const auto g = U::load(gate + i), limit = U::set1(10.0f);
+    // outside [-10, 10] ggml skips the table: 0 below (the table's -0 there is equal), g above
+    const auto table_or_g = U::select_ge(g, limit, g, U::lookup_half(table, g));
+    const auto gelu = U::zero_below(g, U::set1(-10.0f), table_or_g);
+    U::store(out + i, U::mul(gelu, U::load(up + i)));
+  });
+}
+
 // dgate = dout * up * act'(gate),  dup = dout * act(gate)
 template <class V, class Gate>
 void gated_backward_v(const float* dout, const float* gate, const float* up, float* dgate,
@@ -124,7 +138,8 @@ void scale_add_v(float* out, const float* x, float alpha, int64_t n) {
 template <class V>
 constexpr ActivationKernels make_activation_kernels() {
   return {&gated_forward_v<V, SiluGate>,     &gated_backward_v<V, SiluGate>,
-          &gated_forward_v<V, GeluTanhGate>, &gated_backward_v<V, GeluTanhGate>,
+          &gated_forward_v<V, GeluTanhGate>, &geglu_ggml_forward_v<V>,
+          &gated_backward_v<V, GeluTanhGate>,
           &add_bias_v<V>,                    &bias_backward_v<V>,
           &add_v<V>,                         &scale_add_v<V>};
 }

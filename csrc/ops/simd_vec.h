@@ -15,6 +15,8 @@
 #include <cstdint>
 #include <cstring>
 
+#include "quant/blocks.h"
+
 #if defined(__AVX2__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -39,6 +41,10 @@ struct Scalar {
   static float hsum(T v) { return v; }
   static float hmax(T v) { return v; }
   static T exp(T x) { return std::exp(x); }
+  static T zero_below(T x, T limit, T y) { return x < limit ? 0.0f : y; }  // x < limit ? 0 : y
+  static T select_ge(T x, T limit, T a, T b) { return x >= limit ? a : b; }  // x >= limit ? a : b
+  // table[binary16 bits of x rounded to nearest even]: a lookup over every half value
+  static T lookup_half(const float* table, T x) { return table[fp32_to_fp16(x)]; }
 };
 
 // exp(x) for a SIMD type: Cephes' expf (range reduction by ln2 in two parts, a degree-6
@@ -99,6 +105,13 @@ struct Avx2 {
     return _mm_cvtss_f32(s);
   }
   static T exp(T x) { return exp_poly<Avx2>(x); }
+  static T select_ge(T x, T limit, T a, T b) {
+    return _mm256_blendv_ps(b, a, _mm256_cmp_ps(x, limit, _CMP_GE_OQ));
+  }
+  static T lookup_half(const float* table, T x) {
+    const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm256_i32gather_ps(table, _mm256_cvtepu16_epi32(h), 4);
+  }
 };
 #endif
 
@@ -131,6 +144,13 @@ struct Avx512 {
   static float hsum(T v) { return _mm512_reduce_add_ps(v); }
   static float hmax(T v) { return _mm512_reduce_max_ps(v); }
   static T exp(T x) { return exp_poly<Avx512>(x); }
+  static T select_ge(T x, T limit, T a, T b) {
+    return _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, limit, _CMP_GE_OQ), b, a);
+  }
+  static T lookup_half(const float* table, T x) {
+    const __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(h), table, 4);
+  }
 };
 #endif
 

@@ -155,13 +155,15 @@ class Saved:
 class Block:
     """Forward and backward of layer `li` of a model (gguf_io.ModelWeights)."""
 
-    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False,
+    def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False, ggml_gelu: bool = False,
                  kept: np.dtype = np.dtype(np.float32)):
         self.weights = weights
         self.arch: Architecture = weights.arch
         self.lin = linears
         self.k = kernels
-        self.round_kv_f16 = round_kv_f16  # inference "ggml" precision: llama.cpp's F16 KV cache
+        # inference "ggml" precision: llama.cpp's F16 KV cache; ggml-cpu's float16 GELU table (geglu)
+        self.round_kv_f16 = round_kv_f16
+        self.ggml_gelu = ggml_gelu
         self.kept_dtype = np.dtype(kept)  # of the COMPACT arrays (kept_dtype(precision))
 
     # ---------------------------------------------------------------- what a layer keeps
@@ -241,8 +243,7 @@ class Block:
         w_fn = lin.norm_weight(layer.norms["ffn_norm"], name("ffn_norm"))
         h2, rstd2 = self._rms_norm(x1, w_fn)
         (gate, zg), (up, zu) = lin.forward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")])
-        act = empty(T, hp.n_ff)
-        (kn.geglu_forward if fam.activation == "geglu" else kn.swiglu_forward)(gate, up, act)
+        act = self._gate_forward(gate, up)
         f, zd = lin.forward(act, [(layer.matrices["ffn_down"], name("ffn_down"))])[0]
         f_raw = rstd_f = None
         if fam.post_norms:
@@ -278,8 +279,7 @@ class Block:
         if fam.post_norms:
             df = self._norm_backward(dx2, f32(s.f), layer.norms["post_ffw_norm"], s.rstd_f)
         gate, up = f32(s.gate), f32(s.up)
-        act = empty(T, hp.n_ff)
-        (kn.geglu_forward if fam.activation == "geglu" else kn.swiglu_forward)(gate, up, act)
+        act = self._gate_forward(gate, up)
         dact = empty(T, hp.n_ff)
         lin.backward(act, [(layer.matrices["ffn_down"], name("ffn_down"))], [df], [s.z[name("ffn_down")]],
                      grads, dact)
@@ -334,6 +334,15 @@ class Block:
         out, rstd = empty(*x.shape), empty(x.shape[0])
         self.k.rms_norm_forward(x, weight, self.arch.hp.rms_eps, out, rstd)
         return out, rstd
+
+    def _gate_forward(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """act(gate)·up [T, F]: SwiGLU or GELU-tanh (the latter through ggml's table when asked)."""
+        act = empty(*gate.shape)
+        if self.arch.family.activation == "geglu":
+            (self.k.geglu_ggml_forward if self.ggml_gelu else self.k.geglu_forward)(gate, up, act)
+        else:
+            self.k.swiglu_forward(gate, up, act)
+        return act
 
     def _compact(self, a: Optional[np.ndarray]) -> Optional[np.ndarray]:
         """A COMPACT array as the layer keeps it: its bfloat16 bits, or itself when kept as float32."""

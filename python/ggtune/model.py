@@ -23,6 +23,7 @@ from .block import Block, Tokens
 from .gguf_io import GGUFError, ModelWeights, Weight, read_model_gguf
 
 LOGITS_ROWS_PER_CHUNK = 256  # rows of [rows, V] logits computed at once by cross_entropy
+KV_TYPES = ("f16", "f32")  # the KV caches precision "ggml" reproduces (llama.cpp's default: f16)
 
 
 @dataclass
@@ -123,14 +124,20 @@ class Model:
     """A GGUF model ready to run: weights (memory-mapped), adapters, tokenizer."""
 
     def __init__(self, weights: ModelWeights, lora: Optional[dict[str, list[LoraPair]]] = None,
-                 precision: str = "auto"):
+                 precision: str = "auto", kv_type: str = "f16"):
+        if kv_type not in KV_TYPES:
+            raise ValueError(f"kv_type: expected one of {', '.join(KV_TYPES)} (llama.cpp's type_k/type_v), "
+                             f"got {kv_type!r}")
         self.weights = weights
         self.hparams = weights.hparams
         self.lora = lora or {}  # {GGUF tensor name: [LoraPair, ...]}
         self.precision = precision
         self._tokenizer = None
-        # "ggml": q, k, v rounded to F16 as llama.cpp's default KV cache and K·Q product see them
-        self.block = Block(weights, InferenceLinears(self.lora, precision), _core, round_kv_f16=precision == "ggml")
+        ggml = precision == "ggml"
+        # "ggml": q, k, v rounded to F16 as llama.cpp's F16 KV cache and K·Q product see them (an F32
+        # cache keeps them); GELU read from ggml-cpu's float16 table
+        self.block = Block(weights, InferenceLinears(self.lora, precision), _core,
+                           round_kv_f16=ggml and kv_type == "f16", ggml_gelu=ggml)
 
     # ----- tokens -----
     @property
@@ -248,7 +255,8 @@ def read_adapter(path: str | os.PathLike, user_scale: float, weights: ModelWeigh
 
 
 def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
-               lora: Optional[Sequence[tuple[str, float]]] = None, precision: str = "auto") -> Model:
+               lora: Optional[Sequence[tuple[str, float]]] = None, precision: str = "auto",
+               kv_type: str = "f16") -> Model:
     """Loads a GGUF model of a supported family (architecture.SUPPORTED), memory-mapped (weights stay in their stored type).
 
     n_threads: kernel threads (None: every core). lora: [(adapter path, user scale), ...], applied
@@ -256,8 +264,10 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     (see _core.matmul: "auto" is int8 for quantized weights on AVX512-VNNI CPUs, activations
     rounded to 8 bits per 32 values as llama.cpp does, else f32), or "ggml": activations rounded
     exactly as llama.cpp's CPU backend rounds them (Q8_0/Q8_1/Q8_K blocks before quantized
-    weights, F16 keys/values/queries as its default KV cache), which reproduces llama.cpp's
-    perplexities closely; "f32" computes the exact products.
+    weights, F16 keys/values/queries as its default KV cache, GELU from its float16 table), which
+    reproduces llama.cpp's perplexities closely; "f32" computes the exact products. kv_type: with
+    "ggml", the KV cache llama.cpp runs with, "f16" (its default) or "f32" (type_k = type_v = 0);
+    the other precisions keep keys and values in float32.
     """
     _core.set_num_threads(int(n_threads or 0))  # 0: every core
     weights = read_model_gguf(path)
@@ -265,4 +275,4 @@ def load_model(path: str | os.PathLike, n_threads: Optional[int] = None,
     for adapter_path, scale in lora or ():
         for name, pair in read_adapter(adapter_path, scale, weights).items():
             adapters.setdefault(name, []).append(pair)
-    return Model(weights, adapters, precision)
+    return Model(weights, adapters, precision, kv_type)
