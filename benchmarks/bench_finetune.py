@@ -1,7 +1,7 @@
 """LoRA finetuning speed and memory: ggtune beside PyTorch + transformers + peft, same run.
 
     PYTHONPATH=python python benchmarks/bench_finetune.py [--threads 2] [--warmup 2] [--iters 8] [--rounds 1]
-        [--keep-layers 6] [--no-torch] [--no-thread-scaling] [--no-profile] [--no-main] [--scale] [--ctx-sweep]
+        [--keep-layers N] [--no-torch] [--no-thread-scaling] [--no-profile] [--no-main] [--scale] [--ctx-sweep]
         [--workdir DIR]
 
 Main run: SmolLM2-135M-Instruct Q4_1, ctx 128, batch 8, LoRA rank 4 (alpha 4) on the seven
@@ -13,9 +13,9 @@ runs in its own subprocess, one after the other, and reports its own peak RSS
 With --rounds N the three systems run in turn N times and each one's best round is compared, so
 a change of the machine's load during the run does not favour whichever system ran in the quiet.
 
-ggtune trains with `ggtune.finetune()` (gradient checkpointing on, precision auto), and again with
-`keep_layers=N` (--keep-layers, default 6: the last N layers keep their intermediates instead of
-being recomputed, about 33 MiB each here, which the 600 MB budget has room for). PyTorch 2.13
+ggtune trains with `ggtune.finetune()`'s defaults (gradient checkpointing, precision auto, as many
+layers keeping their compact activations as the default memory budget has room for; the row shows
+how many), and with --keep-layers N also with `keep_layers=N` (N = 30: every layer keeps them). PyTorch 2.13
 loads the same GGUF through transformers (dequantized to float32), wraps it with peft's
 LoraConfig(r=4, lora_alpha=4, the same seven targets) and trains on exactly the batches ggtune
 draws (same sample list, same shuffle seed, written to a file by this parent process) in float32
@@ -70,12 +70,13 @@ def child_ggtune(p: dict) -> dict:
             p["model"], p["data"], lora_out=os.path.join(tmp, "lora.gguf"), checkpoint_in="", checkpoint_out="",
             ctx=p["ctx"], batch=p["batch"], threads=p["threads"], lora_r=4, lora_alpha=4.0, **NOT_TRAINED,
             adam_iter=p["warmup"] + p["iters"], adam_alpha=1e-3, warmup=0, seed=SEED, save_every=0,
-            keep_layers=p.get("keep_layers", 0), profile=p.get("profile", False), verbose=p.get("profile", False))
+            keep_layers=p.get("keep_layers"), profile=p.get("profile", False), verbose=p.get("profile", False))
     timed = result.tokens_per_second[p["warmup"]:]
     tokens = p["ctx"] * p["batch"]
     seconds = sum(tokens / tps for tps in timed)
     return dict(tokens_per_second=len(timed) * tokens / seconds, per_iteration=result.tokens_per_second,
                 losses=result.losses, peak_rss=peak_rss_bytes(), plan=result.memory_plan_bytes,
+                kept_layers=result.kept_layers,
                 log=out.getvalue() if p.get("profile") else "")
 
 
@@ -181,7 +182,7 @@ def mib(n: float) -> str:
 
 
 def print_row(label: str, r: dict) -> None:
-    plan = f"  (memory plan {mib(r['plan']).strip()})" if r.get("plan") else ""
+    plan = (f"  (memory plan {mib(r['plan']).strip()}, {r['kept_layers']} layers kept)" if r.get("plan") else "")
     print(f"  {label:<34} {r['tokens_per_second']:8.1f} tokens/s   peak RSS {mib(r['peak_rss'])}{plan}"
           f"   [load average {os.getloadavg()[0]:.1f}]", flush=True)
 
@@ -198,9 +199,9 @@ def print_profile(log: str, n_lines: int = 14) -> None:
 
 
 def systems_of(args, with_torch: bool) -> list[tuple[str, str]]:
-    out = [("ggtune", "ggtune (checkpointing, auto)")]
-    if args.keep_layers:
-        out.append(("ggtune_keep", f"ggtune (checkpointing, last {args.keep_layers} layers kept)"))
+    out = [("ggtune", "ggtune (defaults)")]
+    if args.keep_layers is not None:
+        out.append(("ggtune_keep", f"ggtune (--keep-layers {args.keep_layers})"))
     if with_torch:
         out += [("f32", "PyTorch+peft float32"), ("bf16", "PyTorch+peft bf16 autocast")]
     return out
@@ -224,7 +225,7 @@ def main_run(args, model: str, data: str) -> None:
     for round_ in range(args.rounds):  # in turn, so a change of the machine's load hits every system
         for key, label in systems:
             if key.startswith("ggtune"):
-                r = run_child("ggtune", dict(base, keep_layers=args.keep_layers if key == "ggtune_keep" else 0))
+                r = run_child("ggtune", dict(base, keep_layers=args.keep_layers if key == "ggtune_keep" else None))
             else:
                 r = run_child("torch", dict(base, mode=key))
             print_row(f"{label} [{round_ + 1}]", r)
@@ -259,8 +260,8 @@ def thread_scaling(args, base: dict, full: dict) -> None:
     see the same load."""
     one, many = None, full
     for _ in range(args.rounds):
-        r1 = run_child("ggtune", dict(base, threads=1, keep_layers=0))
-        rn = run_child("ggtune", dict(base, keep_layers=0))
+        r1 = run_child("ggtune", dict(base, threads=1))
+        rn = run_child("ggtune", dict(base))
         one = r1 if one is None or r1["tokens_per_second"] > one["tokens_per_second"] else one
         many = rn if rn["tokens_per_second"] > many["tokens_per_second"] else many
     t1, tn = one["tokens_per_second"], many["tokens_per_second"]
@@ -307,8 +308,8 @@ def main(argv=None) -> None:
     parser.add_argument("--iters", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=1,
                         help="run the systems in turn this many times and compare each one's best")
-    parser.add_argument("--keep-layers", type=int, default=6,
-                        help="also run ggtune keeping the last N layers' intermediates (0: skip)")
+    parser.add_argument("--keep-layers", type=int, default=None,
+                        help="also run ggtune with --keep-layers N (the last N layers keep their activations)")
     parser.add_argument("--no-torch", dest="torch", action="store_false", help="skip the PyTorch side")
     parser.add_argument("--no-thread-scaling", dest="thread_scaling", action="store_false",
                         help="skip ggtune's 1-thread runs (tokens/s at 1 and --threads threads)")

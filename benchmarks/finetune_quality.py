@@ -92,7 +92,8 @@ def main() -> None:
     parser.add_argument("--against-precision", default=None, metavar="P",
                         help="train a second adapter at precision P (e.g. f32) and compare the held-out "
                              "cross-entropies (issue 12: int8 within 1%% of float32)")
-    parser.add_argument("--keep-layers", type=int, default=0, help="layers that skip the recompute")
+    parser.add_argument("--keep-layers", type=int, default=None,
+                        help="layers that skip the recompute (default: as many as the memory budget allows)")
     parser.add_argument("--verbose", action="store_true", help="finetune's progress and memory plan on stderr")
     parser.add_argument("--no-start-with-bos", dest="start_with_bos", action="store_false",
                         help="training rows start with their text, as the held-out windows are scored")

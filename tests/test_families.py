@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-from ggtune.block import Block, Tokens
+from ggtune.block import BF16, Tokens
 from ggtune.gguf_io import GGUFError, read_model_gguf
 from ggtune.graph import Graph, Grads
 from ggtune.lora import init_lora
@@ -13,7 +13,7 @@ from ggtune.memory import layer_intermediates
 from ggtune.model import load_model
 from ggtune.names import ALL_KINDS
 from reference_model import ReferenceModel
-from test_graph import BATCH, SEQ, finite_difference_check
+from test_graph import BATCH, BF16_ROUNDING, SEQ, finite_difference_check
 from tiny_models import LLAMA31_ROPE, family_config, write_tiny_model
 
 # One tiny model per feature the block reads from the description. SEQ (9) tokens cross the
@@ -43,10 +43,7 @@ def test_forward_matches_the_float64_reference(tmp_path, name):
     assert np.max(np.abs(ours - ref)) <= 1e-3 * ref.std()
 
 
-@pytest.mark.parametrize("name", CASES)
-def test_lora_gradients_match_finite_differences(tmp_path, name):
-    """Every trainable kind, through the family's biases, q/k norms, sandwich norms, GELU gate,
-    sliding window, rope variant and embedding scale."""
+def gradient_case(tmp_path, name):
     path = write_case(tmp_path, name)
     weights = read_model_gguf(path)
     lora = init_lora(weights, dict.fromkeys(ALL_KINDS, 2), alpha=3.0, seed=0)
@@ -57,7 +54,32 @@ def test_lora_gradients_match_finite_differences(tmp_path, name):
     inputs = rng.integers(0, V, size=(BATCH, SEQ)).astype(np.int32)
     targets = rng.integers(0, V, size=(BATCH, SEQ)).astype(np.int32)
     targets[0, 2] = -1
-    finite_difference_check(path, weights, lora, inputs, targets, checkpointing=True)
+    return path, weights, lora, inputs, targets
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_lora_gradients_match_finite_differences(tmp_path, name):
+    """Every trainable kind, through the family's biases, q/k norms, sandwich norms, GELU gate,
+    sliding window, rope variant and embedding scale."""
+    finite_difference_check(*gradient_case(tmp_path, name), checkpointing=True)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_compact_kept_gradients_of_every_family(tmp_path, name):
+    """The compact layout (bf16 COMPACT arrays, Gemma's pre-norm o and f among them) against the
+    float32 one, within test_graph's bf16 bound; kept and recomputed layers agree bit for bit."""
+    _, weights, lora, inputs, targets = gradient_case(tmp_path, name)
+    n_layer = weights.hparams.n_layer
+    runs = {}
+    for kept, keep in ((np.float32, 0), (BF16, n_layer), (BF16, 0)):
+        grads = Grads.like(lora)
+        Graph(weights, lora, precision="f32", kept=np.dtype(kept)).loss_and_grads(inputs, targets, grads,
+                                                                                  keep_layers=keep)
+        runs[np.dtype(kept).name, keep] = grads.arrays()
+    exact, compact, recomputed = runs["float32", 0], runs["uint16", n_layer], runs["uint16", 0]
+    for tensor, g in exact.items():
+        np.testing.assert_array_equal(compact[tensor], recomputed[tensor])
+        assert np.abs(compact[tensor] - g).max() <= BF16_ROUNDING * np.abs(g).max(), tensor
 
 
 def test_unknown_architecture_names_the_supported_ones(tmp_path):
@@ -115,20 +137,23 @@ def test_kv_cache_decode_equals_the_full_forward_across_the_window(tmp_path):
     np.testing.assert_allclose(np.concatenate(steps), full, rtol=0, atol=1e-4 * full.std())
 
 
+@pytest.mark.parametrize("precision", ["f32", "auto"])
 @pytest.mark.parametrize("name", CASES)
-def test_the_plan_sizes_exactly_what_a_layer_keeps(tmp_path, name):
-    """The memory plan reads Block.kept_shapes; a real forward's Saved record must hold exactly that."""
+def test_the_plan_sizes_exactly_what_a_layer_keeps(tmp_path, name, precision):
+    """The memory plan reads Block.kept_layout; a real forward's Saved record must hold exactly that
+    (float32 layout with --precision f32, the bf16 compact one otherwise)."""
     weights = read_model_gguf(write_case(tmp_path, name))
     ranks = {"attn_q": 3, "attn_k": 2, "ffn_up": 4, "attn_norm": 1}
     lora = init_lora(weights, ranks, alpha=1.0, seed=0)
-    graph = Graph(weights, lora, precision="f32")
+    graph = Graph(weights, lora, precision=precision)
     B, S = 2, 5
     x = np.random.default_rng(0).standard_normal((B * S, weights.hparams.n_embd)).astype(np.float32)
     _, saved = graph.block.forward(0, x, Tokens.rows(B, S), keep=True)
     kept = saved.arrays()
-    declared = Block(weights, None, None).kept_shapes(B, S)
-    assert {k: v.shape for k, v in kept.items() if not k.startswith("z:")} == declared
-    assert sum(v.nbytes for v in kept.values()) == layer_intermediates(weights, B, S, ranks)
+    declared = {k: (v.shape, v.dtype) for k, v in graph.block.kept_layout(B, S).items()}
+    assert {k: (v.shape, v.dtype) for k, v in kept.items() if not k.startswith("z:")} == declared
+    assert (kept["gate"].dtype == BF16) == (precision != "f32")
+    assert sum(v.nbytes for v in kept.values()) == layer_intermediates(weights, B, S, ranks, precision)
 
 
 def test_quantized_family_model_trains_without_nan(tmp_path):

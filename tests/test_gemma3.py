@@ -82,7 +82,8 @@ def test_heldout_perplexity_within_one_percent_of_llama_cpp(gemma3, golden):
 PLAN_CHILD = """
 import json, sys, ggtune
 r = ggtune.finetune(sys.argv[1], sys.argv[2], lora_out=sys.argv[3], checkpoint_in="", checkpoint_out="",
-                    ctx=64, batch=4, lora_r=4, adam_iter=1, warmup=0, verbose=False, keep_layers=int(sys.argv[4]))
+                    ctx=64, batch=4, lora_r=4, adam_iter=1, warmup=0, verbose=False,
+                    keep_layers=None if sys.argv[4] == "auto" else int(sys.argv[4]))
 print(json.dumps({"plan": r.memory_plan_bytes, "peak": r.peak_rss_bytes}))
 """
 
@@ -97,9 +98,27 @@ def measured_plan(model_path, tmp_path, keep_layers):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, keep_layers", [("smollm2", 0), ("smollm2", 30), ("gemma3", 0), ("gemma3", 18)])
+@pytest.mark.parametrize("model, keep_layers", [("smollm2", 0), ("smollm2", 30), ("smollm2", "auto"), ("gemma3", 0),
+                                                ("gemma3", 18), ("gemma3", "auto")])
 def test_memory_plan_predicts_the_peak_rss(model, keep_layers, tmp_path, request):
-    """Each run in its own process, so the peak is this run's; the plan within 20% of it."""
+    """Each run in its own process, so the peak is this run's; the plan within 20% of it (kept layers
+    in the compact layout, bfloat16 at the default precision; "auto": as many as the budget allows)."""
     path = request.getfixturevalue("smollm2_path" if model == "smollm2" else "gemma3_path")
     got = measured_plan(path, tmp_path, keep_layers)
     assert 0.8 <= got["peak"] / got["plan"] <= 1.2, got
+
+
+@pytest.mark.slow
+def test_default_memory_plan_keeps_no_layer(gemma3_path, monkeypatch):
+    """Gemma 3's 262k-token head alone plans ~300 MiB at ctx 128 batch 8: the default budget has no
+    room for a kept layer, and the plan is the all-recompute one, said so in its last line."""
+    from ggtune import memory
+    from ggtune.gguf_io import read_model_gguf
+    from test_memory import default_plan_args
+
+    monkeypatch.setattr(memory, "machine_memory", lambda: (2**40, 2**40))
+    weights = read_model_gguf(gemma3_path)
+    plan = memory.plan_memory(weights, **default_plan_args(weights))
+    assert plan.kept_layers == 0 and "above the memory budget" in plan.why
+    assert plan.total == memory.plan_memory(weights, **dict(default_plan_args(weights), keep_layers=0)).total
+    assert plan.total < 1000 * 2**20

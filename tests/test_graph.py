@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
+from ggtune.block import BF16
 from ggtune.gguf_io import read_model_gguf
 from ggtune.graph import Graph, Grads
 from ggtune.lora import init_lora
@@ -97,19 +98,71 @@ def test_mixed_ranks_within_shared_input_groups(tmp_path):
     finite_difference_check(*case, checkpointing=True)
 
 
-def test_checkpointing_gives_the_same_gradients(tmp_path):
+@pytest.mark.parametrize("kept", [np.float32, BF16], ids=["f32", "bf16"])
+def test_checkpointing_gives_the_same_gradients(tmp_path, kept):
+    """A recomputed layer rounds its compact arrays as a kept one stores them: equal, bit for bit."""
     path, weights, lora, inputs, targets = make_case(tmp_path, T.Q4_1, 2, False, ALL_RANKS)
     results = []
     # full recompute, none, and the last layer kept (make_case has 2 layers)
     for checkpointing, keep in ((True, 0), (False, 0), (True, 1)):
         grads = Grads.like(lora)
-        loss, _ = Graph(weights, lora, precision="f32").loss_and_grads(
+        loss, _ = Graph(weights, lora, precision="f32", kept=np.dtype(kept)).loss_and_grads(
             inputs, targets, grads, checkpointing=checkpointing, keep_layers=keep)
         results.append((loss, grads.arrays()))
     for loss, arrays in results[1:]:
         assert loss == results[0][0]
         for name, g in results[0][1].items():
             np.testing.assert_array_equal(g, arrays[name])
+
+
+# Compact kept activations (block.COMPACT as bfloat16, the default but with --precision f32): each
+# stored element moves by at most u = 2^-8 of itself. A LoRA gradient of a 2-layer model reads the
+# rounded arrays through at most 4 sequential steps per layer (gate/up, x1 into h2 and the ffn norm,
+# att, v), 8 in all, and an RMS norm's backward can double an error (two terms, each as large as
+# its input): to first order at most 16 u = 6.3% of the gradient's scale, its tensor's largest
+# |gradient|. Measured (these cases): worst element 1.2-1.7% of its scale, the whole gradient
+# 0.4-0.5% from the float32-kept one.
+BF16_ROUNDING = 16 * 2.0 ** -8
+
+
+def compact_and_f32_gradients(weights, lora, inputs, targets):
+    out = []
+    for kept, keep in ((BF16, 2), (np.float32, 0)):  # every layer kept compact; every one recomputed in f32
+        grads = Grads.like(lora)
+        Graph(weights, lora, precision="f32", kept=np.dtype(kept)).loss_and_grads(inputs, targets, grads,
+                                                                                  keep_layers=keep)
+        out.append(grads)
+    return out
+
+
+@pytest.mark.parametrize("weight_type", [T.Q4_1, T.Q8_0], ids=lambda t: t.name)
+def test_compact_kept_gradients_match_finite_differences(tmp_path, weight_type):
+    path, weights, lora, inputs, targets = make_case(tmp_path, weight_type, n_head_kv=2, tied=False,
+                                                     ranks=ALL_RANKS, seed=3)
+    compact, _ = compact_and_f32_gradients(weights, lora, inputs, targets)
+    rng = np.random.default_rng(13)
+    for name, pair in lora.pairs.items():
+        for half in ("a", "b"):
+            param, grad = getattr(pair, half), getattr(compact.pairs[name], half)
+            scale = np.abs(grad).max()
+            for flat in rng.choice(param.size, size=min(2, param.size), replace=False):
+                idx = np.unravel_index(flat, param.shape)
+                numeric = central_difference(path, lora, param, idx, inputs, targets, 1e-3)
+                # the bf16 bound plus test_graph's float32 tolerance (2e-3 relative, 2e-5 absolute)
+                assert abs(grad[idx] - numeric) <= BF16_ROUNDING * scale + 2e-3 * abs(numeric) + 2e-5, \
+                    (name, half, idx, grad[idx], numeric, scale)
+
+
+def test_compact_kept_gradients_equal_float32_recomputed_ones(tmp_path):
+    path, weights, lora, inputs, targets = make_case(tmp_path, T.Q4_1, n_head_kv=2, tied=False, ranks=ALL_RANKS,
+                                                     seed=2)
+    compact, exact = compact_and_f32_gradients(weights, lora, inputs, targets)
+    got, want = compact.arrays(), exact.arrays()
+    for name, g in want.items():
+        assert np.abs(got[name] - g).max() <= BF16_ROUNDING * np.abs(g).max(), name
+    flat_got = np.concatenate([g.ravel() for g in got.values()])
+    flat_want = np.concatenate([g.ravel() for g in want.values()])
+    assert 0 < np.linalg.norm(flat_got - flat_want) <= BF16_ROUNDING / 4 * np.linalg.norm(flat_want)
 
 
 def test_untrained_adapter_changes_nothing(tmp_path):

@@ -12,6 +12,7 @@ import pytest
 from gguf import GGMLQuantizationType as T
 
 import ggtune
+from ggtune import trainer
 from ggtune.adapters import read_gguf_adapter
 from ggtune.checkpoint import CheckpointError, load_checkpoint
 from ggtune.graph import Graph
@@ -125,13 +126,35 @@ def test_norm_adapters_need_a_format_that_carries_them(tmp_path, model_path, tex
     assert (tmp_path / "lora-LATEST.gguf").read_bytes()[:4] == (0x67676C61).to_bytes(4, "little")
 
 
-def test_keep_layers_trains_like_full_recompute(tmp_path, model_path, text_path):
+@pytest.fixture
+def small_runtime(monkeypatch):
+    """The plan's measured runtime fixed at 50 MiB: in a long test session this process's own heap
+    (what the trainer measures) would otherwise decide how many layers the budget has room for."""
+    monkeypatch.setattr(trainer, "current_anon_rss", lambda: 50 * 2**20)
+
+
+def test_keep_layers_trains_like_full_recompute(tmp_path, model_path, text_path, small_runtime):
     """Keeping the last layers' intermediates changes the speed and the memory plan, not the result."""
-    full = run(model_path, text_path, tmp_path / "a", 2)
+    full = run(model_path, text_path, tmp_path / "a", 2, keep_layers=0)
     kept = run(model_path, text_path, tmp_path / "b", 2, keep_layers=1)
-    assert kept.losses == full.losses
+    chosen = run(model_path, text_path, tmp_path / "d", 2)  # the default budget has room for every layer
+    assert (full.kept_layers, kept.kept_layers, chosen.kept_layers) == (0, 1, 2)
+    assert kept.losses == full.losses == chosen.losses
     with pytest.raises(ValueError, match="--keep-layers: expected an integer >= 0, got -1"):
         run(model_path, text_path, tmp_path / "c", 1, keep_layers=-1)
+
+
+def test_memory_budget_is_checked_and_printed(tmp_path, model_path, text_path, capsys, small_runtime):
+    for bad in (0, -5.0, float("nan")):
+        with pytest.raises(ValueError, match=f"--memory-budget: expected a number > 0, got {bad!r}"):
+            run(model_path, text_path, tmp_path, 1, memory_budget=bad)
+    with pytest.raises(ValueError, match="--memory-budget 1: the memory plan needs .* MiB with 0 of 2 layers"):
+        run(model_path, text_path, tmp_path, 1, memory_budget=1, keep_layers=0)
+    result = run(model_path, text_path, tmp_path, 1, memory_budget=2000, verbose=True)
+    err = capsys.readouterr().err
+    assert result.kept_layers == 2
+    assert "activations kept by 2 of 2 layers" in err
+    assert "every layer keeps its activations" in err and "2000 MiB (--memory-budget)" in err
 
 
 def test_bad_data_is_refused_before_any_work(tmp_path, model_path):

@@ -9,6 +9,7 @@
 #include <string>
 
 #include "bind/arrays.h"
+#include "ops/convert.h"
 #include "parallel.h"
 #include "quant/activations.h"
 #include "quant/blocks.h"
@@ -94,8 +95,28 @@ void float_to_half(const py::array& x, int ggml_type, py::array& out) {
   if (type == GgmlType::F16) {
     for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_fp16(src[i]);
   } else {
-    for (int64_t i = 0; i < n; ++i) dst[i] = fp32_to_bf16(src[i]);
+    ops::f32_to_bf16(src, dst, n);
   }
+}
+
+// out = the BF16 bits of x: the compact form of a training layer's kept activations.
+void to_bf16(const py::array& x, py::array& out) {
+  const float* src = cdata_of<float>(x, "x", {kAny});                // [n]
+  uint16_t* dst = data_of<uint16_t>(out, "out", {dim(x, 0)}, true);  // [n]
+  const int64_t n = dim(x, 0);
+  py::gil_scoped_release release;
+  ops::f32_to_bf16(src, dst, n);
+}
+
+// out = the float32 values of BF16 bits x (exact): GGUF's BF16 rows, dequantized in chunks.
+void from_bf16(const py::array& x, py::array& out) {
+  const uint16_t* src = cdata_of<uint16_t>(x, "x", {kAny});       // [n]
+  float* dst = data_of<float>(out, "out", {dim(x, 0)}, true);     // [n]
+  const int64_t n = dim(x, 0);
+  py::gil_scoped_release release;
+  parallel_for(n, int64_t(1) << 16, [&](int64_t begin, int64_t end) {
+    dequantize_row(GgmlType::BF16, src + begin, dst + begin, end - begin);
+  });
 }
 
 // out [T, K] = x as ggml's CPU dot products see it next to a `weight_type` weight.
@@ -138,6 +159,11 @@ void bind_quant(py::module_& m) {
   m.def("float_to_half", &float_to_half, py::arg("x"), py::arg("ggml_type"), py::arg("out"),
         "out uint16 [n] = bits of float32 x [n] as F16 or BF16 (ggml_type 1 or 30), rounded "
         "to nearest even.");
+  m.def("to_bf16", &to_bf16, py::arg("x"), py::arg("out"),
+        "out uint16 [n] = bfloat16 bits of float32 x [n], rounded to nearest even (NaN stays NaN, "
+        "denormals kept), threaded.");
+  m.def("from_bf16", &from_bf16, py::arg("x"), py::arg("out"),
+        "out float32 [n] = the exact values of bfloat16 bits x uint16 [n], threaded.");
 }
 
 }  // namespace ggtune::bind

@@ -25,6 +25,7 @@ InferenceLinears at inference), which adds the LoRA terms s·(x·Aᵀ)·Bᵀ.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from typing import Optional
 
@@ -34,10 +35,38 @@ from .architecture import Architecture
 from .names import tensor_name
 
 F32 = 4
+BF16 = np.dtype(np.uint16)  # bfloat16 bits (_core.to_bf16 / from_bf16): a kept array's compact form
+
+# The kept arrays stored as bfloat16 in the compact layout (relative rounding <= 2^-8 per element).
+# Each enters the backward only through sums over many tokens or features (the LoRA factor
+# gradients, the norm backward's row mean, the attention backward's dO·Vᵀ and row deltas), so the
+# rounding averages out: measured on SmolLM2 (docs/design.md, "Memory"), the LoRA gradients move by
+# less than the int8 matmul engine moves them. q and k stay float32: the attention backward
+# recomputes softmax(q·kᵀ - lse) against the forward's float32 lse, where a rounded score would
+# shift every probability of its row.
+COMPACT = ("v", "att", "x1", "gate", "up", "o", "f")
 
 
 def empty(*shape: int) -> np.ndarray:
     return np.empty(shape, np.float32)
+
+
+def kept_dtype(precision: str) -> np.dtype:
+    """The dtype of the COMPACT kept arrays: float32 when the matmuls are asked for exact f32
+    (gradient checks, --precision f32), bfloat16 bits otherwise."""
+    return np.dtype(np.float32) if precision == "f32" else BF16
+
+
+@dataclass(frozen=True)
+class Kept:
+    """One array of a layer's Saved record as the memory plan sees it."""
+
+    shape: tuple[int, ...]
+    dtype: np.dtype
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
 
 
 @dataclass
@@ -85,23 +114,21 @@ class Tokens:
 
 @dataclass
 class Saved:
-    """What one layer's forward keeps for its backward (None where the family has no such step).
-    Every array counts in the memory plan: memory.py sizes this record from Block.kept_shapes."""
+    """What one layer's forward keeps for its backward (None where the family has no such step):
+    only what the cheap kernels cannot rederive. The backward recomputes h = rms_norm(x),
+    h2 = rms_norm(x1) (with their rstd) and act(gate, up); the COMPACT arrays may be bfloat16 bits
+    (Block.kept_dtype). Every array but x counts in the memory plan: memory.py sizes this record from
+    Block.kept_layout; x is the layer's input, which the graph keeps for every layer anyway."""
 
-    x: np.ndarray  # [T, C] layer input
-    h: np.ndarray  # [T, C] rms_norm(x)
-    rstd1: np.ndarray  # [T]
+    x: np.ndarray  # [T, C] layer input (float32: the residual stream)
     q: np.ndarray  # [T, Hq*D] after norm and rope
     k: np.ndarray  # [T, Hkv*D]
     v: np.ndarray  # [T, Hkv*D]
     att: np.ndarray  # [T, Hq*D] attention output
     lse: np.ndarray  # [B, Hq, S]
     x1: np.ndarray  # [T, C] after the attention residual
-    h2: np.ndarray  # [T, C] rms_norm(x1)
-    rstd2: np.ndarray  # [T]
     gate: np.ndarray  # [T, F]
     up: np.ndarray  # [T, F]
-    act: np.ndarray  # [T, F]
     q_raw: Optional[np.ndarray] = None  # [T, Hq*D] before the q norm (qk_norm)
     rstd_q: Optional[np.ndarray] = None  # [T*Hq]
     k_raw: Optional[np.ndarray] = None  # [T, Hkv*D]
@@ -120,7 +147,7 @@ class Saved:
     def arrays(self) -> dict[str, np.ndarray]:
         """The sized arrays by field name (the memory plan's view of this record)."""
         out = {f.name: getattr(self, f.name) for f in fields(self)
-               if f.name not in ("z", "w_an", "w_fn", "tokens", "first_key") and getattr(self, f.name) is not None}
+               if f.name not in ("x", "z", "w_an", "w_fn", "tokens", "first_key") and getattr(self, f.name) is not None}
         out.update({f"z:{name}": z for name, z in self.z.items() if z is not None})
         return out
 
@@ -147,7 +174,7 @@ class Block:
     """Forward and backward of layer `li` of a model (gguf_io.ModelWeights)."""
 
     def __init__(self, weights, linears, kernels, *, round_kv_f16: bool = False, ggml_gelu: bool = False,
-                 attention_tiles: str = "f32"):
+                 attention_tiles: str = "f32", kept: np.dtype = np.dtype(np.float32)):
         self.weights = weights
         self.arch: Architecture = weights.arch
         self.lin = linears
@@ -156,32 +183,39 @@ class Block:
         self.round_kv_f16 = round_kv_f16
         self.ggml_gelu = ggml_gelu
         self.attention_tiles = attention_tiles  # "f32" or "bf16", see attention_tiles()
+        self.kept_dtype = np.dtype(kept)  # of the COMPACT arrays (kept_dtype(precision))
 
     # ---------------------------------------------------------------- what a layer keeps
-    def kept_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
-        """Shapes of the Saved arrays of one layer (without the LoRA z, see memory.py)."""
+    def kept_layout(self, B: int, S: int) -> dict[str, Kept]:
+        """Shape and dtype of each Saved array of one layer (without x, the layer input, and the
+        LoRA z, see memory.py)."""
         hp, fam = self.arch.hp, self.arch.family
         T, C, F, Q, KV = B * S, hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
-        shapes = dict(x=(T, C), h=(T, C), rstd1=(T,), q=(T, Q), k=(T, KV), v=(T, KV), att=(T, Q),
-                      lse=(B, hp.n_head, S), x1=(T, C), h2=(T, C), rstd2=(T,), gate=(T, F), up=(T, F),
-                      act=(T, F))
+        shapes = dict(q=(T, Q), k=(T, KV), v=(T, KV), att=(T, Q), lse=(B, hp.n_head, S), x1=(T, C),
+                      gate=(T, F), up=(T, F))
         if fam.qk_norm:
             shapes.update(q_raw=(T, Q), rstd_q=(T * hp.n_head,), k_raw=(T, KV), rstd_k=(T * hp.n_head_kv,))
         if fam.post_norms:
             shapes.update(o=(T, C), rstd_o=(T,), f=(T, C), rstd_f=(T,))
-        return shapes
+        f32 = np.dtype(np.float32)
+        return {name: Kept(shape, self.kept_dtype if name in COMPACT else f32) for name, shape in shapes.items()}
 
-    def backward_temporary_shapes(self, B: int, S: int) -> dict[str, tuple[int, ...]]:
-        """Largest set of gradient buffers alive at once inside backward()."""
+    def backward_temporary_layout(self, B: int, S: int) -> dict[str, Kept]:
+        """Largest set of float32 buffers alive at once inside backward(): the gradients, the
+        recomputed h, h2, act (and their rstd), and the float32 copies of the COMPACT arrays."""
         hp, fam = self.arch.hp, self.arch.family
         T, C, F, Q, KV = B * S, hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
         shapes = dict(dx2=(T, C), dx1=(T, C), datt=(T, Q), dq=(T, Q), dk=(T, KV), dv=(T, KV), dh=(T, C),
-                      dx=(T, C), dact=(T, F), dgate=(T, F), dup=(T, F))
+                      dx=(T, C), dact=(T, F), dgate=(T, F), dup=(T, F), h=(T, C), rstd1=(T,), h2=(T, C),
+                      rstd2=(T,), act=(T, F))
         if fam.post_norms:
             shapes.update(df=(T, C), do=(T, C))
         if fam.qk_norm:
             shapes.update(dq_raw=(T, Q), dk_raw=(T, KV))
-        return shapes
+        if self.kept_dtype != np.float32:
+            shapes.update({f"{name} (f32)": kept.shape for name, kept in self.kept_layout(B, S).items()
+                           if name in COMPACT})
+        return {name: Kept(shape, np.dtype(np.float32)) for name, shape in shapes.items()}
 
     # ---------------------------------------------------------------- forward
     def forward(self, li: int, x: np.ndarray, tokens: Tokens, *, keep: bool = False, cache=None):
@@ -228,11 +262,7 @@ class Block:
         w_fn = lin.norm_weight(layer.norms["ffn_norm"], name("ffn_norm"))
         h2, rstd2 = self._rms_norm(x1, w_fn)
         (gate, zg), (up, zu) = lin.forward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")])
-        act = empty(T, hp.n_ff)
-        if fam.activation == "geglu":
-            (kn.geglu_ggml_forward if self.ggml_gelu else kn.geglu_forward)(gate, up, act)
-        else:
-            kn.swiglu_forward(gate, up, act)
+        act = self._gate_forward(gate, up)
         f, zd = lin.forward(act, [(layer.matrices["ffn_down"], name("ffn_down"))])[0]
         f_raw = rstd_f = None
         if fam.post_norms:
@@ -244,63 +274,76 @@ class Block:
             return x2, None
         z = {name(kd): zz for kd, zz in zip(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
                                               "ffn_down"), (zq, zk, zv, zo, zg, zu, zd))}
-        return x2, Saved(x=x, h=h, rstd1=rstd1, q=q, k=k, v=v, att=att, lse=lse, x1=x1, h2=h2, rstd2=rstd2,
-                         gate=gate, up=up, act=act, q_raw=q_raw, rstd_q=rstd_q, k_raw=k_raw, rstd_k=rstd_k,
-                         o=o_raw, rstd_o=rstd_o, f=f_raw, rstd_f=rstd_f, z=z, w_an=w_an, w_fn=w_fn,
-                         tokens=tokens, first_key=first_key)
+        saved = Saved(x=x, q=q, k=k, v=v, att=att, lse=lse, x1=x1, gate=gate, up=up, q_raw=q_raw, rstd_q=rstd_q,
+                      k_raw=k_raw, rstd_k=rstd_k, o=o_raw, rstd_o=rstd_o, f=f_raw, rstd_f=rstd_f, z=z, w_an=w_an,
+                      w_fn=w_fn, tokens=tokens, first_key=first_key)
+        for kept in COMPACT:
+            setattr(saved, kept, self._compact(getattr(saved, kept)))
+        return x2, saved
 
     # ---------------------------------------------------------------- backward
     def backward(self, li: int, s: Saved, dx2: np.ndarray, grads) -> np.ndarray:
-        """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]; LoRA gradients add into grads."""
+        """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]; LoRA gradients add into grads.
+        Reads the Saved record as the forward left it (compact arrays widened here, one at a
+        time) and recomputes h, h2 and act with the forward's kernels."""
         arch, hp, fam, lin, kn = self.arch, self.arch.hp, self.arch.family, self.lin, self.k
         layer = self.weights.layers[li]
         tokens = s.tokens
         B, S, T = tokens.B, tokens.S, tokens.T
         Hq, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
         name = lambda kind: tensor_name(kind, li)  # noqa: E731
+        f32 = self._widen
         # feed-forward: x2 = x1 + post_norm(down(act(gate(h2), up(h2)))), h2 = norm(x1)
         df = dx2
         if fam.post_norms:
-            df = self._norm_backward(dx2, s.f, layer.norms["post_ffw_norm"], s.rstd_f)
+            df = self._norm_backward(dx2, f32(s.f), layer.norms["post_ffw_norm"], s.rstd_f)
+        gate, up = f32(s.gate), f32(s.up)
+        act = self._gate_forward(gate, up)
         dact = empty(T, hp.n_ff)
-        lin.backward(s.act, [(layer.matrices["ffn_down"], name("ffn_down"))], [df], [s.z[name("ffn_down")]],
+        lin.backward(act, [(layer.matrices["ffn_down"], name("ffn_down"))], [df], [s.z[name("ffn_down")]],
                      grads, dact)
+        del act
         dgate, dup = empty(T, hp.n_ff), empty(T, hp.n_ff)
-        (kn.geglu_backward if fam.activation == "geglu" else kn.swiglu_backward)(dact, s.gate, s.up, dgate, dup)
-        del dact
+        (kn.geglu_backward if fam.activation == "geglu" else kn.swiglu_backward)(dact, gate, up, dgate, dup)
+        del dact, gate, up
+        x1 = f32(s.x1)
+        h2, rstd2 = self._rms_norm(x1, s.w_fn)
         dh2 = empty(T, hp.n_embd)
-        lin.backward(s.h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")], [dgate, dup],
+        lin.backward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")], [dgate, dup],
                      [s.z[name("ffn_gate")], s.z[name("ffn_up")]], grads, dh2)
-        del dgate, dup
-        dx1 = self._norm_backward(dh2, s.x1, s.w_fn, s.rstd2, name("ffn_norm"), grads)
+        del dgate, dup, h2
+        dx1 = self._norm_backward(dh2, x1, s.w_fn, rstd2, name("ffn_norm"), grads)
+        del dh2, x1
         kn.add(dx1, dx2, dx1)
         # attention: x1 = x + post_norm(wo(attention(rope(norm(wq h)), rope(norm(wk h)), wv h)))
         do = dx1
         if fam.post_norms:
-            do = self._norm_backward(dx1, s.o, layer.norms["post_attention_norm"], s.rstd_o)
+            do = self._norm_backward(dx1, f32(s.o), layer.norms["post_attention_norm"], s.rstd_o)
+        att = f32(s.att)
         datt = empty(T, Hq * D)
-        lin.backward(s.att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
+        lin.backward(att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
                      [s.z[name("attn_output")]], grads, datt)
         dq, dk, dv = empty(T, Hq * D), empty(T, Hkv * D), empty(T, Hkv * D)
-        kn.attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
-                              s.v.reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse, arch.attention_scale,
-                              dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D), dv.reshape(B, S, Hkv, D),
-                              first_key=s.first_key, tiles=self.attention_tiles)
-        del datt
+        kn.attention_backward(datt.reshape(B, S, Hq, D), f32(s.q).reshape(B, S, Hq, D), f32(s.k).reshape(B, S, Hkv, D),
+                              f32(s.v).reshape(B, S, Hkv, D), att.reshape(B, S, Hq, D), s.lse,
+                              arch.attention_scale, dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D),
+                              dv.reshape(B, S, Hkv, D), first_key=s.first_key, tiles=self.attention_tiles)
+        del datt, att
         rope, pos = arch.rope(li), tokens.positions.reshape(T)
         rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)
         rope.apply(kn, dk.reshape(T, Hkv, D), pos, backward=True)
         if fam.qk_norm:
-            dq = self._norm_backward(dq.reshape(T * Hq, D), s.q_raw.reshape(T * Hq, D),
+            dq = self._norm_backward(dq.reshape(T * Hq, D), f32(s.q_raw).reshape(T * Hq, D),
                                      layer.norms["attn_q_norm"], s.rstd_q).reshape(T, Hq * D)
-            dk = self._norm_backward(dk.reshape(T * Hkv, D), s.k_raw.reshape(T * Hkv, D),
+            dk = self._norm_backward(dk.reshape(T * Hkv, D), f32(s.k_raw).reshape(T * Hkv, D),
                                      layer.norms["attn_k_norm"], s.rstd_k).reshape(T, Hkv * D)
         # q/k/v biases are frozen: their gradient is not needed, and dy passes through unchanged
+        h, rstd1 = self._rms_norm(s.x, s.w_an)
         dh = empty(T, hp.n_embd)
-        lin.backward(s.h, [(layer.matrices[kd], name(kd)) for kd in ("attn_q", "attn_k", "attn_v")],
+        lin.backward(h, [(layer.matrices[kd], name(kd)) for kd in ("attn_q", "attn_k", "attn_v")],
                      [dq, dk, dv], [s.z[name(kd)] for kd in ("attn_q", "attn_k", "attn_v")], grads, dh)
-        del dq, dk, dv
-        dx = self._norm_backward(dh, s.x, s.w_an, s.rstd1, name("attn_norm"), grads)
+        del dq, dk, dv, h
+        dx = self._norm_backward(dh, s.x, s.w_an, rstd1, name("attn_norm"), grads)
         kn.add(dx, dx1, dx)
         return dx
 
@@ -310,6 +353,31 @@ class Block:
         out, rstd = empty(*x.shape), empty(x.shape[0])
         self.k.rms_norm_forward(x, weight, self.arch.hp.rms_eps, out, rstd)
         return out, rstd
+
+    def _gate_forward(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
+        """act(gate)·up [T, F]: SwiGLU or GELU-tanh (the latter through ggml's table when asked)."""
+        act = empty(*gate.shape)
+        if self.arch.family.activation == "geglu":
+            (self.k.geglu_ggml_forward if self.ggml_gelu else self.k.geglu_forward)(gate, up, act)
+        else:
+            self.k.swiglu_forward(gate, up, act)
+        return act
+
+    def _compact(self, a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+        """A COMPACT array as the layer keeps it: its bfloat16 bits, or itself when kept as float32."""
+        if a is None or self.kept_dtype == np.float32:
+            return a
+        out = np.empty(a.shape, BF16)
+        self.k.to_bf16(a.reshape(-1), out.reshape(-1))
+        return out
+
+    def _widen(self, a: np.ndarray) -> np.ndarray:
+        """The float32 values of a kept array (a fresh copy of bfloat16 bits, else the array)."""
+        if a.dtype == np.float32:
+            return a
+        out = np.empty(a.shape, np.float32)
+        self.k.from_bf16(a.reshape(-1), out.reshape(-1))
+        return out
 
     def _norm_backward(self, dout, x, weight, rstd, name: Optional[str] = None, grads=None) -> np.ndarray:
         """dL/dx of out = rms_norm(x)·weight; the weight's gradient goes to its adapter, if it has one."""

@@ -13,7 +13,9 @@ layers with gradient checkpointing.
 
 Memory: with gradient checkpointing only each layer's input x [T, C] is kept through the
 forward; the backward recomputes one layer at a time (but for the last keep_layers layers, which
-keep their intermediates: a trade of memory for speed). The loss head runs over row chunks so
+keep their compact intermediates, block.Saved: a trade of memory for speed, chosen by memory.py).
+A kept layer and a recomputed one give the backward the same values (the recompute rounds its
+compact arrays the same way), so keep_layers changes speed and memory, never the gradients. The loss head runs over row chunks so
 the [T, V] logits never sit in memory at once; forward and backward of the head are fused
 (the chunk's logits become its gradient in place).
 """
@@ -25,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .block import Block, Tokens, attention_tiles, empty as _empty
+from .block import Block, Tokens, attention_tiles, empty as _empty, kept_dtype
 from .lora import LoraSet, flat_arrays
 
 
@@ -191,7 +193,7 @@ class Graph:
     """Forward / backward over one batch for a loaded model and a LoRA set."""
 
     def __init__(self, weights, lora: LoraSet, *, precision: str = "auto", head_chunk: int = 256,
-                 kernels=_core):
+                 kernels=_core, kept=None):
         self.k = kernels  # ggtune._core, or profile.Profiler.wrap(ggtune._core) to time every call
         self.model = weights  # gguf_io.ModelWeights
         self.hp = weights.hparams
@@ -199,7 +201,9 @@ class Graph:
         self.precision = precision
         self.head_chunk = head_chunk
         self.linears = LoraLinears(lora, kernels, precision)
-        self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision, weights))
+        # dtype of the compact kept activations (block.COMPACT); None: the precision's (kept_dtype)
+        self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision, weights),
+                           kept=kept_dtype(precision) if kept is None else kept)
 
     # ----------------------------------------------------------------- embeddings and head
     @property

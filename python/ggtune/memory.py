@@ -1,22 +1,26 @@
 """Memory plan of a training run, computed from the shapes before anything is allocated.
 
-Every figure is bytes. The plan is derived from what the block declares (block.Block.kept_shapes:
-the arrays of its Saved record, which a test checks against a real forward; backward_temporary_shapes),
-so it follows the family: with gradient checkpointing the forward keeps one [T, C] input per layer
-and the backward holds one layer's intermediates at a time; the loss head holds one [chunk, V]
-logits block.
+Every figure is bytes. The plan is derived from what the block declares (block.Block.kept_layout:
+the arrays of its Saved record with their dtypes, which a test checks against a real forward;
+backward_temporary_layout), so it follows the family and the compact layout: the forward keeps
+every layer's [T, C] input; a layer that keeps its activations (the last `kept` ones) holds its
+Saved record from the forward to its backward, the others are recomputed one at a time in the
+backward; the loss head holds one [chunk, V] logits block.
+
+How many layers keep their activations: --keep-layers when given, every layer without gradient
+checkpointing, else the most whose plan stays within the memory budget (choose_kept_layers).
 """
 
 from __future__ import annotations
 
-import math
 import os
 import resource
 from dataclasses import dataclass
 
 from . import _core
-from .block import Block
+from .block import Block, kept_dtype
 from .names import MATRIX_KINDS
+from .options import DEFAULT_BUDGET_MIB
 
 F32 = 4
 
@@ -26,9 +30,13 @@ class MemoryPlan:
     runtime: int          # measured before training: interpreter, libraries, tokenizer, data (not the map)
     weights: int          # the mapped base model (resident once its pages are touched)
     lora: int             # LoRA parameters, gradients and Adam's two moments
-    activations: int      # what the graph keeps between forward and backward
-    checkpoints: int      # per-layer inputs kept by gradient checkpointing
+    activations: int      # what the layers that keep their activations hold between forward and backward
+    checkpoints: int      # every layer's input [T, C], kept through the forward
     work: int             # one layer's recompute + backward temporaries, the head's logits chunk
+    kept_layers: int = 0  # layers that keep their activations (the last ones); the others are recomputed
+    n_layer: int = 0
+    per_layer: int = 0    # bytes of one layer's kept activations
+    why: str = ""         # how kept_layers was chosen, for the printed plan
 
     @property
     def total(self) -> int:
@@ -38,12 +46,14 @@ class MemoryPlan:
         rows = [("runtime: interpreter, tokenizer, data (measured)", self.runtime),
                 ("base weights (memory-mapped, stay quantized)", self.weights),
                 ("LoRA parameters + gradients + Adam moments", self.lora),
-                ("activations kept for the backward", self.activations),
-                ("gradient-checkpoint buffers (layer inputs)", self.checkpoints),
+                (f"activations kept by {self.kept_layers} of {self.n_layer} layers", self.activations),
+                ("layer inputs (one [tokens, n_embd] per layer)", self.checkpoints),
                 ("work buffers (one layer, loss-head chunk)", self.work)]
         out = ["memory plan:"]
         out += [f"  {label:<46} {mib(size):>10}" for label, size in rows]
         out.append(f"  {'total (expected peak RSS)':<46} {mib(self.total):>10}")
+        if self.why:
+            out.append(f"  {self.why}")
         return out
 
 
@@ -51,46 +61,88 @@ def mib(n: int) -> str:
     return f"{n / 2**20:8.1f} MiB"
 
 
-def _bytes(shapes: dict[str, tuple[int, ...]]) -> int:
-    return sum(math.prod(shape) for shape in shapes.values()) * F32
+def _bytes(layout) -> int:
+    return sum(kept.nbytes for kept in layout.values())
 
 
-def layer_intermediates(weights, n_batch: int, n_ctx: int, lora_ranks: dict[str, int] | None = None) -> int:
-    """Bytes one layer's Saved record holds (Block.forward with keep=True), LoRA z = x·Aᵀ included."""
+def layer_intermediates(weights, n_batch: int, n_ctx: int, lora_ranks: dict[str, int] | None = None,
+                        precision: str = "f32") -> int:
+    """Bytes one layer's Saved record holds (Block.forward with keep=True), LoRA z = x·Aᵀ included,
+    the layer input x not (the graph keeps it for every layer)."""
     rank_sum = sum(r for kind, r in (lora_ranks or {}).items() if kind in MATRIX_KINDS)
-    return _bytes(Block(weights, None, None).kept_shapes(n_batch, n_ctx)) + n_batch * n_ctx * rank_sum * F32
+    block = Block(weights, None, None, kept=kept_dtype(precision))
+    return _bytes(block.kept_layout(n_batch, n_ctx)) + n_batch * n_ctx * rank_sum * F32
 
 
-def layer_backward_temporaries(weights, n_batch: int, n_ctx: int) -> int:
-    """Peak bytes of gradient temporaries inside Block.backward, with the attention backward's
+def layer_backward_temporaries(weights, n_batch: int, n_ctx: int, precision: str = "f32") -> int:
+    """Peak bytes of float32 temporaries inside Block.backward, with the attention backward's
     scratch (q and dout transposed, partial dq per key chunk) as the kernel sizes it."""
     hp = weights.hparams
     attention_scratch = _core.attention_backward_scratch_bytes(n_batch, n_ctx, n_ctx, hp.n_head,
                                                                hp.n_head_kv, hp.head_dim)
-    return _bytes(Block(weights, None, None).backward_temporary_shapes(n_batch, n_ctx)) + attention_scratch
+    block = Block(weights, None, None, kept=kept_dtype(precision))
+    return _bytes(block.backward_temporary_layout(n_batch, n_ctx)) + attention_scratch
 
 
 def plan_memory(weights, n_lora_params: int, n_ctx: int, n_batch: int, *, checkpointing: bool,
-                head_chunk: int, runtime_bytes: int, keep_layers: int = 0,
-                lora_ranks: dict[str, int] | None = None) -> MemoryPlan:
+                head_chunk: int, runtime_bytes: int, keep_layers: int | None = 0,
+                lora_ranks: dict[str, int] | None = None, precision: str = "f32",
+                budget_mib: float | None = None) -> MemoryPlan:
+    """The plan of a run. keep_layers None: choose_kept_layers within budget_mib (None: the
+    default budget, a target only); an explicit budget_mib is also a limit the plan must keep."""
     hp = weights.hparams
     tokens = n_ctx * n_batch
-    per_layer = layer_intermediates(weights, n_batch, n_ctx, lora_ranks)
-    residual = tokens * hp.n_embd * F32
+    per_layer = layer_intermediates(weights, n_batch, n_ctx, lora_ranks, precision)
     head = (min(head_chunk, tokens) * hp.n_vocab + 3 * tokens * hp.n_embd) * F32  # logits, h, dh, dx
     # The int8 matmul keeps its largest Q8 copy of an input (1 byte + 2 float scales per 32):
     # the head's logits gradient, a chunk x V.
     head += min(head_chunk, tokens) * hp.n_vocab * 5 // 4
+    work = layer_backward_temporaries(weights, n_batch, n_ctx, precision) + head
     if checkpointing:
+        work += per_layer  # the recomputed layer's Saved record
+    plan = MemoryPlan(runtime=runtime_bytes, weights=os.path.getsize(weights.path),
+                      lora=4 * n_lora_params * F32, activations=0,
+                      checkpoints=hp.n_layer * tokens * hp.n_embd * F32, work=work, n_layer=hp.n_layer,
+                      per_layer=per_layer)
+    if not checkpointing:
+        kept, why = hp.n_layer, "every layer keeps its activations (--no-checkpointing)"
+    elif keep_layers is not None:
         kept = min(keep_layers, hp.n_layer)
-        activations, checkpoints = kept * per_layer, (hp.n_layer - kept) * residual
-        work = per_layer + layer_backward_temporaries(weights, n_batch, n_ctx) + head
+        why = f"{kept} of {hp.n_layer} layers keep their activations (--keep-layers {keep_layers})"
     else:
-        activations, checkpoints = hp.n_layer * per_layer, 0
-        work = layer_backward_temporaries(weights, n_batch, n_ctx) + head
-    return MemoryPlan(runtime=runtime_bytes, weights=os.path.getsize(weights.path),
-                      lora=4 * n_lora_params * F32, activations=activations,
-                      checkpoints=checkpoints, work=work)
+        kept, why = choose_kept_layers(plan, budget_mib)
+    plan.kept_layers, plan.activations, plan.why = kept, kept * per_layer, why
+    if budget_mib is not None and plan.total > budget_mib * 2**20:
+        raise ValueError(f"--memory-budget {budget_mib:g}: the memory plan needs {mib(plan.total).strip()} "
+                         f"with {kept} of {hp.n_layer} layers keeping their activations; raise the budget or "
+                         "lower --batch or --ctx" + (" or --keep-layers" if kept else ""))
+    return plan
+
+
+def choose_kept_layers(plan: MemoryPlan, budget_mib: float | None) -> tuple[int, str]:
+    """(layers, reason): the most layers that can keep their activations (from the last one down)
+    with the plan's total within the budget and what check_fits lets this machine hold. `plan` is
+    the plan with none kept; each kept layer adds plan.per_layer."""
+    budget = (DEFAULT_BUDGET_MIB if budget_mib is None else budget_mib) * 2**20
+    available, physical = machine_memory()
+    machine = min(physical, available + plan.runtime + plan.weights)  # check_fits' two limits
+    limit, what = (budget, "the memory budget") if budget <= machine else (machine, "this machine's memory")
+    room = limit - plan.total
+    kept = 0 if room <= 0 or plan.per_layer <= 0 else min(plan.n_layer, int(room // plan.per_layer))
+    size = f"{mib(plan.per_layer).strip()} each"
+    source = f"{budget / 2**20:g} MiB" + (" (--memory-budget)" if budget_mib is not None else
+                                          " (the default --memory-budget)")
+    if what != "the memory budget":
+        source = f"{mib(limit).strip()} available"
+    if kept == plan.n_layer:
+        return kept, f"every layer keeps its activations ({size}): the whole plan fits {what}, {source}"
+    recomputed = f"the other {plan.n_layer - kept} are recomputed in the backward"
+    if kept == 0:
+        over = "the plan is above" if room <= 0 else "one layer's would take the plan past"
+        return 0, (f"no layer keeps its activations ({size}), each is recomputed in the backward: "
+                   f"{over} {what}, {source}")
+    return kept, (f"{kept} of {plan.n_layer} layers keep their activations ({size}), {recomputed}: "
+                  f"the most that fit {what}, {source}")
 
 
 def peak_rss() -> int:

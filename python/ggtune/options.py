@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+DEFAULT_BUDGET_MIB = 750  # memory.py's default: SmolLM2's default run keeps all 30 layers within issue 12's 800 MB
+
 
 def _opt(default, help: str, *aliases: str, negation: str | None = None, flag: str | None = None):
     """A dataclass field carrying its command-line spelling."""
@@ -70,9 +72,14 @@ class FinetuneOptions:
                                  "compatibility)", negation="--no-flash")
     use_checkpointing: bool = _opt(True, "gradient checkpointing (recompute each layer in the backward)",
                                    negation="--no-checkpointing")
-    keep_layers: int = _opt(0, "ggtune: with checkpointing, keep the last N layers' intermediates instead of "
-                               "recomputing them (faster; each costs one layer's activations, shown in the "
-                               "memory plan)")
+    keep_layers: int | None = _opt(None, "ggtune: with checkpointing, keep the last N layers' activations "
+                                         "instead of recomputing them (faster; each costs one layer's "
+                                         "activations, shown in the memory plan); default: as many as "
+                                         "--memory-budget has room for")
+    memory_budget: float | None = _opt(None, "ggtune: MiB the memory plan (expected peak RSS) may reach; "
+                                             "without --keep-layers as many layers keep their activations "
+                                             f"as fit in it (default {DEFAULT_BUDGET_MIB}, a target only); "
+                                             "given, a plan above it is refused before training")
     warmup: int = _opt(100, "learning-rate warmup iterations")
     cos_decay_steps: int = _opt(1000, "cosine decay length")
     cos_decay_restart: float = _opt(1.1, "cycle-length multiplier after each restart")
@@ -204,7 +211,7 @@ FINETUNE_RANGES: dict[str, Range] = {
     "adam_alpha": NON_NEGATIVE, "adam_min_alpha": NON_NEGATIVE, "adam_decay": NON_NEGATIVE,
     "adam_decay_min_ndim": COUNT, "adam_beta1": BETA, "adam_beta2": BETA, "adam_gclip": NON_NEGATIVE,
     "adam_epsf": FINITE, "norm_rms_eps": POSITIVE, "rope_freq_base": POSITIVE, "rope_freq_scale": POSITIVE,
-    "lora_alpha": POSITIVE, "n_gpu_layers": ANY_INT,
+    "lora_alpha": POSITIVE, "n_gpu_layers": ANY_INT, "memory_budget": POSITIVE,
     **{name: COUNT for name in ("rank_att_norm", "rank_ffn_norm", "rank_out_norm", "rank_tok_embd", "rank_out",
                                 "rank_wq", "rank_wk", "rank_wv", "rank_wo", "rank_w1", "rank_w2", "rank_w3")},
 }

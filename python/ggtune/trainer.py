@@ -44,6 +44,7 @@ class FinetuneResult:
     signal: int = 0                                            # the stop signal received (SIGINT, SIGTERM)
     stopped_by: str = ""                                       # why training ended early, if it did
     memory_plan_bytes: int = 0
+    kept_layers: int = 0                                       # layers that kept their activations (the plan's)
     peak_rss_bytes: int = 0
     trained_tensors: list[str] = field(default_factory=list)
     grad_norms: list[float] = field(default_factory=list)      # per optimizer step, before clipping
@@ -148,7 +149,7 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
     plan = plan_memory(model.weights, lora.n_parameters(), opts.ctx, local_rows.stop - local_rows.start,
                        checkpointing=opts.use_checkpointing, keep_layers=opts.keep_layers,
                        head_chunk=graph.head_chunk, lora_ranks=lora.ranks_by_kind(),
-                       runtime_bytes=runtime_bytes)
+                       runtime_bytes=runtime_bytes, precision=opts.precision, budget_mib=opts.memory_budget)
     log(f"training {len(lora.pairs)} adapted tensors, {lora.n_parameters():,} parameters; "
         f"{samples.count:,} samples of {len(samples.tokens):,} tokens")
     for line in plan.lines():
@@ -159,10 +160,11 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
 
     state = _TrainState(opts, model, lora, graph, grads, adam, convergence, counters, stream, resumed is None,
                         profiler, dist)
+    state.keep_layers = plan.kept_layers
     state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count, writes_files=dist.is_root)
     state.dropout = LoraDropout(opts.lora_dropout, seed)
     result = state.train(log)
-    result.memory_plan_bytes = plan.total
+    result.memory_plan_bytes, result.kept_layers = plan.total, plan.kept_layers
     result.peak_rss_bytes = peak_rss()
     result.trained_tensors = list(lora.pairs)
     log(f"peak RSS {result.peak_rss_bytes / 2**20:.1f} MiB (plan {plan.total / 2**20:.1f} MiB)")
@@ -179,6 +181,7 @@ class _TrainState:
         self.interrupt_requested = 0  # the stop signal (SIGINT, SIGTERM) seen by this process, 0 if none
         self.interrupted = False  # ... and agreed by every rank: the loop stops after this step
         self.profiler = profiler
+        self.keep_layers = 0  # layers that keep their activations, as the memory plan chose
 
     def train(self, log) -> FinetuneResult:
         opts, result = self.opts, FinetuneResult()
@@ -260,7 +263,7 @@ class _TrainState:
             with prof.phase("forward+backward"):
                 loss_sum, _ = self.graph.loss_and_grads(batch.inputs[mine], batch.targets[mine], self.grads,
                                                         checkpointing=opts.use_checkpointing,
-                                                        keep_layers=opts.keep_layers,
+                                                        keep_layers=self.keep_layers,
                                                         loss_scale=1.0 / (n_kept * opts.grad_acc),
                                                         **data_io.attention_layout(batch, mine))
             self.graph.dropout = None
