@@ -138,22 +138,26 @@ def test_auto_precision_is_exact_f32_for_f32_weights():
     np.testing.assert_array_equal(auto, f32)
 
 
+def assert_same_at_thread_counts(x, w, ggml_type, n_out, **matmul_options):
+    """_core.matmul(x, w) gives the same bits at 1, 2 and 3 threads."""
+    outs = []
+    try:
+        for threads in (1, 2, 3):
+            _core.set_num_threads(threads)
+            outs.append(np.empty((x.shape[0], n_out), np.float32))
+            _core.matmul(x, w, int(ggml_type), outs[-1], **matmul_options)
+    finally:
+        _core.set_num_threads(0)
+    np.testing.assert_array_equal(outs[0], outs[1])
+    np.testing.assert_array_equal(outs[0], outs[2])
+
+
 @pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])
 def test_results_do_not_depend_on_thread_count(precision):
     rng = np.random.default_rng(5)
     w, _ = weight_bytes(rng, Q.Q8_0, 300, 576)
     x = rng.standard_normal((100, 576)).astype(np.float32)
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            out = np.empty((100, 300), np.float32)
-            _core.matmul(x, w, int(Q.Q8_0), out, precision=precision)
-            outs.append(out)
-    finally:
-        _core.set_num_threads(0)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+    assert_same_at_thread_counts(x, w, Q.Q8_0, 300, precision=precision)
 
 
 # ---- int8: Q8 activations, integer codes (csrc/gemm/qgemm.h) ----

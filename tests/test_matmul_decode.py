@@ -10,7 +10,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from ggtune import _core
-from test_matmul import int8_tolerance, q8_rows, weight_bytes
+from test_matmul import assert_same_at_thread_counts, int8_tolerance, q8_rows, weight_bytes
 
 CODE_TYPES = [Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K]
 
@@ -60,16 +60,7 @@ def test_decode_does_not_depend_on_thread_count():
     rng = np.random.default_rng(42)
     w, _ = weight_bytes(rng, Q.Q4_1, 1000, 576)
     x = rng.standard_normal((2, 576)).astype(np.float32)
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            outs.append(np.empty((2, 1000), np.float32))
-            _core.matmul(x, w, int(Q.Q4_1), outs[-1], precision="int8")
-    finally:
-        _core.set_num_threads(0)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+    assert_same_at_thread_counts(x, w, Q.Q4_1, 1000, precision="int8")
 
 
 @pytest.mark.parametrize("T", [1, 4, 9])

@@ -13,7 +13,7 @@ import pytest
 from gguf import GGMLQuantizationType as Q
 
 from ggtune import _core
-from test_matmul import weight_bytes
+from test_matmul import assert_same_at_thread_counts, weight_bytes
 
 SHAPES = [(96, 70), (576, 33), (1600, 20)]  # (K, N)
 TOKENS = [1, 4, 7, 33, 100]
@@ -76,17 +76,7 @@ def test_fused_results_do_not_depend_on_thread_count(precision):
     w, _ = weight_bytes(rng, Q.Q4_1, N, K)
     x = rng.standard_normal((T, K)).astype(np.float32)
     z, b = rng.standard_normal((T, r)).astype(np.float32), rng.standard_normal((r, N)).astype(np.float32)
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            out = np.empty((T, N), np.float32)
-            _core.matmul(x, w, int(Q.Q4_1), out, precision=precision, lora=(z, b, 1.0))
-            outs.append(out)
-    finally:
-        _core.set_num_threads(0)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+    assert_same_at_thread_counts(x, w, Q.Q4_1, N, precision=precision, lora=(z, b, 1.0))
 
 
 def _bad_lora(lora, out=None):

@@ -7,17 +7,15 @@ import numpy as np
 import pytest
 from gguf import GGMLQuantizationType as T
 
-import ggtune
 from ggtune.adapters import read_gguf_adapter
 from ggtune.metrics import default_metrics_path, read_metrics
 from ggtune.model import load_model
 from ggtune.validation import BestTracker, best_name
 from tiny_models import write_tiny_llama
 
-TEXT = ("The quick brown fox jumps over the lazy dog while the cat watches the rain. " * 30
-        + "Another line with other words: in the winter, the river freezes over. " * 20)
-COMMON = dict(ctx=16, batch=2, lora_r=2, adam_alpha=1e-2, warmup=2, seed=11, save_every=0, verbose=False,
-              precision="f32")
+from test_trainer import COMMON as TRAINER_COMMON, TEXT, run as trainer_run, text_path  # noqa: F401 (a fixture)
+
+COMMON = {**TRAINER_COMMON, "precision": "f32"}
 
 
 @pytest.fixture(scope="module")
@@ -26,17 +24,9 @@ def model_path(tmp_path_factory):
                             n_head=4, n_head_kv=2, tied=True, n_embd=64, n_ff=96, n_ctx=64)
 
 
-@pytest.fixture
-def text_path(tmp_path):
-    path = tmp_path / "train.txt"
-    path.write_text(TEXT, encoding="utf-8")
-    return str(path)
-
-
 def run(model_path, data, out, iterations, checkpoint_in="", **extra):
-    return ggtune.finetune(model_path, data, lora_out=str(out / "lora-ITERATION.gguf"),
-                           checkpoint_in=checkpoint_in, checkpoint_out=str(out / "ck-ITERATION.gguf"),
-                           adam_iter=iterations, **{**COMMON, **extra})
+    """test_trainer's run at float32 (the watch tests compare exact losses)."""
+    return trainer_run(model_path, data, out, iterations, checkpoint_in, **{"precision": "f32", **extra})
 
 
 def test_metrics_log_has_a_line_per_iteration_and_a_resume_appends(tmp_path, model_path, text_path):
