@@ -126,3 +126,85 @@ def test_bias_backward_matches_finite_differences(isa):
     b64, y64, g64 = bias.astype(np.float64), y.astype(np.float64), dy.astype(np.float64)
     loss = lambda: ((y64 + b64[None, :]) * g64).sum()
     np.testing.assert_allclose(dbias, numeric_grad(loss, b64), rtol=1e-5, atol=1e-6)
+
+
+def bf16_widened(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@pytest.mark.parametrize("gate_name", sorted(GATES))
+def test_gated_forward_writes_the_bf16_copies_in_the_same_pass(isa, gate_name):
+    """The compact copies a training layer keeps: the reference's rounding of gate and up (ties,
+    denormals, NaN and infinities among them) on vector bodies, tails and several threads' ranges;
+    out the same bits as without them."""
+    from test_ops_convert import bf16_reference
+    from test_quant import float_edge_cases
+
+    rng = np.random.default_rng(5)
+    gate, up = f32(rng, 97, 1537, scale=3.0), f32(rng, 97, 1537)
+    edges = float_edge_cases()[: gate.size // 2]
+    gate.reshape(-1)[: edges.size] = edges
+    up.reshape(-1)[-edges.size:] = edges
+    forward = gate_kernels(gate_name)[0]
+    plain, out = np.empty_like(gate), np.empty_like(gate)
+    gate_bits, up_bits = np.zeros(gate.shape, np.uint16), np.zeros(up.shape, np.uint16)
+    forward(gate, up, plain)
+    forward(gate, up, out, gate_bits, up_bits)
+    np.testing.assert_array_equal(out, plain)
+    np.testing.assert_array_equal(gate_bits, bf16_reference(gate.reshape(-1)).reshape(gate.shape))
+    np.testing.assert_array_equal(up_bits, bf16_reference(up.reshape(-1)).reshape(up.shape))
+
+
+@pytest.mark.parametrize("gate_name", sorted(GATES))
+def test_gated_backward_reads_bf16_bits_and_recomputes_act(isa, gate_name):
+    """From bfloat16 bits, the float32 kernel's results on their exact values; act the forward's
+    product, bit for bit (kept and recomputed layers must agree); dgate, dup unchanged by asking."""
+    rng = np.random.default_rng(6)
+    bits = [rng.integers(0, 1 << 16, (97, 1537)).astype(np.uint16) for _ in range(2)]
+    for b in bits:  # finite values of a sane range: exponents of +-2^-30 .. 2^2
+        b[...] = (b & 0x807F) | (((b >> 7) & 0x1F) + 97) << 7
+    gate_bits, up_bits = bits
+    gate, up, dout = bf16_widened(gate_bits), bf16_widened(up_bits), f32(rng, 97, 1537)
+    forward, backward = gate_kernels(gate_name)
+    want_act = np.empty_like(gate)
+    forward(gate, up, want_act)
+    want_dgate, want_dup = np.empty_like(gate), np.empty_like(gate)
+    backward(dout, gate, up, want_dgate, want_dup)
+    for g, u in ((gate_bits, up_bits), (gate, up)):
+        dgate, dup, act = (np.full_like(gate, np.nan) for _ in range(3))
+        backward(dout, g, u, dgate, dup, act)
+        np.testing.assert_array_equal(dgate, want_dgate)
+        np.testing.assert_array_equal(dup, want_dup)
+        np.testing.assert_array_equal(act, want_act)
+    dgate, dup = np.empty_like(gate), np.empty_like(gate)
+    backward(dout, gate_bits, up_bits, dgate, dup)
+    np.testing.assert_array_equal(dgate, want_dgate)
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: _core.swiglu_backward(*[np.zeros((2, 3), np.float32)] * 1, np.zeros((2, 3), np.uint16),
+                                   np.zeros((2, 3), np.float32), *[np.zeros((2, 3), np.float32)] * 2),
+     "up: expected dtype uint16"),
+    (lambda: _core.swiglu_backward(*[np.zeros((2, 3), np.float32)] * 5, act=np.zeros((2, 4), np.float32)),
+     "act: expected shape"),
+    (lambda: _core.swiglu_forward(*[np.zeros((2, 3), np.float32)] * 3, np.zeros((2, 3), np.uint16)),
+     "up_bf16: expected an array when the other copy is given"),
+    (lambda: _core.geglu_forward(*[np.zeros((2, 3), np.float32)] * 3, np.zeros((2, 3), np.float32),
+                                 np.zeros((2, 3), np.uint16)), "gate_bf16: expected dtype uint16"),
+    (lambda: _core.add(*[np.zeros(4, np.float32)] * 3, out_bf16=np.zeros(5, np.uint16)), "out_bf16: expected shape"),
+])
+def test_compact_copies_reject_bad_arguments(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.parametrize("shape", [(33,), (5, 31), (3, 2, 100_003)])
+def test_add_writes_the_bf16_copy_of_its_sum(isa, shape):
+    from test_ops_convert import bf16_reference
+
+    rng = np.random.default_rng(len(shape))
+    a, b = f32(rng, *shape), f32(rng, *shape)
+    out, bits = np.empty_like(a), np.zeros(shape, np.uint16)
+    _core.add(a, b, out, bits)
+    np.testing.assert_array_equal(out, a + b)
+    np.testing.assert_array_equal(bits.reshape(-1), bf16_reference((a + b).reshape(-1)))

@@ -439,3 +439,26 @@ def test_precisions_pick_bf16_tiles_only_where_the_qkv_products_round():
         assert attention_tiles(precision, model(f32_)) == "bf16"
     for precision in ("f32", "ggml"):
         assert attention_tiles(precision, model(q4_1)) == "f32"
+
+
+@pytest.mark.parametrize("tiles", ["f32", "bf16"])
+@pytest.mark.parametrize("shape", [(2, 33, 100, 9, 3, 17), (1, 130, 130, 2, 1, 64)])
+def test_compact_out_is_written_by_the_forward_and_read_by_the_backward(isa, shape, tiles):
+    """out_bf16: the reference rounding of out, from the same pass; the backward reading those bits
+    gives the float32 backward's results on their values, bit for bit."""
+    from test_ops_convert import bf16_reference
+
+    rng, q, k, v, scale = make_inputs(shape, 11)
+    out, lse = run_forward(q, k, v, scale, tiles=tiles)
+    bits = np.zeros(out.shape, np.uint16)
+    again, lse_again = np.empty_like(out), np.empty_like(lse)
+    _core.attention_forward(q, k, v, scale, again, lse_again, tiles=tiles, out_bf16=bits)
+    np.testing.assert_array_equal(again, out)
+    np.testing.assert_array_equal(bits.reshape(-1), bf16_reference(out.reshape(-1)))
+    dout = f32(rng, *out.shape)
+    widened = (bits.astype(np.uint32) << 16).view(np.float32)
+    for mine, want in zip(run_backward(dout, q, k, v, bits, lse, scale, tiles=tiles),
+                          run_backward(dout, q, k, v, widened, lse, scale, tiles=tiles)):
+        np.testing.assert_array_equal(mine, want)
+    with pytest.raises(ValueError, match="out_bf16: expected shape"):
+        _core.attention_forward(q, k, v, scale, again, lse_again, out_bf16=bits[:, :1].copy())

@@ -31,17 +31,20 @@ void check_ids(const int32_t* ids, int64_t n, int64_t limit, const char* name,
   }
 }
 
-// An element-wise operand: float32, C-contiguous, the same shape as `ref` (any rank).
-float* elementwise_data(py::array& a, const char* name, const py::array& ref, bool writable) {
-  if (!a.dtype().is(py::dtype::of<float>()))
-    fail(name, "expected dtype float32, got " + std::string(py::str(a.dtype())));
+// An element-wise operand: of dtype T (float32 unless said), C-contiguous, the same shape as
+// `ref` (any rank).
+template <class T = float>
+T* elementwise_data(py::array& a, const char* name, const py::array& ref, bool writable) {
+  if (!a.dtype().is(py::dtype::of<T>()))
+    fail(name, "expected dtype " + std::string(py::str(py::dtype::of<T>())) + ", got " +
+                   std::string(py::str(a.dtype())));
   if (!(a.flags() & py::array::c_style))
     fail(name, "expected a C-contiguous array (use numpy.ascontiguousarray)");
   if (writable && !a.writeable()) fail(name, "expected a writable array");
   bool same = a.ndim() == ref.ndim();
   for (py::ssize_t i = 0; same && i < a.ndim(); ++i) same = a.shape(i) == ref.shape(i);
   if (!same) fail(name, "expected shape " + shape_str(ref) + ", got " + shape_str(a));
-  return static_cast<float*>(const_cast<void*>(a.data()));  // written only when `writable`
+  return static_cast<T*>(const_cast<void*>(a.data()));  // written only when `writable`
 }
 
 void rms_norm_forward(const py::array& x, const py::array& weight, float eps, py::array& out,
@@ -194,16 +197,22 @@ ops::AttentionTiles attention_tiles_of(const std::string& tiles) {
 
 void attention_forward(const py::array& q, const py::array& k, const py::array& v, float scale,
                        py::array& out, py::array& lse, const py::object& first_key,
-                       const std::string& tiles) {
+                       const std::string& tiles, const py::object& out_bf16) {
   const AttentionShape s = attention_shape(q, k, v);
   float* po = data_of<float>(out, "out", {s.B, s.S, s.Hq, s.D}, true);
+  uint16_t* pob = nullptr;
+  if (!out_bf16.is_none()) {
+    if (!py::isinstance<py::array>(out_bf16)) fail("out_bf16", "expected a numpy array or None");
+    auto array = out_bf16.cast<py::array>();  // the caller's array outlives the call
+    pob = data_of<uint16_t>(array, "out_bf16", {s.B, s.S, s.Hq, s.D}, true);
+  }
   float* pl = data_of<float>(lse, "lse", {s.B, s.Hq, s.S}, true);
   const int32_t* pf = first_key_of(first_key, s);
   const ops::AttentionTiles t = attention_tiles_of(tiles);
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().forward(pq, pk, pv, scale, po, pl, pf, t, s);
+  ops::attention_kernels().forward(pq, pk, pv, scale, po, pob, pl, pf, t, s);
 }
 
 void attention_backward(const py::array& dout, const py::array& q, const py::array& k,
@@ -212,7 +221,9 @@ void attention_backward(const py::array& dout, const py::array& q, const py::arr
                         const py::object& first_key, const std::string& tiles) {
   const AttentionShape s = attention_shape(q, k, v);
   const float* pg = cdata_of<float>(dout, "dout", {s.B, s.S, s.Hq, s.D});
-  const float* po = cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
+  const bool out_is_bf16 = out.dtype().is(py::dtype::of<uint16_t>());  // a compact kept copy
+  const float* po = out_is_bf16 ? nullptr : cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
+  const uint16_t* pob = out_is_bf16 ? cdata_of<uint16_t>(out, "out", {s.B, s.S, s.Hq, s.D}) : nullptr;
   const float* pl = cdata_of<float>(lse, "lse", {s.B, s.Hq, s.S});
   float* pdq = data_of<float>(dq, "dq", {s.B, s.S, s.Hq, s.D}, true);
   float* pdk = data_of<float>(dk, "dk", {s.B, s.Skv, s.Hkv, s.D}, true);
@@ -222,55 +233,94 @@ void attention_backward(const py::array& dout, const py::array& q, const py::arr
   const auto *pq = static_cast<const float*>(q.data()), *pk = static_cast<const float*>(k.data()),
              *pv = static_cast<const float*>(v.data());
   py::gil_scoped_release nogil;
-  ops::attention_kernels().backward(pg, pq, pk, pv, po, pl, scale, pdq, pdk, pdv, pf, t, s);
+  ops::attention_kernels().backward(pg, pq, pk, pv, po, pob, pl, scale, pdq, pdk, pdv, pf, t, s);
 }
 
-using GatedForward = void (*)(const float*, const float*, float*, int64_t);
-using GatedBackward = void (*)(const float*, const float*, const float*, float*, float*, int64_t);
+using GatedForward = void (*)(const float*, const float*, float*, uint16_t*, uint16_t*, int64_t);
+using GatedBackward = void (*)(const float*, const float*, const float*, float*, float*, float*,
+                               int64_t);
+using GatedBackwardBf16 = void (*)(const float*, const uint16_t*, const uint16_t*, float*, float*,
+                                   float*, int64_t);
 
-// out[T,F] = act(gate) * up: SwiGLU and GEGLU share the shapes and checks.
-void gated_forward(GatedForward kernel, const py::array& gate, const py::array& up,
-                   py::array& out) {
+// An optional [T, F] output of `dtype` T: null for None.
+template <class T>
+T* optional_output(const py::object& a, const char* name, int64_t rows, int64_t cols) {
+  if (a.is_none()) return nullptr;
+  if (!py::isinstance<py::array>(a)) fail(name, "expected a numpy array or None");
+  auto array = a.cast<py::array>();
+  return data_of<T>(array, name, {rows, cols}, true);  // the caller's array outlives the call
+}
+
+// The operands of out[T,F] = act(gate) * up, checked.
+struct GatedOperands {
+  const float *gate, *up;
+  float* out;
+  int64_t T, F;
+};
+
+GatedOperands gated_operands(const py::array& gate, const py::array& up, py::array& out) {
   const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
   const int64_t T = dim(gate, 0), F = dim(gate, 1);
-  const float* pu = cdata_of<float>(up, "up", {T, F});
-  float* po = data_of<float>(out, "out", {T, F}, true);
+  return {pg, cdata_of<float>(up, "up", {T, F}), data_of<float>(out, "out", {T, F}, true), T, F};
+}
+
+// out[T,F] = act(gate) * up, and optionally the bf16 bits of gate and up (uint16 [T,F]).
+void gated_forward(GatedForward kernel, const py::array& gate, const py::array& up, py::array& out,
+                   const py::object& gate_bf16, const py::object& up_bf16) {
+  const GatedOperands o = gated_operands(gate, up, out);
+  uint16_t* pgb = optional_output<uint16_t>(gate_bf16, "gate_bf16", o.T, o.F);
+  uint16_t* pub = optional_output<uint16_t>(up_bf16, "up_bf16", o.T, o.F);
+  if (!pgb != !pub) fail(pgb ? "up_bf16" : "gate_bf16", "expected an array when the other copy is given");
   py::gil_scoped_release nogil;
-  kernel(pg, pu, po, T * F);
+  kernel(o.gate, o.up, o.out, pgb, pub, o.T * o.F);
 }
 
-void gated_backward(GatedBackward kernel, const py::array& dout, const py::array& gate,
-                    const py::array& up, py::array& dgate, py::array& dup) {
-  const float* pg = cdata_of<float>(gate, "gate", {kAny, kAny});
+// gate and up both float32, or both uint16 (bfloat16 bits): the kernel for their dtype.
+void gated_backward(GatedBackward kernel, GatedBackwardBf16 kernel_bf16, const py::array& dout,
+                    const py::array& gate, const py::array& up, py::array& dgate, py::array& dup,
+                    const py::object& act) {
+  const bool bf16 = gate.dtype().is(py::dtype::of<uint16_t>());
+  const void* pg = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(gate, "gate", {kAny, kAny}))
+                        : static_cast<const void*>(cdata_of<float>(gate, "gate", {kAny, kAny}));
   const int64_t T = dim(gate, 0), F = dim(gate, 1);
+  const void* pu = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(up, "up", {T, F}))
+                        : static_cast<const void*>(cdata_of<float>(up, "up", {T, F}));
   const float* pd = cdata_of<float>(dout, "dout", {T, F});
-  const float* pu = cdata_of<float>(up, "up", {T, F});
   float* pdg = data_of<float>(dgate, "dgate", {T, F}, true);
   float* pdu = data_of<float>(dup, "dup", {T, F}, true);
+  float* pa = optional_output<float>(act, "act", T, F);
   py::gil_scoped_release nogil;
-  kernel(pd, pg, pu, pdg, pdu, T * F);
+  if (bf16)
+    kernel_bf16(pd, static_cast<const uint16_t*>(pg), static_cast<const uint16_t*>(pu), pdg, pdu, pa, T * F);
+  else
+    kernel(pd, static_cast<const float*>(pg), static_cast<const float*>(pu), pdg, pdu, pa, T * F);
 }
 
-// <name>_forward(gate, up, out) and <name>_backward(dout, gate, up, dgate, dup), calling the
-// active tier's kernel (looked up at each call: the tier can change).
-void def_gated(py::module_& m, const std::string& name,
-               GatedForward ops::ActivationKernels::*forward,
-               GatedBackward ops::ActivationKernels::*backward, const char* doc) {
+// <name>_forward(gate, up, out, gate_bf16=None, up_bf16=None) and <name>_backward(dout, gate, up,
+// dgate, dup, act=None), calling the active tier's kernel (looked up at each call: the tier can
+// change).
+void def_gated(py::module_& m, const std::string& name, GatedForward ops::ActivationKernels::*forward,
+               GatedBackward ops::ActivationKernels::*backward,
+               GatedBackwardBf16 ops::ActivationKernels::*backward_bf16, const char* doc) {
   using py::arg;
   m.def(
       (name + "_forward").c_str(),
-      [forward](const py::array& gate, const py::array& up, py::array& out) {
-        gated_forward(ops::activation_kernels().*forward, gate, up, out);
+      [forward](const py::array& gate, const py::array& up, py::array& out, const py::object& gate_bf16,
+                const py::object& up_bf16) {
+        gated_forward(ops::activation_kernels().*forward, gate, up, out, gate_bf16, up_bf16);
       },
-      arg("gate"), arg("up"), arg("out"), doc);
+      arg("gate"), arg("up"), arg("out"), arg("gate_bf16") = py::none(), arg("up_bf16") = py::none(), doc);
   m.def(
       (name + "_backward").c_str(),
-      [backward](const py::array& dout, const py::array& gate, const py::array& up,
-                 py::array& dgate, py::array& dup) {
-        gated_backward(ops::activation_kernels().*backward, dout, gate, up, dgate, dup);
+      [backward, backward_bf16](const py::array& dout, const py::array& gate, const py::array& up,
+                                py::array& dgate, py::array& dup, const py::object& act) {
+        const auto& k = ops::activation_kernels();
+        gated_backward(k.*backward, k.*backward_bf16, dout, gate, up, dgate, dup, act);
       },
-      arg("dout"), arg("gate"), arg("up"), arg("dgate"), arg("dup"),
-      "dgate, dup [T,F] overwritten.");
+      arg("dout"), arg("gate"), arg("up"), arg("dgate"), arg("dup"), arg("act") = py::none(),
+      "dgate, dup [T,F] overwritten; gate and up float32, or both uint16 (bfloat16 bits, a "
+      "layer's compact kept arrays); act [T,F], when given, receives the forward's product "
+      "act(gate) * up from the same pass (the same bits as the forward from the same inputs).");
 }
 
 // y[T,N] += bias[N], in place.
@@ -322,13 +372,19 @@ void embedding_backward(const py::array& dout, const py::array& ids, py::array& 
   ops::embedding_backward(pg, pi, pt, T, C);
 }
 
-void add(py::array& a, py::array& b, py::array& out) {
+void add(py::array& a, py::array& b, py::array& out, const py::object& out_bf16) {
   const float* pa = elementwise_data(a, "a", a, false);
   const float* pb = elementwise_data(b, "b", a, false);
   float* po = elementwise_data(out, "out", a, true);
+  uint16_t* pob = nullptr;
+  if (!out_bf16.is_none()) {
+    if (!py::isinstance<py::array>(out_bf16)) fail("out_bf16", "expected a numpy array or None");
+    auto copy = out_bf16.cast<py::array>();  // the caller's array outlives the call
+    pob = elementwise_data<uint16_t>(copy, "out_bf16", a, true);
+  }
   const int64_t n = a.size();
   py::gil_scoped_release nogil;
-  ops::activation_kernels().add(pa, pb, po, n);
+  ops::activation_kernels().add(pa, pb, po, pob, n);
 }
 
 void scale_add(py::array& out, py::array& x, float alpha) {
@@ -361,15 +417,37 @@ void lora_expand(const py::array& z, const py::array& b, py::array& y, float sca
   ops::lora_kernels().expand(pz, pb, scale, py_, T, K, r);
 }
 
-// g[r, K] += scale * z[T, r]^T @ x[T, K]
+// g[r, K] += scale * z[T, r]^T @ x[T, K], x float32 or uint16 (bfloat16 bits)
 void lora_outer(const py::array& z, const py::array& x, py::array& g, float scale) {
   const float* pz = cdata_of<float>(z, "z", {kAny, kAny});
   const int64_t T = dim(z, 0), r = dim(z, 1);
-  const float* px = cdata_of<float>(x, "x", {T, kAny});
+  const bool bf16 = x.dtype().is(py::dtype::of<uint16_t>());
+  const void* px = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(x, "x", {T, kAny}))
+                        : static_cast<const void*>(cdata_of<float>(x, "x", {T, kAny}));
   const int64_t K = dim(x, 1);
   float* pg = data_of<float>(g, "g", {r, K}, true);
   py::gil_scoped_release nogil;
-  ops::lora_kernels().outer(pz, px, scale, pg, T, K, r);
+  const auto& kernels = ops::lora_kernels();
+  if (bf16) kernels.outer_bf16(pz, static_cast<const uint16_t*>(px), scale, pg, T, K, r);
+  else kernels.outer(pz, static_cast<const float*>(px), scale, pg, T, K, r);
+}
+
+// dz[:, column:column+r] = scale * dy @ bt^T and db[K, r] += scale * dy^T @ z, one pass over dy
+void lora_factor_backward(const py::array& dy, const py::array& z, const py::array& bt, float scale,
+                          py::array& dz, int64_t column, py::array& db) {
+  const float* pdy = cdata_of<float>(dy, "dy", {kAny, kAny});
+  const int64_t T = dim(dy, 0), K = dim(dy, 1);
+  const float* pz = cdata_of<float>(z, "z", {T, kAny});
+  const int64_t r = dim(z, 1);
+  const float* pbt = cdata_of<float>(bt, "bt", {r, K});
+  float* pdz = data_of<float>(dz, "dz", {T, kAny}, true);
+  const int64_t ldz = dim(dz, 1);
+  if (column < 0 || column + r > ldz)
+    fail("column", "expected 0 <= column <= " + std::to_string(ldz - r) + " (dz has " + std::to_string(ldz) +
+                       " columns, z " + std::to_string(r) + "), got " + std::to_string(column));
+  float* pdb = data_of<float>(db, "db", {K, r}, true);
+  py::gil_scoped_release nogil;
+  ops::lora_kernels().factor_backward(pdy, pz, pbt, scale, pdz + column, ldz, pdb, T, K, r);
 }
 
 }  // namespace
@@ -397,18 +475,21 @@ void bind_ops(py::module_& m) {
            "-theta); overwritten, may be dout.");
   m.def("attention_forward", &attention_forward, arg("q"), arg("k"), arg("v"), arg("scale"),
         arg("out"), arg("lse"), arg("first_key") = py::none(), arg("tiles") = "f32",
+        arg("out_bf16") = py::none(),
         "Causal GQA attention: q[B,S,Hq,D], k/v[B,Skv,Hkv,D] (Skv >= S; query i sees keys "
         "first_key[b,i] <= j <= i + Skv - S; head h reads KV head h // (Hq/Hkv)); first_key is "
         "None (0 everywhere) or int32 [B,S] (sliding windows, packed samples); writes "
         "out[B,S,Hq,D] and lse[B,Hq,S], the log-sum-exp of the scaled scores. tiles 'f32' "
         "multiplies float32 operands; 'bf16' rounds the products' operands to bfloat16 and "
         "accumulates in float32 (vdpbf16ps, avx512 tier; float32 tiles on the others); the "
-        "softmax is float32 either way.");
+        "softmax is float32 either way. out_bf16 (uint16 [B,S,Hq,D]), when given, also receives "
+        "the bfloat16 bits of out (a training layer's compact copy).");
   m.def("attention_backward", &attention_backward, arg("dout"), arg("q"), arg("k"), arg("v"),
         arg("out"), arg("lse"), arg("scale"), arg("dq"), arg("dk"), arg("dv"),
         arg("first_key") = py::none(), arg("tiles") = "f32",
         "Overwrites dq, dk, dv (dk/dv summed over the query heads sharing a KV head); "
-        "first_key as given to the forward; tiles as attention_forward's.");
+        "first_key as given to the forward; tiles as attention_forward's; out float32 or uint16 "
+        "(its bfloat16 bits, out_bf16 of the forward).");
   m.def(
       "attention_backward_scratch_bytes",
       [](int64_t B, int64_t S, int64_t Skv, int64_t Hq, int64_t Hkv, int64_t D,
@@ -421,15 +502,20 @@ void bind_ops(py::module_& m) {
       "any thread count (q and dout transposed or as bf16 pairs, partial dq per key chunk, row "
       "deltas): for memory plans. With an even D the 'bf16' figure is at most the 'f32' one.");
   def_gated(m, "swiglu", &ops::ActivationKernels::swiglu_forward,
-            &ops::ActivationKernels::swiglu_backward, "out[T,F] = silu(gate) * up.");
+            &ops::ActivationKernels::swiglu_backward, &ops::ActivationKernels::swiglu_backward_bf16,
+            "out[T,F] = silu(gate) * up; gate_bf16, up_bf16 (uint16 [T,F], both or neither) receive "
+            "the bfloat16 bits of gate and up from the same pass.");
   def_gated(m, "geglu", &ops::ActivationKernels::geglu_forward,
-            &ops::ActivationKernels::geglu_backward,
+            &ops::ActivationKernels::geglu_backward, &ops::ActivationKernels::geglu_backward_bf16,
             "out[T,F] = gelu_tanh(gate) * up, gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + "
-            "0.044715 x^3))), computed exactly (ggml's CPU kernel reads an f16 table).");
+            "0.044715 x^3))), computed exactly (ggml's CPU kernel reads an f16 table); gate_bf16, "
+            "up_bf16 as swiglu_forward's.");
   m.def(
       "geglu_ggml_forward",
       [](const py::array& gate, const py::array& up, py::array& out) {
-        gated_forward(ops::activation_kernels().geglu_ggml_forward, gate, up, out);
+        const GatedOperands o = gated_operands(gate, up, out);
+        py::gil_scoped_release nogil;
+        ops::activation_kernels().geglu_ggml_forward(o.gate, o.up, o.out, o.T * o.F);
       },
       arg("gate"), arg("up"), arg("out"),
       "out[T,F] = gelu(gate) * up as ggml-cpu computes it (GGML_GELU_FP16): 0 for gate <= -10, "
@@ -448,13 +534,22 @@ void bind_ops(py::module_& m) {
         "may be logits itself).");
   m.def("embedding_backward", &embedding_backward, arg("dout"), arg("ids"), arg("dtable"),
         "dtable[ids[t]] += dout[t] (float32 [T,C], int32 [T], [V,C]); deterministic.");
-  m.def("add", &add, arg("a"), arg("b"), arg("out"), "out = a + b, element-wise, same shapes.");
+  m.def("add", &add, arg("a"), arg("b"), arg("out"), arg("out_bf16") = py::none(),
+        "out = a + b, element-wise, same shapes; out_bf16 (uint16, the same shape), when given, "
+        "also receives the bfloat16 bits of out.");
   m.def("lora_project", &lora_project, arg("x"), arg("a"), arg("z"),
         "z[T,r] = x[T,K] @ a[r,K]^T (overwritten): a LoRA down-projection, x streamed once.");
   m.def("lora_expand", &lora_expand, arg("z"), arg("b"), arg("y"), arg("scale") = 1.0f,
         "y[T,K] += scale * z[T,r] @ b[r,K]: a LoRA up-projection added into y.");
   m.def("lora_outer", &lora_outer, arg("z"), arg("x"), arg("g"), arg("scale") = 1.0f,
-        "g[r,K] += scale * z[T,r]^T @ x[T,K]: a LoRA factor gradient, rows summed in order.");
+        "g[r,K] += scale * z[T,r]^T @ x[T,K]: a LoRA factor gradient (dA += dz^T x), rows summed "
+        "in order; x float32 or uint16 (bfloat16 bits).");
+  m.def("lora_factor_backward", &lora_factor_backward, arg("dy"), arg("z"), arg("bt"), arg("scale"),
+        arg("dz"), arg("column"), arg("db"),
+        "The output side of a LoRA backward in one pass over dy[T,K]: dz[:, column:column+r] = "
+        "scale * dy @ bt^T (overwritten; dz = s dy B with bt = B^T [r,K]) and db[K,r] += scale * "
+        "dy^T @ z[T,r] (dB += s dy^T z). dB sums rows in fixed blocks, then the blocks in order: "
+        "the same bits at any thread count.");
   m.def("scale_add", &scale_add, arg("out"), arg("x"), arg("alpha"),
         "out += alpha * x, element-wise, same shapes.");
 }

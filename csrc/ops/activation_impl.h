@@ -51,15 +51,27 @@ struct GeluTanhGate {
   }
 };
 
-// out = act(gate) * up
-template <class V, class Gate>
-void gated_forward_v(const float* gate, const float* up, float* out, int64_t n) {
+// out = act(gate) * up, and with kCopies the bf16 bits of gate and up.
+template <class V, class Gate, bool kCopies>
+void gated_forward_pass(const float* gate, const float* up, float* out, uint16_t* gate_bf16,
+                        uint16_t* up_bf16, int64_t n) {
   elementwise<V>(n, [&](auto u, int64_t i) {
     using U = decltype(u);
-    const auto g = U::load(gate + i);
+    const auto g = U::load(gate + i), x = U::load(up + i);
     const auto s = sigmoid<U>(Gate::template z<U>(g));
-    U::store(out + i, U::mul(U::mul(g, s), U::load(up + i)));
+    U::store(out + i, U::mul(U::mul(g, s), x));
+    if constexpr (kCopies) {
+      U::store_bf16(gate_bf16 + i, g);
+      U::store_bf16(up_bf16 + i, x);
+    }
   });
+}
+
+template <class V, class Gate>
+void gated_forward_v(const float* gate, const float* up, float* out, uint16_t* gate_bf16,
+                     uint16_t* up_bf16, int64_t n) {
+  if (gate_bf16) gated_forward_pass<V, Gate, true>(gate, up, out, gate_bf16, up_bf16, n);
+  else gated_forward_pass<V, Gate, false>(gate, up, out, nullptr, nullptr, n);
 }
 
 // out = gelu_ggml(gate) * up: ggml_vec_geglu_f32 with GGML_GELU_FP16 (activation.h).
@@ -76,17 +88,27 @@ void geglu_ggml_forward_v(const float* gate, const float* up, float* out, int64_
   });
 }
 
-// dgate = dout * up * act'(gate),  dup = dout * act(gate)
-template <class V, class Gate>
-void gated_backward_v(const float* dout, const float* gate, const float* up, float* dgate,
-                      float* dup, int64_t n) {
+// dgate = dout * up * act'(gate),  dup = dout * act(gate), and with kAct act = act(gate) * up
+// (the forward's expression, so the same bits from the same inputs).
+template <class V, class Gate, bool kAct, class In>
+void gated_backward_pass(const float* dout, const In* gate, const In* up, float* dgate, float* dup,
+                         float* act, int64_t n) {
   elementwise<V>(n, [&](auto u, int64_t i) {
     using U = decltype(u);
-    const auto g = U::load(gate + i), d = U::load(dout + i);
+    const auto g = load_as<U>(gate + i), x = load_as<U>(up + i), d = U::load(dout + i);
     const auto s = sigmoid<U>(Gate::template z<U>(g));
-    U::store(dgate + i, U::mul(U::mul(d, U::load(up + i)), Gate::template derivative<U>(g, s)));
-    U::store(dup + i, U::mul(d, U::mul(g, s)));
+    const auto gs = U::mul(g, s);
+    U::store(dgate + i, U::mul(U::mul(d, x), Gate::template derivative<U>(g, s)));
+    U::store(dup + i, U::mul(d, gs));
+    if constexpr (kAct) U::store(act + i, U::mul(gs, x));
   });
+}
+
+template <class V, class Gate, class In>
+void gated_backward_v(const float* dout, const In* gate, const In* up, float* dgate, float* dup,
+                      float* act, int64_t n) {
+  if (act) gated_backward_pass<V, Gate, true>(dout, gate, up, dgate, dup, act, n);
+  else gated_backward_pass<V, Gate, false>(dout, gate, up, dgate, dup, nullptr, n);
 }
 
 // Rows split over threads, at least kElementGrain elements each.
@@ -119,12 +141,20 @@ void bias_backward_v(const float* dy, float* dbias, int64_t T, int64_t N, bool a
   });
 }
 
-template <class V>
-void add_v(const float* a, const float* b, float* out, int64_t n) {
+template <class V, bool kCopy>
+void add_pass(const float* a, const float* b, float* out, uint16_t* out_bf16, int64_t n) {
   elementwise<V>(n, [&](auto u, int64_t i) {
     using U = decltype(u);
-    U::store(out + i, U::add(U::load(a + i), U::load(b + i)));
+    const auto sum = U::add(U::load(a + i), U::load(b + i));
+    U::store(out + i, sum);
+    if constexpr (kCopy) U::store_bf16(out_bf16 + i, sum);
   });
+}
+
+template <class V>
+void add_v(const float* a, const float* b, float* out, uint16_t* out_bf16, int64_t n) {
+  if (out_bf16) add_pass<V, true>(a, b, out, out_bf16, n);
+  else add_pass<V, false>(a, b, out, nullptr, n);
 }
 
 template <class V>
@@ -137,11 +167,17 @@ void scale_add_v(float* out, const float* x, float alpha, int64_t n) {
 
 template <class V>
 constexpr ActivationKernels make_activation_kernels() {
-  return {&gated_forward_v<V, SiluGate>,     &gated_backward_v<V, SiluGate>,
-          &gated_forward_v<V, GeluTanhGate>, &geglu_ggml_forward_v<V>,
-          &gated_backward_v<V, GeluTanhGate>,
-          &add_bias_v<V>,                    &bias_backward_v<V>,
-          &add_v<V>,                         &scale_add_v<V>};
+  return {&gated_forward_v<V, SiluGate>,
+          &gated_backward_v<V, SiluGate, float>,
+          &gated_backward_v<V, SiluGate, uint16_t>,
+          &gated_forward_v<V, GeluTanhGate>,
+          &geglu_ggml_forward_v<V>,
+          &gated_backward_v<V, GeluTanhGate, float>,
+          &gated_backward_v<V, GeluTanhGate, uint16_t>,
+          &add_bias_v<V>,
+          &bias_backward_v<V>,
+          &add_v<V>,
+          &scale_add_v<V>};
 }
 
 }  // namespace

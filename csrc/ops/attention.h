@@ -26,13 +26,18 @@ struct AttentionShape {
 enum class AttentionTiles { f32, bf16 };
 
 struct AttentionKernels {
+  // out_bf16, when not null, also receives the bfloat16 bits of out (the compact copy a training
+  // layer keeps), written as each row is finished.
   void (*forward)(const float* q /*[B,S,Hq,D]*/, const float* k /*[B,Skv,Hkv,D]*/,
                   const float* v /*[B,Skv,Hkv,D]*/, float scale, float* out /*[B,S,Hq,D]*/,
-                  float* lse /*[B,Hq,S]*/, const int32_t* first_key /*[B,S] or null*/,
-                  AttentionTiles tiles, const AttentionShape& s);
-  // dq, dk, dv overwritten; dk/dv sum over the query heads sharing a KV head.
+                  uint16_t* out_bf16 /*[B,S,Hq,D] or null*/, float* lse /*[B,Hq,S]*/,
+                  const int32_t* first_key /*[B,S] or null*/, AttentionTiles tiles,
+                  const AttentionShape& s);
+  // dq, dk, dv overwritten; dk/dv sum over the query heads sharing a KV head. The forward's
+  // out is read as float32 (out) or as bfloat16 bits (out_bf16): exactly one is not null.
   void (*backward)(const float* dout /*[B,S,Hq,D]*/, const float* q, const float* k,
-                   const float* v, const float* out /*[B,S,Hq,D]*/, const float* lse /*[B,Hq,S]*/,
+                   const float* v, const float* out /*[B,S,Hq,D] or null*/,
+                   const uint16_t* out_bf16 /*[B,S,Hq,D] or null*/, const float* lse /*[B,Hq,S]*/,
                    float scale, float* dq /*[B,S,Hq,D]*/, float* dk /*[B,Skv,Hkv,D]*/,
                    float* dv /*[B,Skv,Hkv,D]*/, const int32_t* first_key /*[B,S] or null*/,
                    AttentionTiles tiles, const AttentionShape& s);

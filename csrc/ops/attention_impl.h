@@ -242,7 +242,8 @@ struct F32BackwardTiles {
 // online softmax (running max m and sum l per row), then are normalised by l.
 template <class V, class Tiles>
 void attention_forward_v(const float* q, const float* k, const float* v, float scale, float* out,
-                         float* lse, const int32_t* first_key, const AttentionShape& s) {
+                         uint16_t* out_bf16, float* lse, const int32_t* first_key,
+                         const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t ldq = s.Hq * D;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock);
@@ -305,22 +306,32 @@ void attention_forward_v(const float* q, const float* k, const float* v, float s
     }
     float* lse_tile = lse + (b * s.Hq + h) * s.S + i0;
     for (int64_t r = 0; r < nr; ++r) {
-      scale_row<V>(out_tile + r * ldq, D, 1.0f / l.p[r]);
+      float* row = out_tile + r * ldq;
+      scale_row<V>(row, D, 1.0f / l.p[r]);
+      if (out_bf16) {
+        uint16_t* row_bf16 = out_bf16 + (row - out);
+        for_chunks<V>(D, [&](auto u, int64_t d) {
+          using U = decltype(u);
+          U::store_bf16(row_bf16 + d, U::load(row + d));
+        });
+      }
       lse_tile[r] = m.p[r] + std::log(l.p[r]);
     }
   });
 }
 
-// delta[b,h,i] = dout_i . out_i  (= sum_j P_ij dP_ij, the softmax backward's row term).
-template <class V>
-void attention_delta(const float* dout, const float* out, float* delta, const AttentionShape& s) {
+// delta[b,h,i] = dout_i . out_i  (= sum_j P_ij dP_ij, the softmax backward's row term); out
+// float32 or bfloat16 bits.
+template <class V, class Out>
+void attention_delta(const float* dout, const Out* out, float* delta, const AttentionShape& s) {
   parallel_for(s.B * s.S * s.Hq, 256, [&](int64_t r0, int64_t r1) {
     for (int64_t row = r0; row < r1; ++row) {  // row = (b * S + i) * Hq + h
-      const float *g = dout + row * s.D, *o = out + row * s.D;
+      const float* g = dout + row * s.D;
+      const Out* o = out + row * s.D;
       const int64_t h = row % s.Hq, i = row / s.Hq % s.S, b = row / s.Hq / s.S;
       delta[(b * s.Hq + h) * s.S + i] = reduce_sum<V>(s.D, [&](auto u, int64_t d) {
         using U = decltype(u);
-        return U::mul(U::load(g + d), U::load(o + d));
+        return U::mul(U::load(g + d), load_as<U>(o + d));
       });
     }
   });
@@ -346,15 +357,17 @@ inline void mask_below_first_key(const int32_t* lo /*[nr]*/, int64_t nr, int64_t
 //   dV += P^T dO,   dK += scale dS^T Q,   dQ += scale dS K
 template <class V, class Tiles>
 void attention_backward_v(const float* dout, const float* q, const float* k, const float* v,
-                          const float* out, const float* lse, float scale, float* dq, float* dk,
-                          float* dv, const int32_t* first_key, const AttentionShape& s) {
+                          const float* out, const uint16_t* out_bf16, const float* lse, float scale,
+                          float* dq, float* dk, float* dv, const int32_t* first_key,
+                          const AttentionShape& s) {
   const int64_t D = s.D, group = s.Hq / s.Hkv, off = s.Skv - s.S;
   const int64_t n_qblocks = ceil_div(s.S, kQueryBlock), n_kblocks = ceil_div(s.Skv, kKeyBlock);
   const BackwardScratch layout(s, Tiles::kTiles);
   const int64_t n_chunks = layout.n_chunks, dq_size = layout.dq_size;
 
   Scratch delta(layout.delta_floats()), dq_parts(layout.dq_parts_floats());
-  attention_delta<V>(dout, out, delta.p, s);
+  if (out_bf16) attention_delta<V>(dout, out_bf16, delta.p, s);
+  else attention_delta<V>(dout, out, delta.p, s);
   const Tiles tiles(q, dout, s, layout);
   std::memset(dq, 0, sizeof(float) * dq_size);
   std::memset(dq_parts.p, 0, sizeof(float) * (n_chunks - 1) * dq_size);
@@ -438,24 +451,25 @@ void attention_backward_v(const float* dout, const float* q, const float* k, con
 // without vdpbf16ps (where float32 is both the faster and the more accurate).
 template <class V, class Forward, class Backward>
 void attention_forward_at(const float* q, const float* k, const float* v, float scale,
-                          float* out, float* lse, const int32_t* first_key, AttentionTiles tiles,
-                          const AttentionShape& s) {
+                          float* out, uint16_t* out_bf16, float* lse, const int32_t* first_key,
+                          AttentionTiles tiles, const AttentionShape& s) {
   if (tiles == AttentionTiles::bf16)
-    attention_forward_v<V, Forward>(q, k, v, scale, out, lse, first_key, s);
+    attention_forward_v<V, Forward>(q, k, v, scale, out, out_bf16, lse, first_key, s);
   else
-    attention_forward_v<V, F32ForwardTiles<V>>(q, k, v, scale, out, lse, first_key, s);
+    attention_forward_v<V, F32ForwardTiles<V>>(q, k, v, scale, out, out_bf16, lse, first_key, s);
 }
 
 template <class V, class Forward, class Backward>
 void attention_backward_at(const float* dout, const float* q, const float* k, const float* v,
-                           const float* out, const float* lse, float scale, float* dq, float* dk,
-                           float* dv, const int32_t* first_key, AttentionTiles tiles,
-                           const AttentionShape& s) {
+                           const float* out, const uint16_t* out_bf16, const float* lse,
+                           float scale, float* dq, float* dk, float* dv, const int32_t* first_key,
+                           AttentionTiles tiles, const AttentionShape& s) {
   if (tiles == AttentionTiles::bf16)
-    attention_backward_v<V, Backward>(dout, q, k, v, out, lse, scale, dq, dk, dv, first_key, s);
+    attention_backward_v<V, Backward>(dout, q, k, v, out, out_bf16, lse, scale, dq, dk, dv,
+                                      first_key, s);
   else
-    attention_backward_v<V, F32BackwardTiles<V>>(dout, q, k, v, out, lse, scale, dq, dk, dv,
-                                                 first_key, s);
+    attention_backward_v<V, F32BackwardTiles<V>>(dout, q, k, v, out, out_bf16, lse, scale, dq, dk,
+                                                 dv, first_key, s);
 }
 
 // Forward/Backward: the tiles bf16 requests get (F32* on tiers without vdpbf16ps).

@@ -1,4 +1,4 @@
-// Portable vector helpers for the op kernels (norm, activation, loss, attention).
+// Portable vector helpers for the op kernels (norm, activation, loss, attention, lora, convert).
 //
 // A kernel is written once as a template over a vector type V and instantiated per
 // tier: `Scalar` (width 1, the reference) in the portable file, `Avx2` in *_avx2.cpp,
@@ -45,6 +45,9 @@ struct Scalar {
   static T select_ge(T x, T limit, T a, T b) { return x >= limit ? a : b; }  // x >= limit ? a : b
   // table[binary16 bits of x rounded to nearest even]: a lookup over every half value
   static T lookup_half(const float* table, T x) { return table[fp32_to_fp16(x)]; }
+  // bfloat16 bits <-> float32: exact one way, round to nearest even (NaN stays NaN) the other
+  static T load_bf16(const uint16_t* p) { return bf16_to_fp32(*p); }
+  static void store_bf16(uint16_t* p, T v) { *p = fp32_to_bf16(v); }
 };
 
 // exp(x) for a SIMD type: Cephes' expf (range reduction by ln2 in two parts, a degree-6
@@ -112,6 +115,24 @@ struct Avx2 {
     const __m128i h = _mm256_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm256_i32gather_ps(table, _mm256_cvtepu16_epi32(h), 4);
   }
+  static T load_bf16(const uint16_t* p) {
+    const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16));
+  }
+  // fp32_to_bf16's integer rounding on 8 lanes (bits + 0x7fff + bit 16, shifted down; NaN
+  // keeps its top bits with the quiet bit set)
+  static void store_bf16(uint16_t* p, T v) {
+    const __m256i bits = _mm256_castps_si256(v);
+    const __m256i lsb = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+    const __m256i rounded = _mm256_srli_epi32(
+        _mm256_add_epi32(_mm256_add_epi32(bits, _mm256_set1_epi32(0x7fff)), lsb), 16);
+    const __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
+    const __m256i nan = _mm256_cmpgt_epi32(magnitude, _mm256_set1_epi32(0x7f800000));
+    const __m256i quiet = _mm256_or_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(0x40));
+    const __m256i words = _mm256_blendv_epi8(rounded, quiet, nan);  // 32-bit lanes < 2^16
+    const __m128i packed = _mm_packus_epi32(_mm256_castsi256_si128(words), _mm256_extracti128_si256(words, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), packed);
+  }
 };
 #endif
 
@@ -151,8 +172,31 @@ struct Avx512 {
     const __m256i h = _mm512_cvtps_ph(x, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     return _mm512_i32gather_ps(_mm512_cvtepu16_epi32(h), table, 4);
   }
+  static T load_bf16(const uint16_t* p) {
+    const __m256i h = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  }
+  // Integer rounding as fp32_to_bf16 (vcvtneps2bf16 would flush denormals to zero, which the
+  // reference keeps): bits + 0x7fff + bit 16, shifted down; NaN keeps its top bits, made quiet.
+  static void store_bf16(uint16_t* p, T v) {
+    const __m512i bits = _mm512_castps_si512(v);
+    const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(1));
+    const __m512i rounded = _mm512_srli_epi32(
+        _mm512_add_epi32(_mm512_add_epi32(bits, _mm512_set1_epi32(0x7fff)), lsb), 16);
+    const __m512i magnitude = _mm512_and_si512(bits, _mm512_set1_epi32(0x7fffffff));
+    const __mmask16 nan = _mm512_cmpgt_epu32_mask(magnitude, _mm512_set1_epi32(0x7f800000));
+    const __m512i quiet = _mm512_or_si512(_mm512_srli_epi32(bits, 16), _mm512_set1_epi32(0x40));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(p),
+                        _mm512_cvtepi32_epi16(_mm512_mask_mov_epi32(rounded, nan, quiet)));
+  }
 };
 #endif
+
+// U's vector at p, from float32 or from bfloat16 bits (a training layer's compact kept arrays).
+template <class U>
+inline typename U::T load_as(const float* p) { return U::load(p); }
+template <class U>
+inline typename U::T load_as(const uint16_t* p) { return U::load_bf16(p); }
 
 // Calls body(U{}, i) for i = 0, W, 2W, ... with U = V while a full vector fits, then
 // for each remaining index with U = Scalar. The body is a generic lambda over U.

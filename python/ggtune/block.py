@@ -45,10 +45,23 @@ BF16 = np.dtype(np.uint16)  # bfloat16 bits (_core.to_bf16 / from_bf16): a kept 
 # recomputes softmax(q·kᵀ - lse) against the forward's float32 lse, where a rounded score would
 # shift every probability of its row.
 COMPACT = ("v", "att", "x1", "gate", "up", "o", "f")
+# The COMPACT arrays the backward widens to float32 copies (widen); the others' readers take
+# the bfloat16 bits themselves: the gate's backward (gate, up), the attention backward and the
+# attention output's LoRA gradient (att).
+WIDENED = ("v", "x1", "o", "f")
 
 
 def empty(*shape: int) -> np.ndarray:
     return np.empty(shape, np.float32)
+
+
+def widen(kernels, a: np.ndarray) -> np.ndarray:
+    """The float32 values of a kept array (a fresh copy of bfloat16 bits, else the array)."""
+    if a.dtype == np.float32:
+        return a
+    out = np.empty(a.shape, np.float32)
+    kernels.from_bf16(a.reshape(-1), out.reshape(-1))
+    return out
 
 
 def kept_dtype(precision: str) -> np.dtype:
@@ -202,7 +215,7 @@ class Block:
 
     def backward_temporary_layout(self, B: int, S: int) -> dict[str, Kept]:
         """Largest set of float32 buffers alive at once inside backward(): the gradients, the
-        recomputed h, h2, act (and their rstd), and the float32 copies of the COMPACT arrays."""
+        recomputed h, h2, act (and their rstd), and the float32 copies of the WIDENED arrays."""
         hp, fam = self.arch.hp, self.arch.family
         T, C, F, Q, KV = B * S, hp.n_embd, hp.n_ff, hp.n_embd_q, hp.n_embd_kv
         shapes = dict(dx2=(T, C), dx1=(T, C), datt=(T, Q), dq=(T, Q), dk=(T, KV), dv=(T, KV), dh=(T, C),
@@ -214,7 +227,7 @@ class Block:
             shapes.update(dq_raw=(T, Q), dk_raw=(T, KV))
         if self.kept_dtype != np.float32:
             shapes.update({f"{name} (f32)": kept.shape for name, kept in self.kept_layout(B, S).items()
-                           if name in COMPACT})
+                           if name in WIDENED})
         return {name: Kept(shape, np.dtype(np.float32)) for name, shape in shapes.items()}
 
     # ---------------------------------------------------------------- forward
@@ -249,20 +262,21 @@ class Block:
         k4, v4 = k.reshape(B, S, Hkv, D), v.reshape(B, S, Hkv, D)
         if cache is not None:
             k4, v4 = cache.store(li, k4, v4)
-        att, lse = empty(T, Hq * D), empty(B, Hq, S)
+        att, lse, att_kept = empty(T, Hq * D), empty(B, Hq, S), self._compact_copy(keep, (T, Hq * D))
         kn.attention_forward(q.reshape(B, S, Hq, D), k4, v4, arch.attention_scale, att.reshape(B, S, Hq, D), lse,
-                             first_key=first_key, tiles=self.attention_tiles)
+                             first_key=first_key, tiles=self.attention_tiles,
+                             out_bf16=None if att_kept is None else att_kept.reshape(B, S, Hq, D))
         o, zo = lin.forward(att, [(layer.matrices["attn_output"], name("attn_output"))])[0]
         o_raw = rstd_o = None
         if fam.post_norms:
             o_raw = o
             o, rstd_o = self._rms_norm(o_raw, layer.norms["post_attention_norm"])
-        x1 = empty(T, hp.n_embd)
-        kn.add(x, o, x1)
+        x1, x1_kept = empty(T, hp.n_embd), self._compact_copy(keep, (T, hp.n_embd))
+        kn.add(x, o, x1, x1_kept)
         w_fn = lin.norm_weight(layer.norms["ffn_norm"], name("ffn_norm"))
         h2, rstd2 = self._rms_norm(x1, w_fn)
         (gate, zg), (up, zu) = lin.forward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")])
-        act = self._gate_forward(gate, up)
+        act, gate, up = self._gate_forward(gate, up, keep)  # gate, up: as the layer keeps them
         f, zd = lin.forward(act, [(layer.matrices["ffn_down"], name("ffn_down"))])[0]
         f_raw = rstd_f = None
         if fam.post_norms:
@@ -274,6 +288,8 @@ class Block:
             return x2, None
         z = {name(kd): zz for kd, zz in zip(("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up",
                                               "ffn_down"), (zq, zk, zv, zo, zg, zu, zd))}
+        # att and x1 as their producers wrote them compact (when kept so); gate, up as _gate_forward's
+        att, x1 = (a if copy is None else copy for a, copy in ((att, att_kept), (x1, x1_kept)))
         saved = Saved(x=x, q=q, k=k, v=v, att=att, lse=lse, x1=x1, gate=gate, up=up, q_raw=q_raw, rstd_q=rstd_q,
                       k_raw=k_raw, rstd_k=rstd_k, o=o_raw, rstd_o=rstd_o, f=f_raw, rstd_f=rstd_f, z=z, w_an=w_an,
                       w_fn=w_fn, tokens=tokens, first_key=first_key)
@@ -292,20 +308,20 @@ class Block:
         B, S, T = tokens.B, tokens.S, tokens.T
         Hq, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
         name = lambda kind: tensor_name(kind, li)  # noqa: E731
-        f32 = self._widen
+        f32 = lambda a: widen(kn, a)  # noqa: E731
         # feed-forward: x2 = x1 + post_norm(down(act(gate(h2), up(h2)))), h2 = norm(x1)
         df = dx2
         if fam.post_norms:
             df = self._norm_backward(dx2, f32(s.f), layer.norms["post_ffw_norm"], s.rstd_f)
-        gate, up = f32(s.gate), f32(s.up)
-        act = self._gate_forward(gate, up)
+        # ffn_down's dA needs act, which the gate's backward recomputes in its own pass: it waits
         dact = empty(T, hp.n_ff)
-        lin.backward(act, [(layer.matrices["ffn_down"], name("ffn_down"))], [df], [s.z[name("ffn_down")]],
-                     grads, dact)
+        add_down_input_gradients = lin.backward(None, [(layer.matrices["ffn_down"], name("ffn_down"))], [df],
+                                                [s.z[name("ffn_down")]], grads, dact)
+        act, dgate, dup = empty(T, hp.n_ff), empty(T, hp.n_ff), empty(T, hp.n_ff)
+        (kn.geglu_backward if fam.activation == "geglu" else kn.swiglu_backward)(dact, s.gate, s.up, dgate, dup, act)
+        del dact
+        add_down_input_gradients(act)
         del act
-        dgate, dup = empty(T, hp.n_ff), empty(T, hp.n_ff)
-        (kn.geglu_backward if fam.activation == "geglu" else kn.swiglu_backward)(dact, gate, up, dgate, dup)
-        del dact, gate, up
         x1 = f32(s.x1)
         h2, rstd2 = self._rms_norm(x1, s.w_fn)
         dh2 = empty(T, hp.n_embd)
@@ -319,16 +335,15 @@ class Block:
         do = dx1
         if fam.post_norms:
             do = self._norm_backward(dx1, f32(s.o), layer.norms["post_attention_norm"], s.rstd_o)
-        att = f32(s.att)
         datt = empty(T, Hq * D)
-        lin.backward(att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
+        lin.backward(s.att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
                      [s.z[name("attn_output")]], grads, datt)
         dq, dk, dv = empty(T, Hq * D), empty(T, Hkv * D), empty(T, Hkv * D)
         kn.attention_backward(datt.reshape(B, S, Hq, D), f32(s.q).reshape(B, S, Hq, D), f32(s.k).reshape(B, S, Hkv, D),
-                              f32(s.v).reshape(B, S, Hkv, D), att.reshape(B, S, Hq, D), s.lse,
+                              f32(s.v).reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse,
                               arch.attention_scale, dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D),
                               dv.reshape(B, S, Hkv, D), first_key=s.first_key, tiles=self.attention_tiles)
-        del datt, att
+        del datt
         rope, pos = arch.rope(li), tokens.positions.reshape(T)
         rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)
         rope.apply(kn, dk.reshape(T, Hkv, D), pos, backward=True)
@@ -354,30 +369,32 @@ class Block:
         self.k.rms_norm_forward(x, weight, self.arch.hp.rms_eps, out, rstd)
         return out, rstd
 
-    def _gate_forward(self, gate: np.ndarray, up: np.ndarray) -> np.ndarray:
-        """act(gate)·up [T, F]: SwiGLU or GELU-tanh (the latter through ggml's table when asked)."""
+    def _gate_forward(self, gate: np.ndarray, up: np.ndarray, keep: bool = False):
+        """(act(gate)·up [T, F], gate, up as the layer keeps them): SwiGLU or GELU-tanh (the latter
+        through ggml's table when asked, at inference). With keep and compact kept arrays, the
+        bfloat16 copies of gate and up come from the same pass as act."""
         act = empty(*gate.shape)
-        if self.arch.family.activation == "geglu":
-            (self.k.geglu_ggml_forward if self.ggml_gelu else self.k.geglu_forward)(gate, up, act)
-        else:
-            self.k.swiglu_forward(gate, up, act)
-        return act
+        if self.arch.family.activation == "geglu" and self.ggml_gelu:
+            self.k.geglu_ggml_forward(gate, up, act)
+            return act, gate, up
+        forward = self.k.geglu_forward if self.arch.family.activation == "geglu" else self.k.swiglu_forward
+        gate_kept, up_kept = self._compact_copy(keep, gate.shape), self._compact_copy(keep, up.shape)
+        forward(gate, up, act, gate_kept, up_kept)
+        return act, gate if gate_kept is None else gate_kept, up if up_kept is None else up_kept
 
     def _compact(self, a: Optional[np.ndarray]) -> Optional[np.ndarray]:
-        """A COMPACT array as the layer keeps it: its bfloat16 bits, or itself when kept as float32."""
-        if a is None or self.kept_dtype == np.float32:
+        """A COMPACT array as the layer keeps it: its bfloat16 bits, or itself when kept as float32
+        (or already compact)."""
+        if a is None or a.dtype == self.kept_dtype:
             return a
         out = np.empty(a.shape, BF16)
         self.k.to_bf16(a.reshape(-1), out.reshape(-1))
         return out
 
-    def _widen(self, a: np.ndarray) -> np.ndarray:
-        """The float32 values of a kept array (a fresh copy of bfloat16 bits, else the array)."""
-        if a.dtype == np.float32:
-            return a
-        out = np.empty(a.shape, np.float32)
-        self.k.from_bf16(a.reshape(-1), out.reshape(-1))
-        return out
+    def _compact_copy(self, keep: bool, shape) -> Optional[np.ndarray]:
+        """An empty bfloat16 array for a producer kernel to write a COMPACT array's kept copy into
+        as it writes the float32 one; None when nothing is kept compact."""
+        return np.empty(shape, BF16) if keep and self.kept_dtype != np.float32 else None
 
     def _norm_backward(self, dout, x, weight, rstd, name: Optional[str] = None, grads=None) -> np.ndarray:
         """dL/dx of out = rms_norm(x)·weight; the weight's gradient goes to its adapter, if it has one."""

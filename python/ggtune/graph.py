@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import _core
-from .block import Block, Tokens, attention_tiles, empty as _empty, kept_dtype
+from .block import Block, Tokens, attention_tiles, empty as _empty, kept_dtype, widen
 from .lora import LoraSet, flat_arrays
 
 
@@ -96,59 +96,62 @@ class LoraLinears:
 
     def backward(self, x, items, dys, zs, grads: Grads, dx, accumulate: bool = False):
         """dx (= or +=) Σ dy·W + s·(dy·B)·A over matrices [(weight, name), ...] that read the same x;
-        dA += s·(dy·B)ᵀ·x and dB += s·dyᵀ·z for each adapter. One pass over x serves every
-        dA, and the stacked (dy·B)·A of all adapters is added by the last dy·W product to each tile
-        of dx it computes."""
+        dB += s·dyᵀ·z and dA += s·(dy·B)ᵀ·x for each adapter. Each dy is read once for its dz =
+        s·dy·B and dB (lora_factor_backward), one pass over x serves every dA, and the stacked
+        (dy·B)·A of all adapters is added by the last dy·W product to each tile of dx it computes.
+        With x None the dA terms wait for x: the returned function adds them, given x (ffn_down's
+        input act is recomputed by the gate's backward, which needs this dx first)."""
         adapted = self._adapted(items)
-        dx_lora = None
-        if adapted and self.dropout is None:
-            dz_all = self._factor_gradients(x, items, dys, zs, adapted, grads)
-            dx_lora = (dz_all, _stacked([pair.a for _, pair, _ in adapted]), 1.0)  # dx += dz·A
+        dz_all = self._output_factor_gradients(items, dys, zs, adapted, grads) if adapted else None
+        fused = dz_all is not None and self.dropout is None
+        dx_lora = (dz_all, _stacked([pair.a for _, pair, _ in adapted]), 1.0) if fused else None  # dx += dz·A
         for i, ((weight, _), dy) in enumerate(zip(items, dys)):
             self.k.matmul_backward(dy, weight.data, weight.ggml_type, dx, accumulate=accumulate or i > 0,
                                   precision=self.precision, lora=dx_lora if i == len(items) - 1 else None)
-        if adapted and self.dropout is not None:
-            self._dropout_backward(x, items, dys, zs, adapted, grads, dx)
+        if dz_all is not None and self.dropout is not None:
+            self._dropout_input_term(items, adapted, dz_all, dx)
 
-    def _factor_gradients(self, x, items, dys, zs, adapted, grads: Grads) -> np.ndarray:
-        """dB += s·dyᵀ·z and dA += dzᵀ·x for each adapter; returns the stacked dz = s·dy·B [T, Σr]."""
-        T = x.shape[0]
-        dz_all = _empty(T, sum(pair.a.shape[0] for _, pair, _ in adapted))
+        def add_input_gradients(x_in) -> None:
+            if dz_all is not None:
+                self._input_factor_gradients(x_in, items, adapted, dz_all, grads)
+
+        if x is None:
+            return add_input_gradients
+        add_input_gradients(x)
+        return None
+
+    def _output_factor_gradients(self, items, dys, zs, adapted, grads: Grads) -> np.ndarray:
+        """dB += s·dyᵀ·z for each adapter; returns the stacked dz = s·dy·B [T, Σr]."""
+        dz_all = _empty(dys[0].shape[0], sum(pair.a.shape[0] for _, pair, _ in adapted))
         for (i, pair, cols) in adapted:
-            name, dy, r = items[i][1], dys[i], pair.a.shape[0]
-            s, g = self.lora.scale(name), grads.pairs[name]
-            dz = _empty(T, r)
-            self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
-            dz_all[:, cols] = dz * s                                   # dz = s·dy·B   [T, r]
-            db_t = np.zeros((r, dy.shape[1]), np.float32)
-            self.k.lora_outer(zs[i], dy, db_t, s)
-            g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
-        da_all = np.zeros((dz_all.shape[1], x.shape[1]), np.float32)
-        self.k.lora_outer(dz_all, x, da_all)                           # dA += dzᵀ·x   [r, n_in]
-        for (i, pair, cols) in adapted:
-            grads.pairs[items[i][1]].a += da_all[cols]
+            name = items[i][1]
+            self.k.lora_factor_backward(dys[i], zs[i], np.ascontiguousarray(pair.b.T), self.lora.scale(name),
+                                        dz_all, cols.start, grads.pairs[name].b)
         return dz_all
 
-    def _dropout_backward(self, x, items, dys, zs, adapted, grads: Grads, dx) -> None:
-        """The adapters' part of backward with input dropout M: with x_kept = M ⊙ x,
-        dA += dzᵀ·x_kept and dx += M ⊙ (dz·A), dz = s·dy·B; the masks are drawn again, identical."""
-        T = x.shape[0]
-        for (i, pair, _) in adapted:
-            name, dy, r = items[i][1], dys[i], pair.a.shape[0]
-            s, g = self.lora.scale(name), grads.pairs[name]
-            mask = self.dropout.mask(name, x.shape)
-            dz = _empty(T, r)
-            self.k.lora_project(dy, np.ascontiguousarray(pair.b.T), dz)
-            dz *= s                                                    # dz = s·dy·B   [T, r]
-            db_t = np.zeros((r, dy.shape[1]), np.float32)
-            self.k.lora_outer(zs[i], dy, db_t, s)
-            g.b += db_t.T                                              # dB += s·dyᵀ·z [n_out, r]
+    def _input_factor_gradients(self, x, items, adapted, dz_all, grads: Grads) -> None:
+        """dA += dzᵀ·x for each adapter (x_kept = M ⊙ x with input dropout M, the mask drawn again,
+        identical); x may be bfloat16 bits (a compact kept array)."""
+        if self.dropout is None:
+            da_all = np.zeros((dz_all.shape[1], x.shape[1]), np.float32)
+            self.k.lora_outer(dz_all, x, da_all)                       # dA += dzᵀ·x   [r, n_in]
+            for (i, pair, cols) in adapted:
+                grads.pairs[items[i][1]].a += da_all[cols]
+            return
+        x = widen(self.k, x)
+        for (i, pair, cols) in adapted:
+            name = items[i][1]
+            x_kept = np.ascontiguousarray(x * self.dropout.mask(name, x.shape))
             da = np.zeros_like(pair.a)
-            self.k.lora_outer(dz, np.ascontiguousarray(x * mask), da)
-            g.a += da                                                  # dA += dzᵀ·x_kept
+            self.k.lora_outer(np.ascontiguousarray(dz_all[:, cols]), x_kept, da)
+            grads.pairs[name].a += da                                  # dA += dzᵀ·x_kept
+
+    def _dropout_input_term(self, items, adapted, dz_all, dx) -> None:
+        """dx += M ⊙ (dz·A) for each adapter, M its input dropout mask (drawn again, identical)."""
+        for (i, pair, cols) in adapted:
             dx_lora = np.zeros_like(dx)
-            self.k.lora_expand(dz, pair.a, dx_lora)
-            dx += dx_lora * mask                                       # dx += M ⊙ (dz·A)
+            self.k.lora_expand(np.ascontiguousarray(dz_all[:, cols]), pair.a, dx_lora)
+            dx += dx_lora * self.dropout.mask(items[i][1], dx.shape)
 
     def _scaled_b_t(self, pair, name: str) -> np.ndarray:
         """s·Bᵀ [r, n_out], contiguous: the matmul's up-projection with s folded in (a scale of 1
