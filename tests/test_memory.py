@@ -103,3 +103,32 @@ def test_smollm2_default_plan_keeps_every_layer_within_800_mb(smollm2_path, monk
     weights = read_model_gguf(smollm2_path)
     plan = plan_memory(weights, **default_plan_args(weights))
     assert plan.kept_layers == 30 and plan.total <= memory.DEFAULT_BUDGET_MIB * 2**20 < 800e6
+
+
+def test_retained_heap_hands_freed_arrays_to_the_next_without_page_faults():
+    """Six 16 MiB arrays (a layer's temporaries) freed and allocated again: by default malloc hands
+    the freed top of its heap back to the system and the new arrays fault their pages in again;
+    inside retained_heap they reuse them, and after it the defaults are back."""
+    import ctypes
+    import resource
+
+    import numpy as np
+
+    from ggtune.memory import retained_heap
+
+    if not hasattr(ctypes.CDLL(None), "mallopt"):
+        pytest.skip("malloc is not glibc's")
+
+    def faults_of_reallocated_arrays() -> int:
+        arrays = [np.ones(2**22, np.float32) for _ in range(6)]  # allocated, touched, freed
+        del arrays
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        arrays = [np.ones(2**22, np.float32) for _ in range(6)]
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    faults_of_reallocated_arrays()
+    assert faults_of_reallocated_arrays() > 1000  # of 24576 pages (some huge pages among them)
+    with retained_heap():
+        faults_of_reallocated_arrays()  # the heap grows to the arrays' size once
+        assert faults_of_reallocated_arrays() < 64
+    assert faults_of_reallocated_arrays() > 1000
