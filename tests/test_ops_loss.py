@@ -54,6 +54,26 @@ def test_cross_entropy_backward_matches_finite_differences(isa, V):
     np.testing.assert_array_equal(inplace, dlogits)
 
 
+@pytest.mark.parametrize("V", SIZES + [1000])
+def test_cross_entropy_backward_gives_the_forwards_loss(isa, V):
+    """Training takes the loss from the backward's pass: the forward's bits, ignored rows 0, also
+    when the gradient overwrites the logits."""
+    rng = np.random.default_rng(V + 1)
+    logits = f32(rng, 9, V, scale=3.0)
+    targets = targets_with_ignored(rng, 9, V)
+    want = np.empty(9, np.float32)
+    _core.cross_entropy_forward(logits, targets, want)
+    grad, got = np.empty_like(logits), np.full(9, np.nan, np.float32)
+    _core.cross_entropy_backward(logits, targets, 0.25, grad, got)
+    np.testing.assert_array_equal(got, want)
+    inplace, got_inplace = logits.copy(), np.full(9, np.nan, np.float32)
+    _core.cross_entropy_backward(inplace, targets, 0.25, inplace, loss=got_inplace)
+    np.testing.assert_array_equal(got_inplace, want)
+    np.testing.assert_array_equal(inplace, grad)
+    with pytest.raises(ValueError, match="loss: expected shape"):
+        _core.cross_entropy_backward(logits, targets, 0.25, grad, np.empty(8, np.float32))
+
+
 def test_cross_entropy_chunked_over_rows_matches_whole(isa):
     rng = np.random.default_rng(5)
     logits = f32(rng, 64, 1000)

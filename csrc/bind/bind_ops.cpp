@@ -352,14 +352,20 @@ void cross_entropy_forward(const py::array& logits, const py::array& targets, py
 }
 
 void cross_entropy_backward(const py::array& logits, const py::array& targets, float scale,
-                            py::array& dlogits) {
+                            py::array& dlogits, const py::object& loss) {
   const float* pl = cdata_of<float>(logits, "logits", {kAny, kAny});
   const int64_t T = dim(logits, 0), V = dim(logits, 1);
   const int32_t* pt = cdata_of<int32_t>(targets, "targets", {T});
   float* pd = data_of<float>(dlogits, "dlogits", {T, V}, true);
+  float* ploss = nullptr;
+  if (!loss.is_none()) {
+    if (!py::isinstance<py::array>(loss)) fail("loss", "expected a numpy array or None");
+    auto array = loss.cast<py::array>();  // the caller's array outlives the call
+    ploss = data_of<float>(array, "loss", {T}, true);
+  }
   check_ids(pt, T, V, "targets", true);
   py::gil_scoped_release nogil;
-  ops::loss_kernels().cross_entropy_backward(pl, pt, scale, pd, T, V);
+  ops::loss_kernels().cross_entropy_backward(pl, pt, scale, pd, ploss, T, V);
 }
 
 void embedding_backward(const py::array& dout, const py::array& ids, py::array& dtable) {
@@ -529,9 +535,10 @@ void bind_ops(py::module_& m) {
         "loss[t] = -log softmax(logits[t])[targets[t]] (float32 [T,V], int32 [T]); rows with a "
         "target < 0 are ignored (loss 0).");
   m.def("cross_entropy_backward", &cross_entropy_backward, arg("logits"), arg("targets"),
-        arg("scale"), arg("dlogits"),
+        arg("scale"), arg("dlogits"), arg("loss") = py::none(),
         "dlogits[T,V] = scale * (softmax - onehot) on kept rows, 0 on ignored rows (overwritten; "
-        "may be logits itself).");
+        "may be logits itself); loss[T], when given, receives cross_entropy_forward's losses "
+        "(the same bits) from the same pass.");
   m.def("embedding_backward", &embedding_backward, arg("dout"), arg("ids"), arg("dtable"),
         "dtable[ids[t]] += dout[t] (float32 [T,C], int32 [T], [V,C]); deterministic.");
   m.def("add", &add, arg("a"), arg("b"), arg("out"), arg("out_bf16") = py::none(),

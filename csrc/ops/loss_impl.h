@@ -23,6 +23,11 @@ RowSoftmax row_softmax_stats(const float* row, int64_t n) {
   return {m, s};
 }
 
+// -log softmax(row)[target] from the row's statistics.
+inline float row_loss(const RowSoftmax& st, const float* row, int32_t target) {
+  return std::log(st.sum) + st.max - row[target];
+}
+
 template <class V>
 void cross_entropy_forward_v(const float* logits, const int32_t* targets, float* loss, int64_t T,
                              int64_t Vocab) {
@@ -34,24 +39,26 @@ void cross_entropy_forward_v(const float* logits, const int32_t* targets, float*
       }
       const float* row = logits + t * Vocab;
       const RowSoftmax st = row_softmax_stats<V>(row, Vocab);
-      loss[t] = std::log(st.sum) + st.max - row[targets[t]];
+      loss[t] = row_loss(st, row, targets[t]);
     }
   });
 }
 
 template <class V>
 void cross_entropy_backward_v(const float* logits, const int32_t* targets, float scale,
-                              float* dlogits, int64_t T, int64_t Vocab) {
+                              float* dlogits, float* loss, int64_t T, int64_t Vocab) {
   parallel_for(T, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       float* drow = dlogits + t * Vocab;
       if (targets[t] < 0) {
         std::memset(drow, 0, sizeof(float) * Vocab);
+        if (loss) loss[t] = 0.0f;
         continue;
       }
       // Statistics first: the row is read whole before drow (possibly the same memory) is written.
       const float* row = logits + t * Vocab;
       const RowSoftmax st = row_softmax_stats<V>(row, Vocab);
+      if (loss) loss[t] = row_loss(st, row, targets[t]);
       const float k = scale / st.sum;
       for_chunks<V>(Vocab, [&](auto u, int64_t i) {
         using U = decltype(u);

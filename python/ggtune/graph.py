@@ -264,11 +264,12 @@ class Graph:
             hc, tc = h[r0:r1], targets[r0:r1]
             logits, z = lin.forward(hc, [(weight, name)], [logits_buffer[: r1 - r0]])[0]
             loss = _empty(r1 - r0)
-            self.k.cross_entropy_forward(logits, tc, loss)
-            loss_sum += float(loss.sum(dtype=np.float64))
-            if grads is not None:
-                self.k.cross_entropy_backward(logits, tc, loss_scale, logits)
+            if grads is None:
+                self.k.cross_entropy_forward(logits, tc, loss)
+            else:  # the loss from the backward's own pass over the logits
+                self.k.cross_entropy_backward(logits, tc, loss_scale, logits, loss)
                 lin.backward(hc, [(weight, name)], [logits], [z], grads, dh[r0:r1])
+            loss_sum += float(loss.sum(dtype=np.float64))
         if grads is None:
             return loss_sum, None
         return loss_sum, self.block._norm_backward(dh, x, w_on, rstd, "output_norm.weight", grads)
