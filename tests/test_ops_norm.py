@@ -91,3 +91,28 @@ def test_rms_norm_per_head_backward_matches_finite_differences(isa, D):
     tol = dict(rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(dx, numeric_grad(loss, q64), **tol)
     np.testing.assert_allclose(dw, numeric_grad(loss, w64), **tol)
+
+
+@pytest.mark.parametrize("T,C", [(3, 33), (40, 576), (7, 1000)])
+def test_rms_norm_reads_bf16_bits_and_adds_the_residual_gradient(isa, T, C):
+    """x as bfloat16 bits (a compact kept x1): the float32 kernels' results on their values, bit for
+    bit; residual: the same bits as adding it after the kernel; dweight unchanged by either."""
+    rng = np.random.default_rng(T + C)
+    bits = (f32(rng, T, C, scale=2.0).view(np.uint32) >> 16).astype(np.uint16)
+    x = (bits.astype(np.uint32) << 16).view(np.float32)
+    w, dout, residual = f32(rng, C), f32(rng, T, C), f32(rng, T, C)
+    out, rstd = np.empty_like(x), np.empty(T, np.float32)
+    _core.rms_norm_forward(x, w, 1e-5, out, rstd)
+    out_b, rstd_b = np.empty_like(x), np.empty(T, np.float32)
+    _core.rms_norm_forward(bits, w, 1e-5, out_b, rstd_b)
+    np.testing.assert_array_equal(out_b, out)
+    np.testing.assert_array_equal(rstd_b, rstd)
+    dx, dw = np.empty_like(x), np.zeros(C, np.float32)
+    _core.rms_norm_backward(dout, x, w, rstd, dx, dw)
+    for xs in (x, bits):
+        dx_r, dw_r = np.empty_like(x), np.zeros(C, np.float32)
+        _core.rms_norm_backward(dout, xs, w, rstd, dx_r, dw_r, residual)
+        np.testing.assert_array_equal(dx_r, dx + residual)
+        np.testing.assert_array_equal(dw_r, dw)
+    with pytest.raises(ValueError, match="residual: expected shape"):
+        _core.rms_norm_backward(dout, x, w, rstd, dx, residual=residual[1:])

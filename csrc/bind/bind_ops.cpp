@@ -47,35 +47,58 @@ T* elementwise_data(py::array& a, const char* name, const py::array& ref, bool w
   return static_cast<T*>(const_cast<void*>(a.data()));  // written only when `writable`
 }
 
+// An operand read as float32 or as uint16 (bfloat16 bits, a training layer's compact kept
+// array): is_bf16 tells which, float_or_bf16 checks it as that dtype with these dims.
+bool is_bf16(const py::array& x) { return x.dtype().is(py::dtype::of<uint16_t>()); }
+
+const void* float_or_bf16(const py::array& x, const char* name, bool bf16,
+                          std::initializer_list<int64_t> dims) {
+  return bf16 ? static_cast<const void*>(cdata_of<uint16_t>(x, name, dims))
+              : static_cast<const void*>(cdata_of<float>(x, name, dims));
+}
+
 void rms_norm_forward(const py::array& x, const py::array& weight, float eps, py::array& out,
                       py::array& rstd) {
-  const float* px = cdata_of<float>(x, "x", {kAny, kAny});
+  const bool bf16 = is_bf16(x);
+  const void* px = float_or_bf16(x, "x", bf16, {kAny, kAny});
   const int64_t T = dim(x, 0), C = dim(x, 1);
   const float* pw = cdata_of<float>(weight, "weight", {C});
   float* po = data_of<float>(out, "out", {T, C}, true);
   float* pr = data_of<float>(rstd, "rstd", {T}, true);
   if (!(eps >= 0.0f)) fail("eps", "expected >= 0");
   py::gil_scoped_release nogil;
-  ops::norm_kernels().rms_norm_forward(px, pw, eps, po, pr, T, C);
+  const auto& k = ops::norm_kernels();
+  if (bf16) k.rms_norm_forward_bf16(static_cast<const uint16_t*>(px), pw, eps, po, pr, T, C);
+  else k.rms_norm_forward(static_cast<const float*>(px), pw, eps, po, pr, T, C);
 }
 
 void rms_norm_backward(const py::array& dout, const py::array& x, const py::array& weight,
-                       const py::array& rstd, py::array& dx, py::object dweight) {
-  const float* px = cdata_of<float>(x, "x", {kAny, kAny});
+                       const py::array& rstd, py::array& dx, py::object dweight,
+                       py::object residual) {
+  const bool bf16 = is_bf16(x);
+  const void* px = float_or_bf16(x, "x", bf16, {kAny, kAny});
   const int64_t T = dim(x, 0), C = dim(x, 1);
   const float* pg = cdata_of<float>(dout, "dout", {T, C});
   const float* pw = cdata_of<float>(weight, "weight", {C});
   const float* pr = cdata_of<float>(rstd, "rstd", {T});
   float* pdx = data_of<float>(dx, "dx", {T, C}, true);
   float* pdw = nullptr;
-  py::array dw_array;
+  py::array dw_array, residual_array;
   if (!dweight.is_none()) {
     if (!py::isinstance<py::array>(dweight)) fail("dweight", "expected a numpy array or None");
     dw_array = dweight.cast<py::array>();
     pdw = data_of<float>(dw_array, "dweight", {C}, true);
   }
+  const float* pres = nullptr;
+  if (!residual.is_none()) {
+    if (!py::isinstance<py::array>(residual)) fail("residual", "expected a numpy array or None");
+    residual_array = residual.cast<py::array>();
+    pres = cdata_of<float>(residual_array, "residual", {T, C});
+  }
   py::gil_scoped_release nogil;
-  ops::norm_kernels().rms_norm_backward(pg, px, pw, pr, pdx, pdw, T, C);
+  const auto& k = ops::norm_kernels();
+  if (bf16) k.rms_norm_backward_bf16(pg, static_cast<const uint16_t*>(px), pw, pr, pres, pdx, pdw, T, C);
+  else k.rms_norm_backward(pg, static_cast<const float*>(px), pw, pr, pres, pdx, pdw, T, C);
 }
 
 // The YaRN and frequency-factor arguments of rope_forward/rope_backward (ggml_rope_ext's).
@@ -221,9 +244,10 @@ void attention_backward(const py::array& dout, const py::array& q, const py::arr
                         const py::object& first_key, const std::string& tiles) {
   const AttentionShape s = attention_shape(q, k, v);
   const float* pg = cdata_of<float>(dout, "dout", {s.B, s.S, s.Hq, s.D});
-  const bool out_is_bf16 = out.dtype().is(py::dtype::of<uint16_t>());  // a compact kept copy
-  const float* po = out_is_bf16 ? nullptr : cdata_of<float>(out, "out", {s.B, s.S, s.Hq, s.D});
-  const uint16_t* pob = out_is_bf16 ? cdata_of<uint16_t>(out, "out", {s.B, s.S, s.Hq, s.D}) : nullptr;
+  const bool out_is_bf16 = is_bf16(out);  // a compact kept copy
+  const void* pout = float_or_bf16(out, "out", out_is_bf16, {s.B, s.S, s.Hq, s.D});
+  const float* po = out_is_bf16 ? nullptr : static_cast<const float*>(pout);
+  const uint16_t* pob = out_is_bf16 ? static_cast<const uint16_t*>(pout) : nullptr;
   const float* pl = cdata_of<float>(lse, "lse", {s.B, s.Hq, s.S});
   float* pdq = data_of<float>(dq, "dq", {s.B, s.S, s.Hq, s.D}, true);
   float* pdk = data_of<float>(dk, "dk", {s.B, s.Skv, s.Hkv, s.D}, true);
@@ -279,12 +303,10 @@ void gated_forward(GatedForward kernel, const py::array& gate, const py::array& 
 void gated_backward(GatedBackward kernel, GatedBackwardBf16 kernel_bf16, const py::array& dout,
                     const py::array& gate, const py::array& up, py::array& dgate, py::array& dup,
                     const py::object& act) {
-  const bool bf16 = gate.dtype().is(py::dtype::of<uint16_t>());
-  const void* pg = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(gate, "gate", {kAny, kAny}))
-                        : static_cast<const void*>(cdata_of<float>(gate, "gate", {kAny, kAny}));
+  const bool bf16 = is_bf16(gate);
+  const void* pg = float_or_bf16(gate, "gate", bf16, {kAny, kAny});
   const int64_t T = dim(gate, 0), F = dim(gate, 1);
-  const void* pu = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(up, "up", {T, F}))
-                        : static_cast<const void*>(cdata_of<float>(up, "up", {T, F}));
+  const void* pu = float_or_bf16(up, "up", bf16, {T, F});
   const float* pd = cdata_of<float>(dout, "dout", {T, F});
   float* pdg = data_of<float>(dgate, "dgate", {T, F}, true);
   float* pdu = data_of<float>(dup, "dup", {T, F}, true);
@@ -427,9 +449,8 @@ void lora_expand(const py::array& z, const py::array& b, py::array& y, float sca
 void lora_outer(const py::array& z, const py::array& x, py::array& g, float scale) {
   const float* pz = cdata_of<float>(z, "z", {kAny, kAny});
   const int64_t T = dim(z, 0), r = dim(z, 1);
-  const bool bf16 = x.dtype().is(py::dtype::of<uint16_t>());
-  const void* px = bf16 ? static_cast<const void*>(cdata_of<uint16_t>(x, "x", {T, kAny}))
-                        : static_cast<const void*>(cdata_of<float>(x, "x", {T, kAny}));
+  const bool bf16 = is_bf16(x);
+  const void* px = float_or_bf16(x, "x", bf16, {T, kAny});
   const int64_t K = dim(x, 1);
   float* pg = data_of<float>(g, "g", {r, K}, true);
   py::gil_scoped_release nogil;
@@ -463,10 +484,12 @@ void bind_ops(py::module_& m) {
   m.def("rms_norm_forward", &rms_norm_forward, arg("x"), arg("weight"), arg("eps"), arg("out"),
         arg("rstd"),
         "out[T,C] = x * rstd[:,None] * weight, rstd[T] = 1/sqrt(mean(x^2) + eps) (saved for the "
-        "backward).");
+        "backward); x float32 or uint16 (bfloat16 bits, a compact kept array).");
   m.def("rms_norm_backward", &rms_norm_backward, arg("dout"), arg("x"), arg("weight"), arg("rstd"),
-        arg("dx"), arg("dweight") = py::none(),
-        "dx[T,C] overwritten; dweight[C] accumulated (+=) when given.");
+        arg("dx"), arg("dweight") = py::none(), arg("residual") = py::none(),
+        "dx[T,C] overwritten, plus residual[T,C] when given (a residual branch's gradient, added "
+        "in the same pass); dweight[C] accumulated (+=) when given; x float32 or uint16 "
+        "(bfloat16 bits, a compact kept array).");
   def_rope(m, "rope_forward", "x", "out", false,
            "Rotary embedding of x[T,H,D] at int32 positions pos[T], ggml_rope_ext's semantics: "
            "mode 0 rotates pairs (2i, 2i+1), mode 2 (neox) pairs (i, i+n_dims/2); theta_i = pos "

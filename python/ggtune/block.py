@@ -47,8 +47,8 @@ BF16 = np.dtype(np.uint16)  # bfloat16 bits (_core.to_bf16 / from_bf16): a kept 
 COMPACT = ("v", "att", "x1", "gate", "up", "o", "f")
 # The COMPACT arrays the backward widens to float32 copies (widen); the others' readers take
 # the bfloat16 bits themselves: the gate's backward (gate, up), the attention backward and the
-# attention output's LoRA gradient (att).
-WIDENED = ("v", "x1", "o", "f")
+# attention output's LoRA gradient (att), the RMS norms (x1; Gemma's o and f).
+WIDENED = ("v",)
 
 
 def empty(*shape: int) -> np.ndarray:
@@ -300,19 +300,19 @@ class Block:
     # ---------------------------------------------------------------- backward
     def backward(self, li: int, s: Saved, dx2: np.ndarray, grads) -> np.ndarray:
         """dx2 = dL/d(layer output) [T, C] -> dL/d(layer input) [T, C]; LoRA gradients add into grads.
-        Reads the Saved record as the forward left it (compact arrays widened here, one at a
-        time) and recomputes h, h2 and act with the forward's kernels."""
+        Reads the Saved record as the forward left it (the kernels read the compact arrays'
+        bfloat16 bits themselves; only v is widened) and recomputes h, h2 and act with the
+        forward's kernels (act in the gate's backward pass)."""
         arch, hp, fam, lin, kn = self.arch, self.arch.hp, self.arch.family, self.lin, self.k
         layer = self.weights.layers[li]
         tokens = s.tokens
         B, S, T = tokens.B, tokens.S, tokens.T
         Hq, Hkv, D = hp.n_head, hp.n_head_kv, hp.head_dim
         name = lambda kind: tensor_name(kind, li)  # noqa: E731
-        f32 = lambda a: widen(kn, a)  # noqa: E731
         # feed-forward: x2 = x1 + post_norm(down(act(gate(h2), up(h2)))), h2 = norm(x1)
         df = dx2
         if fam.post_norms:
-            df = self._norm_backward(dx2, f32(s.f), layer.norms["post_ffw_norm"], s.rstd_f)
+            df = self._norm_backward(dx2, s.f, layer.norms["post_ffw_norm"], s.rstd_f)
         # ffn_down's dA needs act, which the gate's backward recomputes in its own pass: it waits
         dact = empty(T, hp.n_ff)
         add_down_input_gradients = lin.backward(None, [(layer.matrices["ffn_down"], name("ffn_down"))], [df],
@@ -322,25 +322,23 @@ class Block:
         del dact
         add_down_input_gradients(act)
         del act
-        x1 = f32(s.x1)
-        h2, rstd2 = self._rms_norm(x1, s.w_fn)
+        h2, rstd2 = self._rms_norm(s.x1, s.w_fn)
         dh2 = empty(T, hp.n_embd)
         lin.backward(h2, [(layer.matrices[kd], name(kd)) for kd in ("ffn_gate", "ffn_up")], [dgate, dup],
                      [s.z[name("ffn_gate")], s.z[name("ffn_up")]], grads, dh2)
         del dgate, dup, h2
-        dx1 = self._norm_backward(dh2, x1, s.w_fn, rstd2, name("ffn_norm"), grads)
-        del dh2, x1
-        kn.add(dx1, dx2, dx1)
+        dx1 = self._norm_backward(dh2, s.x1, s.w_fn, rstd2, name("ffn_norm"), grads, residual=dx2)
+        del dh2
         # attention: x1 = x + post_norm(wo(attention(rope(norm(wq h)), rope(norm(wk h)), wv h)))
         do = dx1
         if fam.post_norms:
-            do = self._norm_backward(dx1, f32(s.o), layer.norms["post_attention_norm"], s.rstd_o)
+            do = self._norm_backward(dx1, s.o, layer.norms["post_attention_norm"], s.rstd_o)
         datt = empty(T, Hq * D)
         lin.backward(s.att, [(layer.matrices["attn_output"], name("attn_output"))], [do],
                      [s.z[name("attn_output")]], grads, datt)
         dq, dk, dv = empty(T, Hq * D), empty(T, Hkv * D), empty(T, Hkv * D)
-        kn.attention_backward(datt.reshape(B, S, Hq, D), f32(s.q).reshape(B, S, Hq, D), f32(s.k).reshape(B, S, Hkv, D),
-                              f32(s.v).reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse,
+        kn.attention_backward(datt.reshape(B, S, Hq, D), s.q.reshape(B, S, Hq, D), s.k.reshape(B, S, Hkv, D),
+                              widen(kn, s.v).reshape(B, S, Hkv, D), s.att.reshape(B, S, Hq, D), s.lse,
                               arch.attention_scale, dq.reshape(B, S, Hq, D), dk.reshape(B, S, Hkv, D),
                               dv.reshape(B, S, Hkv, D), first_key=s.first_key, tiles=self.attention_tiles)
         del datt
@@ -348,9 +346,9 @@ class Block:
         rope.apply(kn, dq.reshape(T, Hq, D), pos, backward=True)
         rope.apply(kn, dk.reshape(T, Hkv, D), pos, backward=True)
         if fam.qk_norm:
-            dq = self._norm_backward(dq.reshape(T * Hq, D), f32(s.q_raw).reshape(T * Hq, D),
+            dq = self._norm_backward(dq.reshape(T * Hq, D), s.q_raw.reshape(T * Hq, D),
                                      layer.norms["attn_q_norm"], s.rstd_q).reshape(T, Hq * D)
-            dk = self._norm_backward(dk.reshape(T * Hkv, D), f32(s.k_raw).reshape(T * Hkv, D),
+            dk = self._norm_backward(dk.reshape(T * Hkv, D), s.k_raw.reshape(T * Hkv, D),
                                      layer.norms["attn_k_norm"], s.rstd_k).reshape(T, Hkv * D)
         # q/k/v biases are frozen: their gradient is not needed, and dy passes through unchanged
         h, rstd1 = self._rms_norm(s.x, s.w_an)
@@ -358,9 +356,7 @@ class Block:
         lin.backward(h, [(layer.matrices[kd], name(kd)) for kd in ("attn_q", "attn_k", "attn_v")],
                      [dq, dk, dv], [s.z[name(kd)] for kd in ("attn_q", "attn_k", "attn_v")], grads, dh)
         del dq, dk, dv, h
-        dx = self._norm_backward(dh, s.x, s.w_an, rstd1, name("attn_norm"), grads)
-        kn.add(dx, dx1, dx)
-        return dx
+        return self._norm_backward(dh, s.x, s.w_an, rstd1, name("attn_norm"), grads, residual=dx1)
 
     # ---------------------------------------------------------------- pieces
     def _rms_norm(self, x: np.ndarray, weight: np.ndarray):
@@ -396,14 +392,17 @@ class Block:
         as it writes the float32 one; None when nothing is kept compact."""
         return np.empty(shape, BF16) if keep and self.kept_dtype != np.float32 else None
 
-    def _norm_backward(self, dout, x, weight, rstd, name: Optional[str] = None, grads=None) -> np.ndarray:
-        """dL/dx of out = rms_norm(x)·weight; the weight's gradient goes to its adapter, if it has one."""
+    def _norm_backward(self, dout, x, weight, rstd, name: Optional[str] = None, grads=None,
+                       residual: Optional[np.ndarray] = None) -> np.ndarray:
+        """dL/dx of out = rms_norm(x)·weight (x float32 or bfloat16 bits), plus the residual
+        branch's gradient when given (added by the kernel's pass); the weight's gradient goes to its
+        adapter, if it has one."""
         dx = empty(*x.shape)
         if name is not None and self.lin.has_adapter(name):
             dweight = np.zeros(x.shape[1], np.float32)
-            self.k.rms_norm_backward(dout, x, weight, rstd, dx, dweight)
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx, dweight, residual)
             self.lin.norm_weight_backward(dweight, name, grads)
         else:
-            self.k.rms_norm_backward(dout, x, weight, rstd, dx)
+            self.k.rms_norm_backward(dout, x, weight, rstd, dx, residual=residual)
         return dx
 
