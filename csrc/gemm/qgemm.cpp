@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
+#include <vector>
 
 #include "dispatch.h"
 #include "gemm/scratch.h"
@@ -30,7 +31,7 @@ constexpr int kScalarMr = 4;
 
 // Q8 rounding of n <= kQBlock values x[i * stride], zero past n: codes q in [-127, 127] with
 // d = amax / 127, code = round-half-even(x * 127 / amax). Returns d; NaN (codes 0) when a value
-// is inf or NaN. The scalar reference of both activations and requantized weights.
+// is inf or NaN. The scalar reference of the activations' rounding.
 float round_q8_block(const float* x, int64_t stride, int64_t n, int32_t* q) {
   float amax = 0.0f, poison = 0.0f;  // poison: NaN when the block holds an inf or NaN
   for (int64_t i = 0; i < n; ++i) {
@@ -97,8 +98,9 @@ QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const Quan
                 float* c, int64_t ldc, bool accumulate, const int32_t* bias,
                 const LowRankUpdate* update) {
   const QKernelSet* ks = &active_q_kernels();
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, bias ? ks->symmetric : ks->kernel, bias, 0, 0, 0,
-          update};
+  const QMicroKernel kernel =
+      !bias ? ks->kernel : b.column_scaled() ? ks->column_scaled : ks->symmetric;
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, kernel, bias, 0, 0, 0, update};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
   p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
   p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
@@ -215,33 +217,75 @@ void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, con
                    codes + i * ld + b * kQBlock, d[i * ldd + b], c[i * ldd + b]);
 }
 
-void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
-  int32_t q[kQBlock];
+void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
+                        float* amax, float* poison) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < nc; ++j) {
+      const float x = tile[r * rs + j * cs];
+      amax[j] = std::fmax(amax[j], std::fabs(x));
+      poison[j] += x - x;
+    }
+}
+
+void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                          int64_t b0, int64_t j_off) {
   uint8_t codes[kQBlock];
   for (int64_t j = 0; j < nc; ++j) {
     const int64_t col = j_off + j;
+    const float inv = amax[j] != 0.0f && poison[j] == 0.0f ? 127.0f / amax[j] : 0.0f;
+    const float d = amax[j] / 127.0f + poison[j];
     for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
       const int64_t r0 = bb * kQBlock;
-      const float dq = round_q8_block(tile + r0 * rs + j * cs, rs, std::min<int64_t>(kQBlock, kc - r0), q);
-      for (int r = 0; r < kQBlock; ++r) codes[r] = uint8_t(128 + q[r]);
-      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, dq, -128.0f * dq);
+      for (int64_t r = 0; r < kQBlock; ++r) {
+        const int32_t q = r0 + r < kc && inv != 0.0f
+                              ? int32_t(std::nearbyint(tile[(r0 + r) * rs + j * cs] * inv))
+                              : 0;
+        codes[r] = uint8_t(128 + q);
+      }
+      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, d, -128.0f * d);
     }
   }
 }
 
-void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
+                 float* poison) {
 #if defined(__x86_64__)
-  if (active_isa() == Isa::avx512 &&
-      requantize_tile_avx512(tile, rs, cs, kc, nc, panel, blocks, b0, j_off))
+  if (active_isa() == Isa::avx512 && column_amax_avx512(tile, rs, cs, rows, nc, amax, poison))
     return;
 #endif
-  requantize_tile_scalar(tile, rs, cs, kc, nc, panel, blocks, b0, j_off);
+  column_amax_scalar(tile, rs, cs, rows, nc, amax, poison);
+}
+
+void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                   const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                   int64_t b0, int64_t j_off) {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512 &&
+      quantize_tile_avx512(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off))
+    return;
+#endif
+  quantize_tile_scalar(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off);
+}
+
+void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+  thread_local std::vector<float> scales;
+  scales.assign(2 * nc, 0.0f);
+  float *amax = scales.data(), *poison = amax + nc;
+  for (int64_t r0 = 0; r0 < kc; r0 += kQBlock) {
+    const int64_t rows = std::min<int64_t>(kQBlock, kc - r0);
+    std::fill(scales.begin(), scales.end(), 0.0f);
+    column_amax(tile + r0 * rs, rs, cs, rows, nc, amax, poison);
+    quantize_tile(tile + r0 * rs, rs, cs, rows, nc, amax, poison, panel, blocks, b0 + r0 / kQBlock,
+                  j_off);
+  }
 }
 
 const QKernelSet& q_kernels_scalar() {
-  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>};
+  // Column-scaled panels are symmetric ones whose d repeats: the symmetric kernel covers them.
+  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>,
+                              q_kernel_scalar<true>};
   return set;
 }
 

@@ -146,22 +146,30 @@ class CodesTransposed final : public gemm::QuantBOperand {
   bool codes_;
 };
 
-// int8 engine, backward: B[k, n] = W[k, n]. 32 weight rows at a time are dequantized over the
-// panel's band of columns and requantized down each column.
+// int8 engine, backward: B[k, n] = W[k, n], requantized with one scale per column over the
+// panel's depth. 32 weight rows at a time are dequantized over the panel's band of columns,
+// twice: for the columns' amax, then for their codes (dequantizing is cheaper than keeping a
+// whole float panel in cache).
 class CodesRows final : public gemm::QuantBOperand {
  public:
   explicit CodesRows(const GgufMatrix& w) : w_(w) {}
   int offset_code() const override { return 128; }  // requantized: c = -128 d
+  bool column_scaled() const override { return true; }
   int64_t n_align() const override { return w_.traits.block_size; }
-  int64_t scratch_floats(int64_t, int64_t nc) const override { return gemm::kQBlock * nc; }
+  int64_t scratch_floats(int64_t, int64_t nc) const override { return (gemm::kQBlock + 2) * nc; }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
             float* scratch) const override {
     const int64_t blocks = gemm::q_blocks(kc);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * gemm::kQBlock, rows = std::min<int64_t>(gemm::kQBlock, kc - r0);
-      for (int64_t r = 0; r < rows; ++r) w_.dequantize(k0 + r0 + r, n0, nc, scratch + r * nc);
-      gemm::requantize_tile(scratch, nc, 1, rows, nc, panel, blocks, b, 0);
-    }
+    float* amax = scratch + gemm::kQBlock * nc;
+    float* poison = amax + nc;
+    std::fill(amax, poison + nc, 0.0f);
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t r0 = b * gemm::kQBlock, rows = std::min<int64_t>(gemm::kQBlock, kc - r0);
+        for (int64_t r = 0; r < rows; ++r) w_.dequantize(k0 + r0 + r, n0, nc, scratch + r * nc);
+        if (pass == 0) gemm::column_amax(scratch, nc, 1, rows, nc, amax, poison);
+        else gemm::quantize_tile(scratch, nc, 1, rows, nc, amax, poison, panel, blocks, b, 0);
+      }
   }
 
  private:
