@@ -16,7 +16,6 @@
 #include <cmath>
 #include <cstring>
 #include <numeric>
-#include <vector>
 
 #include "dispatch.h"
 #include "gemm/scratch.h"
@@ -269,20 +268,6 @@ void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_
     return;
 #endif
   quantize_tile_scalar(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off);
-}
-
-void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
-  thread_local std::vector<float> scales;
-  scales.assign(2 * nc, 0.0f);
-  float *amax = scales.data(), *poison = amax + nc;
-  for (int64_t r0 = 0; r0 < kc; r0 += kQBlock) {
-    const int64_t rows = std::min<int64_t>(kQBlock, kc - r0);
-    std::fill(scales.begin(), scales.end(), 0.0f);
-    column_amax(tile + r0 * rs, rs, cs, rows, nc, amax, poison);
-    quantize_tile(tile + r0 * rs, rs, cs, rows, nc, amax, poison, panel, blocks, b0 + r0 / kQBlock,
-                  j_off);
-  }
 }
 
 const QKernelSet& q_kernels_scalar() {

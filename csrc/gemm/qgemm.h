@@ -10,10 +10,10 @@
 //
 // Every GGUF weight type fits the B form: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks map to it
 // exactly (their codes, shifted to unsigned, with the block's scale and offset); any other
-// weight is requantized to 8 bits per 32 values when packed, and weights read across their rows
-// (the backward product) to 8 bits with one scale per column and panel (quantize_tile): no GGUF
-// rounding to match there, and the kernel's per-block float work halves. A is quantized once
-// per call (quantize_rows_q8).
+// weight is requantized to 8 bits per 32 values when packed (as A is), and weights read across
+// their rows (the backward product) to 8 bits with one scale per column and panel
+// (quantize_tile): no GGUF rounding to match there, and the kernel's per-block float work
+// halves. A is quantized once per call (quantize_rows_q8).
 //
 // Layout of a packed B panel: strips of kQNr columns; a strip is kb blocks one after the other,
 // each kQBlockBytes long:
@@ -96,13 +96,11 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
                           const uint8_t* codes, int64_t ld, const float* d, const float* c,
                           int64_t ldd);
 
-// Requantization of a float tile into packed u8 columns, element (k, j) of the tile at
-// tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks` blocks per
-// strip from block b0: per column a scale d = amax / 127 (NaN when the column holds an inf or
-// NaN), codes = round(x / d) + 128 and c = -128 d in every block. The scale covers 32 rows
-// (requantize_tile: the forward's weights without u8 codes) or a whole panel (column_amax over
-// the panel, then quantize_tile: the backward, whose kernel then multiplies by d once per panel
-// instead of once per block).
+// The backward's requantization of a float tile into packed u8 columns, element (k, j) of the
+// tile at tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks`
+// blocks per strip from block b0: per column one scale d = amax / 127 over the whole panel (NaN
+// when the column holds an inf or NaN; its kernel multiplies by d once per panel instead of
+// once per block), codes = round(x / d) + 128 and c = -128 d in every block.
 //
 // amax[j] = max(amax[j], |x|) and poison[j] += x - x over rows [0, rows) x columns [0, nc).
 void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
@@ -112,9 +110,6 @@ void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_
 void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
                    const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
                    int64_t b0, int64_t j_off);
-// Both per 32 rows.
-void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
 void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
                         float* amax, float* poison);
 void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
