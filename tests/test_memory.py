@@ -1,16 +1,12 @@
 """The memory plan (python/ggtune/memory.py): how its terms move with the training options, and
 how many layers keep their activations."""
 
-import platform
-import resource
-
-import numpy as np
 import pytest
 
 from ggtune import memory
 from ggtune.block import BF16, Block
 from ggtune.gguf_io import read_model_gguf
-from ggtune.memory import keep_freed_memory, layer_intermediates, plan_memory
+from ggtune.memory import layer_intermediates, plan_memory
 from tiny_models import write_tiny_llama
 
 ARGS = dict(n_lora_params=1000, n_ctx=16, n_batch=2, head_chunk=256, runtime_bytes=0)
@@ -106,20 +102,3 @@ def test_smollm2_default_plan_keeps_every_layer_within_800_mb(smollm2_path, monk
     weights = read_model_gguf(smollm2_path)
     plan = plan_memory(weights, **default_plan_args(weights))
     assert plan.kept_layers == 30 and plan.total <= memory.DEFAULT_BUDGET_MIB * 2**20 < 800e6
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="the setting is glibc's malloc's")
-def test_keep_freed_memory_lets_a_step_reuse_the_last_steps_pages():
-    """A step that allocates and frees four 6 MiB arrays faults ~2,000 pages in again on every
-    repeat by default (glibc trims the freed top of its heap); after keep_freed_memory() a
-    repeat reuses the pages of the step before."""
-    assert keep_freed_memory()
-
-    def step():
-        arrays = [np.ones(6 << 18, np.float32) for _ in range(4)]
-        del arrays
-
-    step()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-    step()
-    assert resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before < 64

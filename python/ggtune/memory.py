@@ -145,29 +145,6 @@ def choose_kept_layers(plan: MemoryPlan, budget_mib: float | None) -> tuple[int,
                   f"the most that fit {what}, {source}")
 
 
-def keep_freed_memory() -> bool:
-    """Has glibc's malloc keep freed blocks of any size for reuse, for the rest of the process.
-
-    By default it returns each allocation above its mmap threshold (128 KiB, raised on the fly
-    up to 32 MiB) to the kernel when freed, so a training step's fresh numpy arrays fault their
-    pages in again on every step: SmolLM2's ~15,000 page faults and ~100 ms of system time a
-    step (docs/design.md). With both thresholds at 1 GiB the second step reuses the first's
-    memory; the peak stays what the plan holds. Returns whether the setting took (False off
-    glibc, where nothing is changed)."""
-    import ctypes
-    import ctypes.util
-    import platform
-
-    if platform.libc_ver()[0] != "glibc":
-        return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return False
-    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
-    return bool(libc.mallopt(m_mmap_threshold, 1 << 30)) and bool(libc.mallopt(m_trim_threshold, 1 << 30))
-
-
 def peak_rss() -> int:
     """Peak resident set size of this process so far, in bytes.
 

@@ -23,7 +23,7 @@ from .graph import Graph, Grads
 from .lora import LoraSet, init_lora, target_shapes
 from .lora_options import adapter_alpha_and_factors, default_rank, parse_targets
 from .names import RANK_OPTIONS
-from .memory import check_fits, current_anon_rss, keep_freed_memory, peak_rss, plan_memory
+from .memory import check_fits, current_anon_rss, peak_rss, plan_memory
 from .optim import Adam, AdamState, Convergence, learning_rate_schedule
 from .finite import TrainingDiverged, check_training_step
 from .options import FinetuneOptions, options_from_kwargs
@@ -163,7 +163,6 @@ def _run(opts: FinetuneOptions, dist) -> FinetuneResult:
     state.keep_layers = plan.kept_layers
     state.watch = RunWatch(opts, evaluator, resumed, seed, samples.count, writes_files=dist.is_root)
     state.dropout = LoraDropout(opts.lora_dropout, seed)
-    keep_freed_memory()
     result = state.train(log)
     result.memory_plan_bytes, result.kept_layers = plan.total, plan.kept_layers
     result.peak_rss_bytes = peak_rss()
