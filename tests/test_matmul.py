@@ -175,6 +175,22 @@ def q8_rows(x):
     return (codes * (amax / np.float32(127))).reshape(T, -1)[:, :K].astype(np.float64)
 
 
+def q8_columns(w, max_panel=1024):
+    """W [rows, cols] rounded as the backward requantizes it: one scale per column over each
+    panel of rows (the int8 engine's K panels: as few as fit max_panel rows, cut equally and
+    rounded up to 32), d = amax / 127 and code = round-half-even(x * (127 / amax))."""
+    rows = w.shape[0]
+    panels = -(-rows // max_panel)
+    kc = min(rows, -(-(-(-rows // panels)) // 32) * 32)
+    out = np.empty(w.shape, np.float64)
+    for r0 in range(0, rows, kc):
+        band = w[r0:r0 + kc].astype(np.float32)
+        amax = np.abs(band).max(axis=0, keepdims=True)
+        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+        out[r0:r0 + kc] = np.rint(band * inv) * (amax / np.float32(127))
+    return out
+
+
 HAS_U8_CODES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K}
 
 
@@ -193,12 +209,13 @@ def int8_tolerance(S, K):
 @pytest.mark.parametrize("qtype", TYPES, ids=lambda t: t.name)
 def test_int8_matmul_both_directions_match_their_rounding(isa, qtype):
     """Forward: Q8(x) @ W.T with W's own codes (or W requantized along K); backward:
-    Q8(dy) @ Q8ᵀ(W), W requantized down its columns, in blocks of 32 rows."""
+    Q8(dy) @ W requantized with one scale per column and panel."""
     rng = np.random.default_rng(int(qtype) * 5 + 1)
-    for K, N in shapes(qtype) + [(GGML_QUANT_SIZES[qtype][0] * 2, 45)]:
+    # N = 1100: the backward's depth over two panels, each with its own column scales
+    for K, N in shapes(qtype) + [(GGML_QUANT_SIZES[qtype][0] * 2, 45), (GGML_QUANT_SIZES[qtype][0], 1100)]:
         w, wd = weight_bytes(rng, qtype, N, K)
         w_fwd = int8_weight_forward(wd, qtype)
-        w_bwd = q8_rows(wd.T.astype(np.float32)).T  # [N, K], requantized along N
+        w_bwd = q8_columns(wd)  # [N, K], requantized down its columns
         for T in TOKENS:
             x = rng.standard_normal((T, K)).astype(np.float32)
             out = np.full((T, N), np.nan, np.float32)
@@ -244,6 +261,23 @@ def test_int8_accumulates_and_handles_zero_and_nonfinite_blocks():
     ref = out0[2:] + xq @ wd.T
     S = np.abs(xq) @ np.abs(wd).T + np.abs(out0[2:])
     assert np.all(np.abs(out[2:] - ref) <= int8_tolerance(S, K))
+
+
+def test_int8_backward_keeps_a_nonfinite_weight_to_its_column(isa):
+    """The backward's column scales span a whole panel: an inf weight poisons its own column of
+    dx (which it reaches anyway), and no other."""
+    rng = np.random.default_rng(12)
+    N, K, T = 70, 96, 9
+    wd = rng.standard_normal((N, K)).astype(np.float32)
+    wd[5, 3] = np.inf
+    dy = rng.standard_normal((T, N)).astype(np.float32)
+    dx = np.empty((T, K), np.float32)
+    _core.matmul_backward(dy, wd.view(np.uint8), int(Q.F32), dx, precision="int8")
+    assert np.all(np.isnan(dx[:, 3]))
+    rest = np.delete(np.arange(K), 3)
+    dyq, w_bwd = q8_rows(dy), q8_columns(wd[:, rest])
+    tol = int8_tolerance(np.abs(dyq) @ np.abs(w_bwd), N)
+    assert np.all(np.abs(dx[:, rest] - dyq @ w_bwd) <= tol)
 
 
 def test_auto_precision_is_int8_for_quantized_weights_on_the_avx512_tier_only(isa):

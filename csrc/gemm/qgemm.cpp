@@ -3,11 +3,13 @@
 // Loop nest of one thread over its output block [m0, m1) x [n0, n1):
 //   for jc (nc columns):
 //     for pc (kc deep):
-//       pack B panel (kc x nc)              unpacked or requantized once per thread
-//       for jr (kQNr columns):              one B strip, stays in L1 ...
-//         for ir (MR rows):                 ... while the rows of A stream past it
+//       pack B panel (kc x nc)              unpacked or requantized once per thread, in L2
+//       for ir (MR rows):                   MR rows of A, hot in L1 ...
+//         for jr (kQNr columns):            ... meet every B strip of the panel
 //           micro-kernel
-// A needs no packing: its quantized rows are read in place by broadcasts.
+// A needs no packing: its quantized rows are read in place by broadcasts. (Strips outside,
+// rows inside was 3-14% slower at 1024 rows: A's panel, read once per strip, spilled from L2,
+// and the head's backward, K = the vocabulary, read its A from memory.)
 #include "gemm/qgemm.h"
 
 #include <algorithm>
@@ -23,14 +25,14 @@ namespace ggtune::gemm {
 namespace {
 
 // kc: a whole K up to this depth (C is then written once); deeper K is cut into equal
-// panels. A strip of 1024 deep is 40 KB, within L1 beside the A rows being read.
+// panels. A panel of 256 columns 1024 deep is 320 KB, within L2.
 constexpr int64_t kMaxKc = 1024;
 constexpr int64_t kNc = 256;
 constexpr int kScalarMr = 4;
 
 // Q8 rounding of n <= kQBlock values x[i * stride], zero past n: codes q in [-127, 127] with
 // d = amax / 127, code = round-half-even(x * 127 / amax). Returns d; NaN (codes 0) when a value
-// is inf or NaN. The scalar reference of both activations and requantized weights.
+// is inf or NaN. The scalar reference of the activations' rounding.
 float round_q8_block(const float* x, int64_t stride, int64_t n, int32_t* q) {
   float amax = 0.0f, poison = 0.0f;  // poison: NaN when the block holds an inf or NaN
   for (int64_t i = 0; i < n; ++i) {
@@ -97,8 +99,9 @@ QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const Quan
                 float* c, int64_t ldc, bool accumulate, const int32_t* bias,
                 const LowRankUpdate* update) {
   const QKernelSet* ks = &active_q_kernels();
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, bias ? ks->symmetric : ks->kernel, bias, 0, 0, 0,
-          update};
+  const QMicroKernel kernel =
+      !bias ? ks->kernel : b.column_scaled() ? ks->column_scaled : ks->symmetric;
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, kernel, bias, 0, 0, 0, update};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
   p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
   p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
@@ -146,11 +149,12 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       const bool accumulate = pc > 0 || p.accumulate;
       const bool last_panel = pc + kcur >= p.K;  // the update goes in once, with the last panel
       const int64_t b0 = pc / kQBlock;
-      for (int64_t jr = 0; jr < ncur; jr += kQNr) {
-        const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
-        for (int64_t ir = m0; ir < m1; ir += mr) {
+      for (int64_t ir = m0; ir < m1; ir += mr) {
+        const int m = int(std::min(mr, m1 - ir));
+        for (int64_t jr = 0; jr < ncur; jr += kQNr) {
+          const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
           float* tile = p.c + ir * p.ldc + jc + jr;
-          const int m = int(std::min(mr, m1 - ir)), n = int(std::min<int64_t>(kQNr, ncur - jr));
+          const int n = int(std::min<int64_t>(kQNr, ncur - jr));
           const LowRankUpdate update = p.update && last_panel ? p.update->at(ir, jc + jr) : LowRankUpdate{};
           p.kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
                    p.a.s + ir * p.a.lds + b0, p.bias ? p.bias + ir * p.a.lds + b0 : nullptr,
@@ -215,33 +219,61 @@ void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, con
                    codes + i * ld + b * kQBlock, d[i * ldd + b], c[i * ldd + b]);
 }
 
-void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
-  int32_t q[kQBlock];
+void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
+                        float* amax, float* poison) {
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < nc; ++j) {
+      const float x = tile[r * rs + j * cs];
+      amax[j] = std::fmax(amax[j], std::fabs(x));
+      poison[j] += x - x;
+    }
+}
+
+void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                          int64_t b0, int64_t j_off) {
   uint8_t codes[kQBlock];
   for (int64_t j = 0; j < nc; ++j) {
     const int64_t col = j_off + j;
+    const float inv = amax[j] != 0.0f && poison[j] == 0.0f ? 127.0f / amax[j] : 0.0f;
+    const float d = amax[j] / 127.0f + poison[j];
     for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
       const int64_t r0 = bb * kQBlock;
-      const float dq = round_q8_block(tile + r0 * rs + j * cs, rs, std::min<int64_t>(kQBlock, kc - r0), q);
-      for (int r = 0; r < kQBlock; ++r) codes[r] = uint8_t(128 + q[r]);
-      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, dq, -128.0f * dq);
+      for (int64_t r = 0; r < kQBlock; ++r) {
+        const int32_t q = r0 + r < kc && inv != 0.0f
+                              ? int32_t(std::nearbyint(tile[(r0 + r) * rs + j * cs] * inv))
+                              : 0;
+        codes[r] = uint8_t(128 + q);
+      }
+      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, d, -128.0f * d);
     }
   }
 }
 
-void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
+void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
+                 float* poison) {
 #if defined(__x86_64__)
-  if (active_isa() == Isa::avx512 &&
-      requantize_tile_avx512(tile, rs, cs, kc, nc, panel, blocks, b0, j_off))
+  if (active_isa() == Isa::avx512 && column_amax_avx512(tile, rs, cs, rows, nc, amax, poison))
     return;
 #endif
-  requantize_tile_scalar(tile, rs, cs, kc, nc, panel, blocks, b0, j_off);
+  column_amax_scalar(tile, rs, cs, rows, nc, amax, poison);
+}
+
+void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                   const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                   int64_t b0, int64_t j_off) {
+#if defined(__x86_64__)
+  if (active_isa() == Isa::avx512 &&
+      quantize_tile_avx512(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off))
+    return;
+#endif
+  quantize_tile_scalar(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off);
 }
 
 const QKernelSet& q_kernels_scalar() {
-  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>};
+  // Column-scaled panels are symmetric ones whose d repeats: the symmetric kernel covers them.
+  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>,
+                              q_kernel_scalar<true>};
   return set;
 }
 

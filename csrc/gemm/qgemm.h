@@ -10,8 +10,10 @@
 //
 // Every GGUF weight type fits the B form: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks map to it
 // exactly (their codes, shifted to unsigned, with the block's scale and offset); any other
-// weight, and weights read across their rows (the backward product), are requantized to 8 bits
-// per 32 values when packed. A is quantized once per call (quantize_rows_q8).
+// weight is requantized to 8 bits per 32 values when packed (as A is), and weights read across
+// their rows (the backward product) to 8 bits with one scale per column and panel
+// (quantize_tile): no GGUF rounding to match there, and the kernel's per-block float work
+// halves. A is quantized once per call (quantize_rows_q8).
 //
 // Layout of a packed B panel: strips of kQNr columns; a strip is kb blocks one after the other,
 // each kQBlockBytes long:
@@ -66,6 +68,9 @@ class QuantBOperand {
   // micro-kernel starts from -k * sum qa instead of adding c * sa in float (one FMA fewer per
   // 16 outputs and block, ~10% of the kernel's time). 0: any c (Q4_1, Q5_1, K-quants).
   virtual int offset_code() const { return 0; }
+  // True when pack() gives every column one d over the whole panel (with offset_code() > 0):
+  // a block then needs one float multiply-add per 16 outputs, not two (the scale product).
+  virtual bool column_scaled() const { return false; }
   // Floats of scratch pack() may use for a kc x nc panel.
   virtual int64_t scratch_floats(int64_t kc, int64_t nc) const { return 0; }
   // Packs B[k0 : k0 + kc, n0 : n0 + nc] into `panel` (layout above, q_blocks(kc) blocks per
@@ -91,22 +96,38 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
                           const uint8_t* codes, int64_t ld, const float* d, const float* c,
                           int64_t ldd);
 
-// Requantizes rows [0, kc) x columns [0, nc) of a float tile, element (k, j) at
-// tile[k * rs + j * cs], into panel columns j_off.. of a panel with `blocks` blocks per strip,
-// starting at block b0: per column and 32 rows, d = amax / 127, codes = round(x / d) + 128,
-// c = -128 d. Rows past kc (a last partial block) get code 128 (zero). Runs on active_isa().
-void requantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                     uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
-void requantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
-// Covers cs == 1 with j_off a multiple of 16; false otherwise.
-bool requantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off);
+// The backward's requantization of a float tile into packed u8 columns, element (k, j) of the
+// tile at tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks`
+// blocks per strip from block b0: per column one scale d = amax / 127 over the whole panel (NaN
+// when the column holds an inf or NaN; its kernel multiplies by d once per panel instead of
+// once per block), codes = round(x / d) + 128 and c = -128 d in every block.
+//
+// amax[j] = max(amax[j], |x|) and poison[j] += x - x over rows [0, rows) x columns [0, nc).
+void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
+                 float* poison);
+// Codes for rows [0, kc) (a last partial block padded with code 128: zero) with the scales of
+// column_amax's amax and poison. Runs on active_isa().
+void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                   const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                   int64_t b0, int64_t j_off);
+void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
+                        float* amax, float* poison);
+void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                          int64_t b0, int64_t j_off);
+// Cover cs == 1 (and quantize_tile j_off a multiple of 16); false otherwise.
+bool column_amax_avx512(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
+                        float* amax, float* poison);
+bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                          int64_t b0, int64_t j_off);
 
 // Micro-kernel: an m x n tile (m <= MR, n <= kQNr) of C from `blocks` blocks of one B strip
 // and m rows of A starting at block b0: c (= or +=) sum over the blocks, then + the update
 // (already at the tile: LowRankUpdate::at) when not nullptr, in registers. `symmetric`: B has
 // c = -k d (offset_code), and bias holds -k * sum(qa) per A block (ld lds) in place of as.
+// `column_scaled`: symmetric, and each column's d the same in all the strip's blocks
+// (QuantBOperand::column_scaled), applied once after the blocks' sum.
 using QMicroKernel = void (*)(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                               const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
                               float* c, int64_t ldc, int m, int n, bool accumulate,
@@ -116,6 +137,7 @@ struct QKernelSet {
   int mr;
   QMicroKernel kernel;
   QMicroKernel symmetric;
+  QMicroKernel column_scaled;
 };
 
 const QKernelSet& q_kernels_scalar();

@@ -48,7 +48,7 @@ inline void add_update(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m
   else add_ranks<M, false>(up, acc, m0, m1);
 }
 
-template <int M, bool Symmetric>
+template <int M, bool Symmetric, bool ColumnScaled>
 void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
               const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n,
               bool accumulate, const LowRankUpdate* update) {
@@ -77,6 +77,11 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
       const __m512 da = _mm512_set1_ps(ad[i * lds + blk]);
+      if (ColumnScaled) {  // d waits for the end: acc = d * sum(da * dot)
+        acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), da, acc[i][0]);
+        acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), da, acc[i][1]);
+        continue;
+      }
       acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), _mm512_mul_ps(d0, da), acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), _mm512_mul_ps(d1, da), acc[i][1]);
       if (!Symmetric) {
@@ -84,6 +89,15 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
         acc[i][0] = _mm512_fmadd_ps(_mm512_load_ps(dc + 32), sa, acc[i][0]);
         acc[i][1] = _mm512_fmadd_ps(_mm512_load_ps(dc + 48), sa, acc[i][1]);
       }
+    }
+  }
+  if (ColumnScaled && blocks > 0) {
+    const auto* dc = reinterpret_cast<const float*>(b - kQBlockBytes + kQCodeBytes);
+    const __m512 d0 = _mm512_load_ps(dc), d1 = _mm512_load_ps(dc + 16);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      acc[i][0] = _mm512_mul_ps(acc[i][0], d0);
+      acc[i][1] = _mm512_mul_ps(acc[i][1], d1);
     }
   }
   const __mmask16 m0 = first_lanes(n), m1 = first_lanes(n - 16);
@@ -102,19 +116,20 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
   }
 }
 
-template <bool Symmetric, size_t... I>
+template <bool Symmetric, bool ColumnScaled, size_t... I>
 constexpr auto kernel_rows(std::index_sequence<I...>) {
   return std::array<QMicroKernel, sizeof...(I)>{
       [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
          const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n,
          bool accumulate, const LowRankUpdate* update) {
-        q_kernel<int(I) + 1, Symmetric>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate,
+        q_kernel<int(I) + 1, Symmetric, ColumnScaled>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate,
                                         update);
       }...};
 }
 
-constexpr auto kRows = kernel_rows<false>(std::make_index_sequence<kMr>());
-constexpr auto kSymmetricRows = kernel_rows<true>(std::make_index_sequence<kMr>());
+constexpr auto kRows = kernel_rows<false, false>(std::make_index_sequence<kMr>());
+constexpr auto kSymmetricRows = kernel_rows<true, false>(std::make_index_sequence<kMr>());
+constexpr auto kColumnScaledRows = kernel_rows<true, true>(std::make_index_sequence<kMr>());
 
 void q_kernel_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
                      const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
@@ -129,6 +144,13 @@ void q_kernel_symmetric_avx512(int64_t blocks, const int8_t* a, int64_t lda, con
   kSymmetricRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
 }
 
+void q_kernel_column_scaled_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                                   const float* as, const int32_t* bias, int64_t lds,
+                                   const uint8_t* b, float* c, int64_t ldc, int m, int n,
+                                   bool accumulate, const LowRankUpdate* update) {
+  kColumnScaledRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
+}
+
 // x * inv rounded to nearest even, as int32 lanes.
 inline __m512i round_scaled(__m512 x, __m512 inv) {
   return _mm512_cvtps_epi32(_mm512_mul_ps(x, inv));
@@ -137,13 +159,79 @@ inline __m512i round_scaled(__m512 x, __m512 inv) {
 }  // namespace
 
 const QKernelSet& q_kernels_avx512() {
-  static const QKernelSet set{kMr, q_kernel_avx512, q_kernel_symmetric_avx512};
+  static const QKernelSet set{kMr, q_kernel_avx512, q_kernel_symmetric_avx512,
+                              q_kernel_column_scaled_avx512};
   return set;
 }
 
+namespace {
+
+// Sixteen vectors reduced lane-wise to one: lane b = op over v[b]'s 16 lanes. Four levels of
+// shuffles halve the lanes each vector holds (15 ops of each kind, against ~8 per vector for
+// one horizontal reduction at a time); the last permute puts block b in lane b.
+template <typename Op>
+inline __m512 reduce_sixteen(__m512 (&v)[16], Op op) {
+  for (int i = 0; i < 8; ++i)  // quarters 0-1: v[i], 2-3: v[i + 8]
+    v[i] = op(_mm512_shuffle_f32x4(v[i], v[i + 8], 0x44), _mm512_shuffle_f32x4(v[i], v[i + 8], 0xEE));
+  for (int i = 0; i < 4; ++i)  // quarters: v[i], v[i + 8], v[i + 4], v[i + 12]
+    v[i] = op(_mm512_shuffle_f32x4(v[i], v[i + 4], 0x88), _mm512_shuffle_f32x4(v[i], v[i + 4], 0xDD));
+  for (int i = 0; i < 2; ++i)  // per quarter: two lanes from v[i], two from v[i + 2]
+    v[i] = op(_mm512_shuffle_ps(v[i], v[i + 2], 0x44), _mm512_shuffle_ps(v[i], v[i + 2], 0xEE));
+  const __m512 r = op(_mm512_shuffle_ps(v[0], v[1], 0x88), _mm512_shuffle_ps(v[0], v[1], 0xDD));
+  // lane 4q + j holds block base[q] + {0, 2, 1, 3}[j], base = {0, 8, 4, 12}
+  const __m512i block_lane = _mm512_set_epi32(15, 13, 14, 12, 7, 5, 6, 4, 11, 9, 10, 8, 3, 1, 2, 0);
+  return _mm512_permutexvar_ps(block_lane, r);
+}
+
+// Sixteen whole blocks of a row (512 values, all finite: the caller checks): codes, d, s, sum.
+// The same bits as quantize_row_q8_scalar.
+void quantize_sixteen_blocks(const float* x, int8_t* q, float* d, float* s, int32_t* sum) {
+  __m512 amax[16];
+  for (int b = 0; b < 16; ++b)
+    amax[b] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + 32 * b)),
+                            _mm512_abs_ps(_mm512_loadu_ps(x + 32 * b + 16)));
+  const __m512 m = reduce_sixteen(amax, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
+  const __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ),
+                                         _mm512_set1_ps(127.0f), m);
+  const __m512 dq = _mm512_div_ps(m, _mm512_set1_ps(127.0f));
+  alignas(64) float invs[16];
+  _mm512_store_ps(invs, inv);
+  __m512 sums[16];
+  for (int b = 0; b < 16; ++b) {
+    const __m512 ib = _mm512_set1_ps(invs[b]);
+    const __m512i q0 = round_scaled(_mm512_loadu_ps(x + 32 * b), ib);
+    const __m512i q1 = round_scaled(_mm512_loadu_ps(x + 32 * b + 16), ib);
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b), _mm512_cvtsepi32_epi8(q0));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + 32 * b + 16), _mm512_cvtsepi32_epi8(q1));
+    sums[b] = _mm512_castsi512_ps(_mm512_add_epi32(q0, q1));
+  }
+  const __m512i total = _mm512_castps_si512(reduce_sixteen(sums, [](__m512 a, __m512 b) {
+    return _mm512_castsi512_ps(_mm512_add_epi32(_mm512_castps_si512(a), _mm512_castps_si512(b)));
+  }));
+  _mm512_storeu_ps(d, dq);
+  _mm512_storeu_si512(sum, total);
+  _mm512_storeu_ps(s, _mm512_mul_ps(dq, _mm512_cvtepi32_ps(total)));
+}
+
+// True when x[0, K) holds no inf or NaN.
+bool all_finite(const float* x, int64_t K) {
+  __m512 poison = _mm512_setzero_ps();
+  for (int64_t k = 0; k < K; k += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(first_lanes(K - k), x + k);
+    poison = _mm512_add_ps(poison, _mm512_sub_ps(v, v));
+  }
+  return _mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ) == 0xffff;
+}
+
+}  // namespace
+
 bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s,
                             int32_t* sum) {
-  for (int64_t b = 0; b * kQBlock < K; ++b) {
+  int64_t b = 0;
+  if (all_finite(x, K))  // sixteen blocks at a time; a row with inf or NaN goes block by block
+    for (; (b + 16) * kQBlock <= K; b += 16)
+      quantize_sixteen_blocks(x + b * kQBlock, q + b * kQBlock, d + b, s + b, sum + b);
+  for (; b * kQBlock < K; ++b) {
     const int64_t k0 = b * kQBlock;
     const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(K - k0), x + k0);
     const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(K - k0 - 16), x + k0 + 16);
@@ -183,41 +271,52 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
   return true;
 }
 
-bool requantize_tile_avx512(const float* tile, int64_t ld, int64_t cs, int64_t kc, int64_t nc,
-                            uint8_t* panel, int64_t blocks, int64_t b0, int64_t j_off) {
-  // Columns are vectorized: they must be contiguous, and a 16-column vector must not straddle
-  // two strips.
+bool column_amax_avx512(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
+                        float* amax, float* poison) {
+  if (cs != 1) return false;  // columns are vectorized: they must be contiguous
+  for (int64_t j = 0; j < nc; j += 16) {
+    const __mmask16 mask = first_lanes(nc - j);
+    __m512 m = _mm512_maskz_loadu_ps(mask, amax + j), p = _mm512_maskz_loadu_ps(mask, poison + j);
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 v = _mm512_maskz_loadu_ps(mask, tile + r * rs + j);
+      m = _mm512_max_ps(m, _mm512_abs_ps(v));
+      p = _mm512_add_ps(p, _mm512_sub_ps(v, v));
+    }
+    _mm512_mask_storeu_ps(amax + j, mask, m);
+    _mm512_mask_storeu_ps(poison + j, mask, p);
+  }
+  return true;
+}
+
+bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
+                          int64_t b0, int64_t j_off) {
+  // A 16-column vector must be contiguous and must not straddle two strips.
   if (cs != 1 || j_off % 16 != 0) return false;
   const __m512i bias = _mm512_set1_epi32(128);
   for (int64_t j = 0; j < nc; j += 16) {
     const __mmask16 mask = first_lanes(nc - j);
     const int64_t col = j_off + j, lane = col % kQNr;
+    const __m512 m = _mm512_maskz_loadu_ps(mask, amax + j), p = _mm512_maskz_loadu_ps(mask, poison + j);
+    const __mmask16 finite_nonzero = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ) &
+                                     _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_EQ_OQ);
+    const __m512 inv = _mm512_maskz_div_ps(finite_nonzero, _mm512_set1_ps(127.0f), m);
+    const __m512 dq = _mm512_add_ps(_mm512_div_ps(m, _mm512_set1_ps(127.0f)), p);
     for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
       const int64_t r0 = bb * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
-      const float* src = tile + r0 * ld + j;
-      __m512 amax = _mm512_setzero_ps(), poison = _mm512_setzero_ps();
-      for (int64_t r = 0; r < rows; ++r) {
-        const __m512 v = _mm512_maskz_loadu_ps(mask, src + r * ld);
-        amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
-        poison = _mm512_add_ps(poison, _mm512_sub_ps(v, v));
-      }
-      const __mmask16 finite_nonzero =
-          _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_NEQ_OQ) &
-          _mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ);
-      const __m512 inv = _mm512_maskz_div_ps(finite_nonzero, _mm512_set1_ps(127.0f), amax);
+      const float* src = tile + r0 * rs + j;
       uint8_t* block = q_block_at(panel, blocks, col, b0 + bb);
       for (int g = 0; g < kQBlock / 4; ++g) {
         __m512i word = _mm512_setzero_si512();
         for (int t = 0; t < 4; ++t) {
           const int64_t r = 4 * g + t;
           const __m512i code =
-              r < rows ? _mm512_add_epi32(round_scaled(_mm512_maskz_loadu_ps(mask, src + r * ld), inv), bias)
+              r < rows ? _mm512_add_epi32(round_scaled(_mm512_maskz_loadu_ps(mask, src + r * rs), inv), bias)
                        : bias;
           word = _mm512_or_si512(word, _mm512_slli_epi32(code, 8 * t));
         }
         _mm512_mask_storeu_epi32(block + (g * kQNr + lane) * 4, mask, word);
       }
-      const __m512 dq = _mm512_add_ps(_mm512_div_ps(amax, _mm512_set1_ps(127.0f)), poison);
       auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
       _mm512_mask_storeu_ps(dc + lane, mask, dq);
       _mm512_mask_storeu_ps(dc + kQNr + lane, mask, _mm512_mul_ps(dq, _mm512_set1_ps(-128.0f)));

@@ -103,7 +103,8 @@ class WeightRows final : public gemm::BOperand {
 };
 
 // int8 engine, forward: B[k, n] = W[n, k]. A column is one weight row over the panel's depth:
-// its own u8 codes where the type has them, else dequantized and requantized along k.
+// its own u8 codes where the type has them, else dequantized and requantized along k as the
+// activations are (quantize_rows_q8), its codes shifted to u8.
 class CodesTransposed final : public gemm::QuantBOperand {
   static constexpr int64_t kColumns = 16;
 
@@ -118,26 +119,34 @@ class CodesTransposed final : public gemm::QuantBOperand {
     }
   }
   int64_t k_align() const override { return std::lcm<int64_t>(gemm::kQBlock, w_.traits.block_size); }
-  int64_t scratch_floats(int64_t kc, int64_t nc) const override {
-    return codes_ ? kColumns * (kc / 4 + 2 * gemm::q_blocks(kc)) : kc * nc;
+  int64_t scratch_floats(int64_t kc, int64_t) const override {
+    const int64_t blocks = gemm::q_blocks(kc), ldq = blocks * gemm::kQBlock;
+    return kColumns * ((codes_ ? 0 : kc + 2 * blocks) + ldq / 4 + 2 * blocks);
   }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
             float* scratch) const override {
-    const int64_t blocks = gemm::q_blocks(kc);
-    if (!codes_) {
-      for (int64_t n = 0; n < nc; ++n) w_.dequantize(n0 + n, k0, kc, scratch + n * kc);
-      gemm::requantize_tile(scratch, 1, kc, kc, nc, panel, blocks, 0, 0);
-      return;
-    }
-    // kColumns weight rows at a time: unpacked one after the other, then written together.
+    // kColumns weight rows at a time: unpacked (or requantized) one after the other, then
+    // written together.
+    const int64_t blocks = gemm::q_blocks(kc), ldq = blocks * gemm::kQBlock;
     float* d = scratch;
     float* c = d + kColumns * blocks;
     auto* u = reinterpret_cast<uint8_t*>(c + kColumns * blocks);
+    float* rows = reinterpret_cast<float*>(u + kColumns * ldq);  // requantized types only
+    float* s = rows + kColumns * kc;
+    auto* sum = reinterpret_cast<int32_t*>(s + kColumns * blocks);
     for (int64_t n = 0; n < nc; n += kColumns) {
       const int64_t count = std::min(kColumns, nc - n);
-      for (int64_t i = 0; i < count; ++i)
-        unpack_row_u8(w_.type, w_.at(n0 + n + i, k0), kc, u + i * kc, d + i * blocks, c + i * blocks);
-      gemm::put_q_columns(panel, blocks, n, count, u, kc, d, c, blocks);
+      if (codes_) {
+        for (int64_t i = 0; i < count; ++i)
+          unpack_row_u8(w_.type, w_.at(n0 + n + i, k0), kc, u + i * ldq, d + i * blocks, c + i * blocks);
+      } else {
+        for (int64_t i = 0; i < count; ++i) w_.dequantize(n0 + n + i, k0, kc, rows + i * kc);
+        auto* q = reinterpret_cast<int8_t*>(u);
+        gemm::quantize_rows_q8(rows, count, kc, kc, q, ldq, d, s, sum, blocks);
+        for (int64_t i = 0; i < count * ldq; ++i) u[i] = uint8_t(q[i] + 128);
+        for (int64_t i = 0; i < count * blocks; ++i) c[i] = -128.0f * d[i];
+      }
+      gemm::put_q_columns(panel, blocks, n, count, u, ldq, d, c, blocks);
     }
   }
 
@@ -146,22 +155,30 @@ class CodesTransposed final : public gemm::QuantBOperand {
   bool codes_;
 };
 
-// int8 engine, backward: B[k, n] = W[k, n]. 32 weight rows at a time are dequantized over the
-// panel's band of columns and requantized down each column.
+// int8 engine, backward: B[k, n] = W[k, n], requantized with one scale per column over the
+// panel's depth. 32 weight rows at a time are dequantized over the panel's band of columns,
+// twice: for the columns' amax, then for their codes (dequantizing is cheaper than keeping a
+// whole float panel in cache).
 class CodesRows final : public gemm::QuantBOperand {
  public:
   explicit CodesRows(const GgufMatrix& w) : w_(w) {}
   int offset_code() const override { return 128; }  // requantized: c = -128 d
+  bool column_scaled() const override { return true; }
   int64_t n_align() const override { return w_.traits.block_size; }
-  int64_t scratch_floats(int64_t, int64_t nc) const override { return gemm::kQBlock * nc; }
+  int64_t scratch_floats(int64_t, int64_t nc) const override { return (gemm::kQBlock + 2) * nc; }
   void pack(int64_t k0, int64_t kc, int64_t n0, int64_t nc, uint8_t* panel,
             float* scratch) const override {
     const int64_t blocks = gemm::q_blocks(kc);
-    for (int64_t b = 0; b < blocks; ++b) {
-      const int64_t r0 = b * gemm::kQBlock, rows = std::min<int64_t>(gemm::kQBlock, kc - r0);
-      for (int64_t r = 0; r < rows; ++r) w_.dequantize(k0 + r0 + r, n0, nc, scratch + r * nc);
-      gemm::requantize_tile(scratch, nc, 1, rows, nc, panel, blocks, b, 0);
-    }
+    float* amax = scratch + gemm::kQBlock * nc;
+    float* poison = amax + nc;
+    std::fill(amax, poison + nc, 0.0f);
+    for (int pass = 0; pass < 2; ++pass)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t r0 = b * gemm::kQBlock, rows = std::min<int64_t>(gemm::kQBlock, kc - r0);
+        for (int64_t r = 0; r < rows; ++r) w_.dequantize(k0 + r0 + r, n0, nc, scratch + r * nc);
+        if (pass == 0) gemm::column_amax(scratch, nc, 1, rows, nc, amax, poison);
+        else gemm::quantize_tile(scratch, nc, 1, rows, nc, amax, poison, panel, blocks, b, 0);
+      }
   }
 
  private:
