@@ -96,7 +96,7 @@ class LoraLinears:
 
     def backward(self, x, items, dys, zs, grads: Grads, dx, accumulate: bool = False):
         """dx (= or +=) Σ dy·W + s·(dy·B)·A over matrices [(weight, name), ...] that read the same x;
-        dB += s·dyᵀ·z and dA += s·(dy·B)ᵀ·x for each adapter. Each dy is read once for its dz =
+        dB += s·dyᵀ·z and dA += s·(dy·B)ᵀ·x for each adapter. One call per dy gives its dz =
         s·dy·B and dB (lora_factor_backward), one pass over x serves every dA, and the stacked
         (dy·B)·A of all adapters is added by the last dy·W product to each tile of dx it computes.
         With x None the dA terms wait for x: the returned function adds them, given x (ffn_down's
