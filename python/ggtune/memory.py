@@ -161,8 +161,9 @@ def retained_heap():
     ~2 µs per 4 KiB page on the benchmark machine (SmolLM2 at ctx 128, batch 8: 10,000-12,000
     faults and 35-60 ms of system time per iteration; 25 faults with this, docs/design.md). The
     allocations are the same, so the peak RSS the plan predicts stays; only the RSS no longer falls
-    between iterations. On exit the defaults return and the free memory is handed back. Where
-    malloc is not glibc's (no mallopt), nothing changes."""
+    between iterations. On exit glibc's default thresholds return (fixed: its startup adjustment
+    of the mmap threshold to the blocks freed stays off in this process) and the free memory is
+    handed back. Where malloc is not glibc's (no mallopt), nothing changes."""
     try:
         libc = ctypes.CDLL(None)
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
