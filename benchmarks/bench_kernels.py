@@ -118,7 +118,10 @@ def bench_shapes(args, types, thread_counts, peaks):
                 fns[qtype.name, "bwd", n] = with_threads(n, lambda wq=wq, t=t: _core.matmul_backward(
                     dy, wq, t, dx, precision=args.precision))
         clocks = {name: time.thread_time for name in fns if args.cpu_time and name[-1] == 1}
-        best = best_seconds(fns, args.repeats, settle=0.25 if args.numpy else 0.02, clocks=clocks)
+        # Without numpy in the turn, no pause: a sleep lets ggtune's own OpenMP workers fall asleep,
+        # and the next burst's first call then measures waking a halted vCPU (about 1 ms on the
+        # benchmark VM: a 0.4 ms product at two threads read as 0.23 efficiency), not the kernel.
+        best = best_seconds(fns, args.repeats, settle=0.25 if args.numpy else 0.0, clocks=clocks)
         _core.set_num_threads(full)
         if args.numpy:
             print(f"{n_in:>5} -> {n_out:<6} numpy   fwd {gop / best['np', 'fwd']:6.1f}   "
