@@ -16,6 +16,7 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType as Q
 from gguf import quants
 
 from ggtune import _core
+from test_ops_common import assert_same_bits_at_thread_counts
 
 TYPES = [Q.F32, Q.F16, Q.BF16, Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0,
          Q.Q2_K, Q.Q3_K, Q.Q4_K, Q.Q5_K, Q.Q6_K]
@@ -140,16 +141,12 @@ def test_auto_precision_is_exact_f32_for_f32_weights():
 
 def assert_same_at_thread_counts(x, w, ggml_type, n_out, **matmul_options):
     """_core.matmul(x, w) gives the same bits at 1, 2 and 3 threads."""
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            outs.append(np.empty((x.shape[0], n_out), np.float32))
-            _core.matmul(x, w, int(ggml_type), outs[-1], **matmul_options)
-    finally:
-        _core.set_num_threads(0)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+    def product():
+        out = np.empty((x.shape[0], n_out), np.float32)
+        _core.matmul(x, w, int(ggml_type), out, **matmul_options)
+        return out
+
+    assert_same_bits_at_thread_counts(product)
 
 
 @pytest.mark.parametrize("precision", ["f32", "bf16", "int8"])

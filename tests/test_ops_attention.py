@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from ggtune import _core
-from test_ops_common import attention_backward_ref, attention_mask, attention_ref, f32, numeric_grad
+from test_ops_common import (assert_same_bits_at_thread_counts, attention_backward_ref, attention_mask,
+                             attention_ref, f32, numeric_grad)
 
 # (B, S, Skv, Hq, Hkv, D): GQA 9/3 and MHA 4/4; S and Skv on and around the 32-query and
 # 64-key tiles; Skv > S (a KV cache); odd head dims.
@@ -101,17 +102,12 @@ def test_attention_bits_do_not_depend_on_the_thread_count(isa, shape, tiles):
     alone; the forward's tasks are independent rows."""
     rng, q, k, v, scale = make_inputs(shape, 3)
     dout = f32(rng, *q.shape)
-    runs = []
-    for threads in (1, 2, 3, 5):
-        _core.set_num_threads(threads)
-        try:
-            out, lse = run_forward(q, k, v, scale, tiles=tiles)
-            runs.append((out, lse) + run_backward(dout, q, k, v, out, lse, scale, tiles=tiles))
-        finally:
-            _core.set_num_threads(0)
-    for other in runs[1:]:
-        for a, b in zip(runs[0], other):
-            np.testing.assert_array_equal(a, b)
+
+    def forward_and_backward():
+        out, lse = run_forward(q, k, v, scale, tiles=tiles)
+        return (out, lse) + run_backward(dout, q, k, v, out, lse, scale, tiles=tiles)
+
+    assert_same_bits_at_thread_counts(forward_and_backward, counts=(1, 2, 3, 5))
 
 
 @pytest.mark.parametrize("S,Skv", [(0, 0), (0, 5)])

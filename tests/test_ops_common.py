@@ -13,6 +13,22 @@ def f32(rng, *shape, scale=1.0):
     return (rng.standard_normal(shape) * scale).astype(np.float32)
 
 
+def assert_same_bits_at_thread_counts(run, counts=(1, 2, 3)):
+    """run() returns an array or a tuple of arrays: the same bits at every thread count."""
+    runs = []
+    try:
+        for threads in counts:
+            _core.set_num_threads(threads)
+            out = run()
+            runs.append(out if isinstance(out, tuple) else (out,))
+    finally:
+        _core.set_num_threads(0)
+    for other in runs[1:]:
+        assert len(other) == len(runs[0])
+        for mine, theirs in zip(runs[0], other):
+            np.testing.assert_array_equal(mine, theirs)
+
+
 def numeric_grad(loss, x, eps=1e-6):
     """Central differences of the float64 scalar loss() with respect to the float64 array x."""
     grad = np.zeros_like(x)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from ggtune import _core
-from test_ops_common import numeric_grad
+from test_ops_common import assert_same_bits_at_thread_counts, numeric_grad
 
 SHAPES = [(1, 1, 1), (31, 17, 4), (32, 70, 9), (33, 576, 16), (100, 33, 3)]  # (T, K, r)
 
@@ -63,17 +63,13 @@ def test_the_three_products_are_adjoint():
 def test_outer_does_not_depend_on_thread_count():
     rng = np.random.default_rng(2)
     z, x = f32(rng, 300, 8), f32(rng, 300, 500)
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            g = np.zeros((8, 500), np.float32)
-            _core.lora_outer(z, x, g)
-            outs.append(g)
-    finally:
-        _core.set_num_threads(0)
-    np.testing.assert_array_equal(outs[0], outs[1])
-    np.testing.assert_array_equal(outs[0], outs[2])
+
+    def outer():
+        g = np.zeros((8, 500), np.float32)
+        _core.lora_outer(z, x, g)
+        return g
+
+    assert_same_bits_at_thread_counts(outer)
 
 
 @pytest.mark.parametrize("T,K,r", SHAPES + [(64, 1536, 4), (7, 40, 12)])
@@ -123,18 +119,13 @@ def test_factor_backward_matches_finite_differences():
 def test_projections_do_not_depend_on_thread_count():
     rng = np.random.default_rng(4)
     x, a, dy, z = f32(rng, 301, 500), f32(rng, 6, 500), f32(rng, 301, 500), f32(rng, 301, 6)
-    outs = []
-    try:
-        for threads in (1, 2, 3):
-            _core.set_num_threads(threads)
-            zz = np.empty((301, 6), np.float32)
-            _core.lora_project(x, a, zz)
-            outs.append((zz, *run_factor_backward(dy, z, a, 0.5, 6, 0, np.zeros((500, 6), np.float32))))
-    finally:
-        _core.set_num_threads(0)
-    for other in outs[1:]:
-        for mine, theirs in zip(outs[0], other):
-            np.testing.assert_array_equal(mine, theirs)
+
+    def projections():
+        zz = np.empty((301, 6), np.float32)
+        _core.lora_project(x, a, zz)
+        return (zz, *run_factor_backward(dy, z, a, 0.5, 6, 0, np.zeros((500, 6), np.float32)))
+
+    assert_same_bits_at_thread_counts(projections)
 
 
 @pytest.mark.parametrize("call, match", [
