@@ -242,9 +242,10 @@ def test_int8_is_close_to_exact_products():
     assert np.abs(out - exact).max() < 0.01 * np.abs(exact).max()
 
 
-def test_int8_accumulates_and_handles_zero_and_nonfinite_blocks():
+@pytest.mark.parametrize("K", [96, 1024])  # 1024: the quantizer's sixteen-block path and its fallback
+def test_int8_accumulates_and_handles_zero_and_nonfinite_blocks(K):
     rng = np.random.default_rng(10)
-    K, N, T = 96, 40, 5
+    N, T = 40, 5
     w, wd = weight_bytes(rng, Q.Q8_0, N, K)
     x = rng.standard_normal((T, K)).astype(np.float32)
     x[0] = 0.0             # an all-zero row: its blocks have amax 0

@@ -183,13 +183,34 @@ inline __m512 reduce_sixteen(__m512 (&v)[16], Op op) {
   return _mm512_permutexvar_ps(block_lane, r);
 }
 
-// Sixteen whole blocks of a row (512 values, all finite: the caller checks): codes, d, s, sum.
-// The same bits as quantize_row_q8_scalar.
-void quantize_sixteen_blocks(const float* x, int8_t* q, float* d, float* s, int32_t* sum) {
-  __m512 amax[16];
-  for (int b = 0; b < 16; ++b)
-    amax[b] = _mm512_max_ps(_mm512_abs_ps(_mm512_loadu_ps(x + 32 * b)),
-                            _mm512_abs_ps(_mm512_loadu_ps(x + 32 * b + 16)));
+// One block of a row: x[k0, min(K, k0 + 32)), zero past K.
+void quantize_block(const float* x, int64_t K, int64_t b, int8_t* q, float* d, float* s,
+                    int32_t* sum) {
+  const int64_t k0 = b * kQBlock;
+  const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(K - k0), x + k0);
+  const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(K - k0 - 16), x + k0 + 16);
+  const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
+  const float poison =
+      _mm512_reduce_add_ps(_mm512_add_ps(_mm512_sub_ps(v0, v0), _mm512_sub_ps(v1, v1)));
+  const __m512 inv = _mm512_set1_ps(amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f);
+  const __m512i q0 = round_scaled(v0, inv), q1 = round_scaled(v1, inv);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0), _mm512_cvtsepi32_epi8(q0));
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16), _mm512_cvtsepi32_epi8(q1));
+  d[b] = amax / 127.0f + poison;
+  sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+  s[b] = d[b] * float(sum[b]);
+}
+
+// Sixteen whole blocks of a row (512 values): codes, d, s, sum, the same bits as quantize_block.
+// False, with nothing written, when they hold an inf or NaN (quantize_block poisons just its block).
+bool quantize_sixteen_blocks(const float* x, int8_t* q, float* d, float* s, int32_t* sum) {
+  __m512 amax[16], poison = _mm512_setzero_ps();
+  for (int b = 0; b < 16; ++b) {
+    const __m512 v0 = _mm512_loadu_ps(x + 32 * b), v1 = _mm512_loadu_ps(x + 32 * b + 16);
+    amax[b] = _mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1));
+    poison = _mm512_add_ps(poison, _mm512_add_ps(_mm512_sub_ps(v0, v0), _mm512_sub_ps(v1, v1)));
+  }
+  if (_mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ) != 0xffff) return false;
   const __m512 m = reduce_sixteen(amax, [](__m512 a, __m512 b) { return _mm512_max_ps(a, b); });
   const __m512 inv = _mm512_maskz_div_ps(_mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ),
                                          _mm512_set1_ps(127.0f), m);
@@ -211,41 +232,19 @@ void quantize_sixteen_blocks(const float* x, int8_t* q, float* d, float* s, int3
   _mm512_storeu_ps(d, dq);
   _mm512_storeu_si512(sum, total);
   _mm512_storeu_ps(s, _mm512_mul_ps(dq, _mm512_cvtepi32_ps(total)));
-}
-
-// True when x[0, K) holds no inf or NaN.
-bool all_finite(const float* x, int64_t K) {
-  __m512 poison = _mm512_setzero_ps();
-  for (int64_t k = 0; k < K; k += 16) {
-    const __m512 v = _mm512_maskz_loadu_ps(first_lanes(K - k), x + k);
-    poison = _mm512_add_ps(poison, _mm512_sub_ps(v, v));
-  }
-  return _mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ) == 0xffff;
+  return true;
 }
 
 }  // namespace
 
 bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, float* s,
                             int32_t* sum) {
+  const int64_t blocks = q_blocks(K);
   int64_t b = 0;
-  if (all_finite(x, K))  // sixteen blocks at a time; a row with inf or NaN goes block by block
-    for (; (b + 16) * kQBlock <= K; b += 16)
-      quantize_sixteen_blocks(x + b * kQBlock, q + b * kQBlock, d + b, s + b, sum + b);
-  for (; b * kQBlock < K; ++b) {
-    const int64_t k0 = b * kQBlock;
-    const __m512 v0 = _mm512_maskz_loadu_ps(first_lanes(K - k0), x + k0);
-    const __m512 v1 = _mm512_maskz_loadu_ps(first_lanes(K - k0 - 16), x + k0 + 16);
-    const float amax = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_abs_ps(v0), _mm512_abs_ps(v1)));
-    const float poison =
-        _mm512_reduce_add_ps(_mm512_add_ps(_mm512_sub_ps(v0, v0), _mm512_sub_ps(v1, v1)));
-    const __m512 inv = _mm512_set1_ps(amax != 0.0f && poison == 0.0f ? 127.0f / amax : 0.0f);
-    const __m512i q0 = round_scaled(v0, inv), q1 = round_scaled(v1, inv);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0), _mm512_cvtsepi32_epi8(q0));
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(q + k0 + 16), _mm512_cvtsepi32_epi8(q1));
-    d[b] = amax / 127.0f + poison;
-    sum[b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-    s[b] = d[b] * float(sum[b]);
-  }
+  for (; (b + 16) * kQBlock <= K; b += 16)  // sixteen whole blocks at a time
+    if (!quantize_sixteen_blocks(x + b * kQBlock, q + b * kQBlock, d + b, s + b, sum + b))
+      for (int64_t i = b; i < b + 16; ++i) quantize_block(x, K, i, q, d, s, sum);
+  for (; b < blocks; ++b) quantize_block(x, K, b, q, d, s, sum);
   return true;
 }
 
