@@ -159,17 +159,66 @@ def test_results_do_not_depend_on_thread_count(precision):
 
 # ---- int8: Q8 activations, integer codes (csrc/gemm/qgemm.h) ----
 
-def q8_rows(x):
+def q8_blocks(x):
     """x [T, K] rounded as the int8 engine rounds activations: per 32 values along K,
-    d = amax / 127 and code = round-half-even(x * (127 / amax)), all in float32."""
+    d = amax / 127 and code = round-half-even(x * (127 / amax)), all in float32. Returns the
+    codes [T, blocks, 32] and d [T, blocks, 1]."""
     T, K = x.shape
     padded = np.zeros((T, -(-K // 32) * 32), np.float32)
     padded[:, :K] = x
     blocks = padded.reshape(T, -1, 32)
     amax = np.abs(blocks).max(axis=2, keepdims=True)
     inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    codes = np.rint(blocks * inv)
-    return (codes * (amax / np.float32(127))).reshape(T, -1)[:, :K].astype(np.float64)
+    return np.rint(blocks * inv), amax / np.float32(127)
+
+
+def q8_rows(x):
+    codes, d = q8_blocks(x)
+    return (codes * d).reshape(x.shape[0], -1)[:, :x.shape[1]].astype(np.float64)
+
+
+def int16_codes(v, code_max):
+    """v [rows, n] as codes round-half-even(v / scale), scale = max |v| / code_max per row, in
+    float32: (codes, scale [rows, 1])."""
+    amax = np.abs(v).max(axis=1, keepdims=True)
+    inv = np.where(amax > 0, np.float32(code_max) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return np.rint(v * inv), amax / np.float32(code_max)
+
+
+# Types with offsets of their own (w = d * code + c, any c): the forward sums their offsets in
+# integers (csrc/gemm/qgemm.h).
+AFFINE = {Q.Q4_1, Q.Q5_1, Q.Q4_K, Q.Q5_K}
+
+
+def block_offsets(data, qtype, n):
+    """c [n, blocks of 32] of an affine type's GGUF bytes, as the engine unpacks them."""
+    blocks = data.reshape(n, -1, GGML_QUANT_SIZES[qtype][1])
+    if qtype in (Q.Q4_1, Q.Q5_1):
+        return blocks[:, :, 2:4].copy().view(np.float16).astype(np.float32).reshape(n, -1)
+    dmin = blocks[:, :, 2:4].copy().view(np.float16).astype(np.float32)
+    _, mins = quants.Q4_K.get_scale_min(blocks[:, :, 4:16].reshape(-1, 12))
+    return -(dmin * mins.reshape(n, -1, 8).astype(np.float32)).reshape(n, -1)
+
+
+def forward_offsets(x, c, qtype, max_panel=1024):
+    """The affine forward's offset term [T, n] and its scale (for the tolerance): per K panel
+    (cut as the engine cuts it: equal panels rounded up to whole blocks and block pairs), the
+    int16 codes of sa = d * sum(codes) per row of x (one scale per row) against those of c
+    (one scale per column and panel)."""
+    codes, d = q8_blocks(x)
+    sa = (d[:, :, 0] * codes.sum(axis=2).astype(np.float32)).astype(np.float32)
+    s16, s_scale = int16_codes(sa, 32767)
+    K, blocks = x.shape[1], c.shape[1]
+    panels = -(-K // max_panel)
+    align = np.lcm(GGML_QUANT_SIZES[qtype][0], 64)
+    kb = min(K, -(-(-(-K // panels)) // align) * align) // 32
+    term, scale = np.zeros((x.shape[0], c.shape[0])), np.zeros((x.shape[0], c.shape[0]))
+    for b0 in range(0, blocks, kb):
+        c16, c_scale = int16_codes(c[:, b0:b0 + kb], 2047)
+        both = s_scale.astype(np.float64) @ c_scale.T.astype(np.float64)
+        term += both * (s16[:, b0:b0 + kb] @ c16.T)
+        scale += both * (np.abs(s16[:, b0:b0 + kb]) @ np.abs(c16).T)
+    return term, scale
 
 
 def q8_columns(w, max_panel=1024):
@@ -191,9 +240,19 @@ def q8_columns(w, max_panel=1024):
 HAS_U8_CODES = {Q.Q4_0, Q.Q4_1, Q.Q5_0, Q.Q5_1, Q.Q8_0, Q.Q4_K, Q.Q5_K}
 
 
-def int8_weight_forward(wd, qtype):
-    """W[N, K] as the forward reads it: its own codes (exact) or requantized along K."""
-    return wd if qtype in HAS_U8_CODES else q8_rows(wd.astype(np.float32))
+def int8_forward_reference(x, w, wd, qtype):
+    """The int8 forward Q8(x) @ W.T and its scale S for the tolerance. W's own codes (exact) or W
+    requantized along K; affine types' offsets as the engine sums them."""
+    xq = q8_rows(x)
+    if qtype not in HAS_U8_CODES:
+        w_fwd = q8_rows(wd.astype(np.float32))
+        return xq @ w_fwd.T, np.abs(xq) @ np.abs(w_fwd).T
+    if qtype not in AFFINE:
+        return xq @ wd.T, np.abs(xq) @ np.abs(wd).T
+    c = block_offsets(w, qtype, wd.shape[0])
+    codes_part = wd - np.repeat(c, 32, axis=1)[:, :wd.shape[1]]
+    term, term_scale = forward_offsets(x, c, qtype)
+    return xq @ codes_part.T + term, np.abs(xq) @ np.abs(codes_part).T + term_scale
 
 
 def int8_tolerance(S, K):
@@ -211,15 +270,13 @@ def test_int8_matmul_both_directions_match_their_rounding(isa, qtype):
     # N = 1100: the backward's depth over two panels, each with its own column scales
     for K, N in shapes(qtype) + [(GGML_QUANT_SIZES[qtype][0] * 2, 45), (GGML_QUANT_SIZES[qtype][0], 1100)]:
         w, wd = weight_bytes(rng, qtype, N, K)
-        w_fwd = int8_weight_forward(wd, qtype)
         w_bwd = q8_columns(wd)  # [N, K], requantized down its columns
         for T in TOKENS:
             x = rng.standard_normal((T, K)).astype(np.float32)
             out = np.full((T, N), np.nan, np.float32)
             _core.matmul(x, w, int(qtype), out, precision="int8")
-            xq = q8_rows(x)
-            ref = xq @ w_fwd.T
-            tol = int8_tolerance(np.abs(xq) @ np.abs(w_fwd).T, K)
+            ref, S = int8_forward_reference(x, w, wd, qtype)
+            tol = int8_tolerance(S, K)
             assert np.all(np.abs(out - ref) <= tol), (isa, T, K, N, np.abs(out - ref).max())
 
             dy = rng.standard_normal((T, N)).astype(np.float32)

@@ -24,9 +24,8 @@
 namespace ggtune::gemm {
 namespace {
 
-// kc: a whole K up to this depth (C is then written once); deeper K is cut into equal
-// panels. A panel of 256 columns 1024 deep is 320 KB, within L2.
-constexpr int64_t kMaxKc = 1024;
+// kc: a whole K up to kMaxKc (C is then written once); deeper K is cut into equal panels.
+// A panel of 256 columns 1024 deep is 320 KB, within L2.
 constexpr int64_t kNc = 256;
 constexpr int kScalarMr = 4;
 
@@ -54,27 +53,46 @@ void add_update(const LowRankUpdate& up, int64_t m, int64_t n, float* c, int64_t
     }
 }
 
-template <bool Symmetric>
+// The offset codes of column j's blocks 2p and 2p + 1 in a strip (its even block's c slot).
+inline const int16_t* offset_pair(const uint8_t* strip, int64_t p, int j) {
+  return reinterpret_cast<const int16_t*>(strip + 2 * p * kQBlockBytes + kQCodeBytes + kQNr * 4) + 2 * j;
+}
+
+inline const float* offset_scales(const uint8_t* strip, int64_t blocks) {
+  return reinterpret_cast<const float*>(strip + blocks * kQBlockBytes);
+}
+
+template <bool Affine>
 void q_kernel_scalar(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                     const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
-                     int64_t ldc, int m, int n, bool accumulate, const LowRankUpdate* update) {
+                     const int32_t* ints, const float* offset_scale, int64_t lds, const uint8_t* b,
+                     float* c, int64_t ldc, int m, int n, bool accumulate,
+                     const LowRankUpdate* update) {
   float acc[kScalarMr][kQNr] = {};
   for (int64_t blk = 0; blk < blocks; ++blk) {
     const uint8_t* codes = b + blk * kQBlockBytes;
     const auto* db = reinterpret_cast<const float*>(codes + kQCodeBytes);
-    const float* cb = db + kQNr;
     for (int i = 0; i < m; ++i) {
       const int8_t* ar = a + i * lda + blk * kQBlock;
       const float da = ad[i * lds + blk];
       for (int j = 0; j < kQNr; ++j) {
-        int32_t dot = Symmetric ? bias[i * lds + blk] : 0;
+        int32_t dot = Affine ? 0 : ints[i * lds + blk];
         for (int k = 0; k < kQBlock; ++k)
           dot += int32_t(codes[((k / 4) * kQNr + j) * 4 + k % 4]) * int32_t(ar[k]);
-        acc[i][j] += Symmetric ? float(dot) * (db[j] * da)
-                               : float(dot) * (db[j] * da) + cb[j] * as[i * lds + blk];
+        acc[i][j] += float(dot) * (db[j] * da);
       }
     }
   }
+  if (Affine)
+    for (int i = 0; i < m; ++i)
+      for (int j = 0; j < kQNr; ++j) {
+        int32_t off = 0;
+        for (int64_t p = 0; p < (blocks + 1) / 2; ++p) {
+          const int32_t sums = ints[i * lds + p];
+          const int16_t* cp = offset_pair(b, p, j);
+          off += int32_t(cp[0]) * int16_t(sums & 0xffff) + int32_t(cp[1]) * int16_t(sums >> 16);
+        }
+        acc[i][j] += float(off) * (offset_scales(b, blocks)[j] * offset_scale[i]);
+      }
   for (int i = 0; i < m; ++i)
     for (int j = 0; j < n; ++j) c[i * ldc + j] = accumulate ? c[i * ldc + j] + acc[i][j] : acc[i][j];
   if (update) add_update(*update, m, n, c, ldc);
@@ -88,22 +106,25 @@ struct QPlan {
   float* c;
   int64_t ldc;
   bool accumulate;
-  const QKernelSet* ks;
-  QMicroKernel kernel;
-  const int32_t* bias;  // -k * sum(qa) per A block when B is symmetric, else nullptr
+  QKernel kernel;
+  bool affine;
+  const int32_t* ints;         // per A row: symmetric, -k * sum(qa) per block; affine, offset codes
+  const float* offset_scale;   // affine: per A row, the offset codes' scale
   int64_t kc, nc, n_unit;
   const LowRankUpdate* update;  // nullptr: none
 };
 
 QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
-                float* c, int64_t ldc, bool accumulate, const int32_t* bias,
-                const LowRankUpdate* update) {
-  const QKernelSet* ks = &active_q_kernels();
-  const QMicroKernel kernel =
-      !bias ? ks->kernel : b.column_scaled() ? ks->column_scaled : ks->symmetric;
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, kernel, bias, 0, 0, 0, update};
+                float* c, int64_t ldc, bool accumulate, const int32_t* ints,
+                const float* offset_scale, const LowRankUpdate* update) {
+  const QKernelSet& ks = active_q_kernels();
+  const bool affine = b.offset_code() == 0;
+  const QKernel kernel = affine ? ks.affine : b.column_scaled() ? ks.column_scaled : ks.symmetric;
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, kernel, affine, ints, offset_scale, 0, 0, 0, update};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
-  p.kc = std::min(K, round_up((K + panels - 1) / panels, b.k_align()));
+  // An affine panel starts on an even block: A's offset codes go two blocks per int32.
+  const int64_t k_align = affine ? std::lcm<int64_t>(b.k_align(), 2 * kQBlock) : b.k_align();
+  p.kc = std::min(K, round_up((K + panels - 1) / panels, k_align));
   p.n_unit = std::lcm<int64_t>(kQNr, b.n_align());
   p.nc = round_up(kNc, p.n_unit);
   return p;
@@ -121,13 +142,13 @@ struct Grid {
 constexpr double kPackPerMac = 28.0;
 
 Grid thread_grid(int64_t M, int64_t N, const QPlan& p, int threads) {
-  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.kernel.mr - 1) / p.kernel.mr;
   Grid best{1, 1};
   double best_cost = 0;
   for (int64_t tn = 1; tn <= std::min<int64_t>(threads, n_units); ++tn) {
     const int64_t tm = std::min<int64_t>(threads / tn, m_units);
     const double cols = double((n_units + tn - 1) / tn * p.n_unit);
-    const double rows = double((m_units + tm - 1) / tm * p.ks->mr);
+    const double rows = double((m_units + tm - 1) / tm * p.kernel.mr);
     const double cost = cols * (kPackPerMac + rows);
     if (tn == 1 || cost < best_cost) best = {tn, tm}, best_cost = cost;
   }
@@ -136,29 +157,32 @@ Grid thread_grid(int64_t M, int64_t N, const QPlan& p, int threads) {
 
 void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   thread_local ScratchBuffer panel_buf, scratch_buf;
-  const int64_t mr = p.ks->mr;
+  const int64_t mr = p.kernel.mr;
   for (int64_t jc = n0; jc < n1; jc += p.nc) {
     const int64_t ncur = std::min(p.nc, n1 - jc);
     const int64_t strips = (ncur + kQNr - 1) / kQNr;
     for (int64_t pc = 0; pc < p.K; pc += p.kc) {
       const int64_t kcur = std::min(p.kc, p.K - pc), kb = q_blocks(kcur);
-      auto* panel = static_cast<uint8_t*>(panel_buf.get(strips * kb * kQBlockBytes));
-      if (ncur % kQNr) std::memset(panel + (strips - 1) * kb * kQBlockBytes, 0, kb * kQBlockBytes);
+      const int64_t strip_bytes = q_strip_bytes(kb);
+      auto* panel = static_cast<uint8_t*>(panel_buf.get(strips * strip_bytes));
+      if (ncur % kQNr) std::memset(panel + (strips - 1) * strip_bytes, 0, strip_bytes);
       float* scratch = static_cast<float*>(scratch_buf.get(4 * p.b->scratch_floats(kcur, ncur)));
       p.b->pack(pc, kcur, jc, ncur, panel, scratch);
       const bool accumulate = pc > 0 || p.accumulate;
       const bool last_panel = pc + kcur >= p.K;  // the update goes in once, with the last panel
-      const int64_t b0 = pc / kQBlock;
+      const int64_t b0 = pc / kQBlock, i0 = p.affine ? b0 / 2 : b0;  // ints: per pair, per block
       for (int64_t ir = m0; ir < m1; ir += mr) {
         const int m = int(std::min(mr, m1 - ir));
+        const int32_t* ints = p.ints ? p.ints + ir * p.a.lds + i0 : nullptr;
+        const float* offset_scale = p.offset_scale ? p.offset_scale + ir : nullptr;
         for (int64_t jr = 0; jr < ncur; jr += kQNr) {
-          const uint8_t* strip = panel + (jr / kQNr) * kb * kQBlockBytes;
+          const uint8_t* strip = panel + (jr / kQNr) * strip_bytes;
           float* tile = p.c + ir * p.ldc + jc + jr;
           const int n = int(std::min<int64_t>(kQNr, ncur - jr));
           const LowRankUpdate update = p.update && last_panel ? p.update->at(ir, jc + jr) : LowRankUpdate{};
-          p.kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0,
-                   p.a.s + ir * p.a.lds + b0, p.bias ? p.bias + ir * p.a.lds + b0 : nullptr,
-                   p.a.lds, strip, tile, p.ldc, m, n, accumulate, update.u ? &update : nullptr);
+          p.kernel.fn(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0, ints,
+                      offset_scale, p.a.lds, strip, tile, p.ldc, m, n, accumulate,
+                      update.u ? &update : nullptr);
         }
       }
     }
@@ -199,11 +223,27 @@ void quantize_rows_q8(const float* x, int64_t M, int64_t K, int64_t ldx, int8_t*
   });
 }
 
-void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float c) {
+void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d) {
   for (int g = 0; g < kQBlock / 4; ++g) std::memcpy(block + (g * kQNr + lane) * 4, codes + 4 * g, 4);
-  auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
-  dc[lane] = d;
-  dc[kQNr + lane] = c;
+  reinterpret_cast<float*>(block + kQCodeBytes)[lane] = d;
+}
+
+void put_q_offsets_scalar(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
+                          const float* c, int64_t ldd) {
+  for (int64_t i = 0; i < count; ++i) {
+    const float* ci = c + i * ldd;
+    float amax = 0.0f, poison = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b) amax = std::fmax(amax, std::fabs(ci[b])), poison += ci[b] - ci[b];
+    const float inv = amax != 0.0f && poison == 0.0f ? float(kOffsetCodeMax) / amax : 0.0f;
+    const int lane = int((j + i) % kQNr);
+    for (int64_t b = 0; b < round_up(blocks, 2); ++b) {
+      auto* pair = reinterpret_cast<int16_t*>(q_block_at(panel, blocks, j + i, b & ~int64_t(1)) +
+                                              kQCodeBytes + kQNr * 4);
+      pair[2 * lane + (b & 1)] = b < blocks ? int16_t(std::nearbyint(ci[b] * inv)) : 0;
+    }
+    reinterpret_cast<float*>(q_block_at(panel, blocks, j + i, blocks))[lane] =
+        amax / float(kOffsetCodeMax) + poison;
+  }
 }
 
 void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, const uint8_t* codes,
@@ -216,7 +256,24 @@ void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, con
   for (int64_t i = 0; i < count; ++i)
     for (int64_t b = 0; b < blocks; ++b)
       put_q_column(q_block_at(panel, blocks, j + i, b), int((j + i) % kQNr),
-                   codes + i * ld + b * kQBlock, d[i * ldd + b], c[i * ldd + b]);
+                   codes + i * ld + b * kQBlock, d[i * ldd + b]);
+  if (c) put_q_offsets_scalar(panel, blocks, j, count, c, ldd);
+}
+
+void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, float* scale) {
+  const int64_t blocks = q_blocks(K);
+  for (int64_t m = 0; m < M; ++m) {
+    const float* s = a.s + m * a.lds;
+    float amax = 0.0f;
+    for (int64_t b = 0; b < blocks; ++b) amax = std::fmax(amax, std::fabs(s[b]));  // NaN: skipped
+    const float inv = amax != 0.0f ? float(kOffsetSumMax) / amax : 0.0f;
+    auto code = [&](int64_t b) -> uint32_t {
+      return b < blocks && s[b] == s[b] ? uint16_t(int16_t(std::nearbyint(s[b] * inv))) : 0;
+    };
+    for (int64_t p = 0; p < (blocks + 1) / 2; ++p)
+      pairs[m * a.lds + p] = int32_t(code(2 * p) | code(2 * p + 1) << 16);
+    scale[m] = amax / float(kOffsetSumMax);
+  }
 }
 
 void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
@@ -245,7 +302,7 @@ void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc,
                               : 0;
         codes[r] = uint8_t(128 + q);
       }
-      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, d, -128.0f * d);
+      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, d);
     }
   }
 }
@@ -272,8 +329,8 @@ void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_
 
 const QKernelSet& q_kernels_scalar() {
   // Column-scaled panels are symmetric ones whose d repeats: the symmetric kernel covers them.
-  static const QKernelSet set{kScalarMr, q_kernel_scalar<false>, q_kernel_scalar<true>,
-                              q_kernel_scalar<true>};
+  static const QKernelSet set{{kScalarMr, q_kernel_scalar<true>}, {kScalarMr, q_kernel_scalar<false>},
+                              {kScalarMr, q_kernel_scalar<false>}};
   return set;
 }
 
@@ -293,25 +350,28 @@ void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOp
     if (update) add_update(*update, M, N, c, ldc);
     return;
   }
-  // Symmetric B: the per-block integer start -k * sum(qa), for every row of A.
-  thread_local ScratchBuffer bias_buf;
-  const int k_code = b.offset_code();
-  int32_t* bias = nullptr;
-  if (k_code > 0) {
-    bias = static_cast<int32_t*>(bias_buf.get(4 * M * a.lds));
+  // Per row of A: symmetric B, the per-block integer start -k * sum(qa); affine B, the
+  // offset codes and their scale.
+  thread_local ScratchBuffer ints_buf, scale_buf;
+  auto* ints = static_cast<int32_t*>(ints_buf.get(4 * M * a.lds));
+  float* offset_scale = nullptr;
+  if (const int k_code = b.offset_code(); k_code > 0) {
     const int64_t blocks = q_blocks(K);
     for (int64_t m = 0; m < M; ++m)
       for (int64_t blk = 0; blk < blocks; ++blk)
-        bias[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
+        ints[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
+  } else {
+    offset_scale = static_cast<float*>(scale_buf.get(4 * M));
+    offset_sums(a, M, K, ints, offset_scale);
   }
-  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, bias, update);
+  const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, ints, offset_scale, update);
   const Grid grid = thread_grid(M, N, p, num_threads());
-  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.kernel.mr - 1) / p.kernel.mr;
   parallel_for(grid.tn * grid.tm, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t in = t % grid.tn, im = t / grid.tn;
       const int64_t n0 = n_units * in / grid.tn * p.n_unit, n1 = n_units * (in + 1) / grid.tn * p.n_unit;
-      const int64_t m0 = m_units * im / grid.tm * p.ks->mr, m1 = m_units * (im + 1) / grid.tm * p.ks->mr;
+      const int64_t m0 = m_units * im / grid.tm * p.kernel.mr, m1 = m_units * (im + 1) / grid.tm * p.kernel.mr;
       if (n0 < n1 && m0 < m1) run_block(p, m0, std::min(M, m1), n0, std::min(N, n1));
     }
   });

@@ -8,6 +8,16 @@
 // and sum_k qa ub is what vpdpbusd (AVX512-VNNI) computes, 64 byte products per instruction:
 // twice the multiply-adds per cycle of float32 FMA on the CPUs ggtune is tuned on.
 //
+// The offset term sum_b cb sa is itself a product, over blocks, done in integers too: cb as
+// int16 codes with one scale per column and panel (|code| <= kOffsetCodeMax), sa as int16 codes
+// with one scale per row of A (|code| <= kOffsetSumMax), two blocks per vpdpwssd, one float
+// multiply per panel, in place of two float multiply-adds per 16 outputs and block beside the
+// 16 vpdpbusd (measured on Zen 4, 1 thread: Q4_1 576 -> 1536 296 -> 311 GOP/s; 1536 -> 576
+// unchanged). Its rounding, 2^-12 of the column's largest offset and 2^-16 of the row's largest
+// sa, is of the order of llama.cpp's own (it stores sa as float16) and far below the
+// activations' (2^-8 of each block's amax). Symmetric weights (cb = -k db exactly) need no
+// offset term at all (offset_code below).
+//
 // Every GGUF weight type fits the B form: Q4_0/Q4_1/Q5_0/Q5_1/Q8_0/Q4_K/Q5_K blocks map to it
 // exactly (their codes, shifted to unsigned, with the block's scale and offset); any other
 // weight is requantized to 8 bits per 32 values when packed (as A is), and weights read across
@@ -16,12 +26,14 @@
 // halves. A is quantized once per call (quantize_rows_q8).
 //
 // Layout of a packed B panel: strips of kQNr columns; a strip is kb blocks one after the other,
-// each kQBlockBytes long:
-//   codes [8][kQNr][4] uint8   (group g holds k = 4g..4g+3 of every column: vpdpbusd's operand)
-//   d     [kQNr] float32
-//   c     [kQNr] float32
+// each kQBlockBytes long, then the columns' offset scales:
+//   block: codes [8][kQNr][4] uint8   (group g holds k = 4g..4g+3 of every column: vpdpbusd's operand)
+//          d     [kQNr] float32
+//          c     [kQNr][2] int16      (even blocks b only: column j's offset codes of blocks b
+//                                      and b + 1, vpdpwssd's operand; 0 past the panel's end)
+//   tail:  offset scale [kQNr] float32
 // Columns past N have d = c = 0. K past the end of A is zero in qa, so B's values there do not
-// matter.
+// matter. Symmetric panels leave c and the tail unwritten.
 #pragma once
 
 #include <cstdint>
@@ -34,8 +46,17 @@ constexpr int kQBlock = 32;  // values per scale along K
 constexpr int kQNr = 32;     // columns per packed strip
 constexpr int64_t kQCodeBytes = kQBlock * kQNr;
 constexpr int64_t kQBlockBytes = kQCodeBytes + 2 * kQNr * 4;
+// A panel is at most this deep (a whole K up to it; deeper K is cut into equal panels).
+constexpr int64_t kMaxKc = 1024;
+// Offset codes: a panel's integer offset sum, kMaxKc / kQBlock products of at most
+// kOffsetCodeMax * kOffsetSumMax, must fit int32 (vpdpwssd wraps).
+constexpr int32_t kOffsetCodeMax = 2047;
+constexpr int32_t kOffsetSumMax = 32767;
+static_assert(kMaxKc / kQBlock * int64_t(kOffsetCodeMax) * kOffsetSumMax <= INT32_MAX);
 
 inline int64_t q_blocks(int64_t k) { return (k + kQBlock - 1) / kQBlock; }
+inline int64_t q_pairs(int64_t k) { return (q_blocks(k) + 1) / 2; }
+inline int64_t q_strip_bytes(int64_t blocks) { return blocks * kQBlockBytes + kQNr * 4; }
 
 // A quantized: rows of ldq int8 codes (K rounded up to 32, zero past K) and per block
 // d, s = d * sum(codes) and the integer sum itself, ld lds.
@@ -81,20 +102,31 @@ class QuantBOperand {
 
 // Address of block b of the strip holding panel column j, and j's lane in it.
 inline uint8_t* q_block_at(uint8_t* panel, int64_t blocks, int64_t j, int64_t b) {
-  return panel + ((j / kQNr) * blocks + b) * kQBlockBytes;
+  return panel + (j / kQNr) * q_strip_bytes(blocks) + b * kQBlockBytes;
 }
 
-// Writes one column's block: 32 codes (k order), its scale and offset; lane = column % kQNr.
-void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d, float c);
+// Writes one column's block: 32 codes (k order) and its scale; lane = column % kQNr.
+void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d);
 
 // Writes `count` panel columns j.. from unpacked rows: column j + i has its codes at
-// codes[i * ld ...] (`blocks` blocks of 32) and its scales and offsets at d[i * ldd ...],
-// c[i * ldd ...]. Runs on active_isa(); the avx512 variant covers 16 columns from a multiple of 16.
+// codes[i * ld ...] (`blocks` blocks of 32) and its scales at d[i * ldd ...]; with c, its
+// offsets c[i * ldd ...] as offset codes and scale (put_q_offsets). Runs on active_isa(); the
+// avx512 variant covers 16 columns from a multiple of 16.
 void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, const uint8_t* codes,
                    int64_t ld, const float* d, const float* c, int64_t ldd);
 bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
                           const uint8_t* codes, int64_t ld, const float* d, const float* c,
                           int64_t ldd);
+// The offsets of put_q_columns: column j + i's c[i * ldd ...] over the panel's blocks as codes
+// round-half-even(c / scale), scale = max |c| / kOffsetCodeMax (NaN when one is inf or NaN).
+void put_q_offsets_scalar(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
+                          const float* c, int64_t ldd);
+
+// A's offset codes (kernel argument `ints` of affine B): per row m, ld lds, OffsetSums of its
+// sa over q_blocks(K) blocks: codes round-half-even(sa / scale), two blocks per int32 (0 past
+// the last), scale[m] = max |sa| / kOffsetSumMax (NaN sa, a row with an inf or NaN: code 0;
+// its block scale is NaN already).
+void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, float* scale);
 
 // The backward's requantization of a float tile into packed u8 columns, element (k, j) of the
 // tile at tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks`
@@ -123,21 +155,29 @@ bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc,
                           int64_t b0, int64_t j_off);
 
 // Micro-kernel: an m x n tile (m <= MR, n <= kQNr) of C from `blocks` blocks of one B strip
-// and m rows of A starting at block b0: c (= or +=) sum over the blocks, then + the update
-// (already at the tile: LowRankUpdate::at) when not nullptr, in registers. `symmetric`: B has
-// c = -k d (offset_code), and bias holds -k * sum(qa) per A block (ld lds) in place of as.
-// `column_scaled`: symmetric, and each column's d the same in all the strip's blocks
-// (QuantBOperand::column_scaled), applied once after the blocks' sum.
+// (starting at an even block of the panel for `affine`) and m rows of A from the same block:
+// c (= or +=) sum over the blocks, then + the update (already at the tile: LowRankUpdate::at)
+// when not nullptr, in registers. Per row i of A, ad[i * lds ...] are its block scales and
+// ints[i * lds ...] its integers:
+// - affine: any offsets. ints holds the row's offset codes, two blocks per int32 (low half the
+//   even block; offset_sums), and offset_scale[i] their scale.
+// - symmetric: B has c = -k d (offset_code); ints holds -k * sum(qa) per block.
+// - column_scaled: symmetric, and each column's d the same in all the strip's blocks
+//   (QuantBOperand::column_scaled), applied once after the blocks' sum.
 using QMicroKernel = void (*)(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                              const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
-                              float* c, int64_t ldc, int m, int n, bool accumulate,
-                              const LowRankUpdate* update);
+                              const int32_t* ints, const float* offset_scale, int64_t lds,
+                              const uint8_t* b, float* c, int64_t ldc, int m, int n,
+                              bool accumulate, const LowRankUpdate* update);
+
+struct QKernel {
+  int mr;  // rows of A per call
+  QMicroKernel fn;
+};
 
 struct QKernelSet {
-  int mr;
-  QMicroKernel kernel;
-  QMicroKernel symmetric;
-  QMicroKernel column_scaled;
+  QKernel affine;
+  QKernel symmetric;
+  QKernel column_scaled;
 };
 
 const QKernelSet& q_kernels_scalar();

@@ -48,18 +48,45 @@ inline void add_update(const LowRankUpdate& up, __m512 (&acc)[M][2], __mmask16 m
   else add_ranks<M, false>(up, acc, m0, m1);
 }
 
-template <int M, bool Symmetric, bool ColumnScaled>
-void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
-              const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int n,
-              bool accumulate, const LowRankUpdate* update) {
-  __m512 acc[M][2];
+// The offsets of an affine strip, acc = their integer sum times the column's and the row's
+// scale: A's offset codes meet B's, two blocks per vpdpwssd, in a loop of their own before the
+// blocks' (fused into it, their 12 int32 accumulators would not fit beside the blocks' 24).
+template <int M>
+inline void offsets_sum(int64_t blocks, const int32_t* ints, const float* offset_scale,
+                        int64_t lds, const uint8_t* b, __m512 (&acc)[M][2]) {
+  __m512i off[M][2];
 #pragma GCC unroll 8
-  for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  for (int i = 0; i < M; ++i) off[i][0] = off[i][1] = _mm512_setzero_si512();
+  for (int64_t p = 0; 2 * p < blocks; ++p) {  // the pair's codes: its even block's c slot
+    const uint8_t* pair = b + 2 * p * kQBlockBytes + kQCodeBytes + kQNr * 4;
+    const __m512i c0 = _mm512_load_si512(pair), c1 = _mm512_load_si512(pair + 64);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      const __m512i sa = _mm512_set1_epi32(ints[i * lds + p]);
+      off[i][0] = _mm512_dpwssd_epi32(off[i][0], c0, sa);
+      off[i][1] = _mm512_dpwssd_epi32(off[i][1], c1, sa);
+    }
+  }
+  const auto* cs = reinterpret_cast<const float*>(b + blocks * kQBlockBytes);
+  const __m512 c0 = _mm512_load_ps(cs), c1 = _mm512_load_ps(cs + 16);
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) {
+    const __m512 rs = _mm512_set1_ps(offset_scale[i]);
+    acc[i][0] = _mm512_mul_ps(_mm512_cvtepi32_ps(off[i][0]), _mm512_mul_ps(c0, rs));
+    acc[i][1] = _mm512_mul_ps(_mm512_cvtepi32_ps(off[i][1]), _mm512_mul_ps(c1, rs));
+  }
+}
+
+// acc += the blocks' scaled dot products of M rows and 32 columns; with symmetric B each
+// block's dot starts at ints (-k * sum(qa)).
+template <int M, bool Affine, bool ColumnScaled>
+inline void q_blocks_sum(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                         const int32_t* ints, int64_t lds, const uint8_t* b, __m512 (&acc)[M][2]) {
   for (int64_t blk = 0; blk < blocks; ++blk, b += kQBlockBytes) {
     __m512i dot[M][2];
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i)
-      dot[i][0] = dot[i][1] = Symmetric ? _mm512_set1_epi32(bias[i * lds + blk]) : _mm512_setzero_si512();
+      dot[i][0] = dot[i][1] = Affine ? _mm512_setzero_si512() : _mm512_set1_epi32(ints[i * lds + blk]);
     const int8_t* ab = a + blk * kQBlock;
 #pragma GCC unroll 8
     for (int g = 0; g < kQBlock / 4; ++g) {
@@ -84,15 +111,24 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
       }
       acc[i][0] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][0]), _mm512_mul_ps(d0, da), acc[i][0]);
       acc[i][1] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot[i][1]), _mm512_mul_ps(d1, da), acc[i][1]);
-      if (!Symmetric) {
-        const __m512 sa = _mm512_set1_ps(as[i * lds + blk]);
-        acc[i][0] = _mm512_fmadd_ps(_mm512_load_ps(dc + 32), sa, acc[i][0]);
-        acc[i][1] = _mm512_fmadd_ps(_mm512_load_ps(dc + 48), sa, acc[i][1]);
-      }
     }
   }
+}
+
+template <int M, bool Affine, bool ColumnScaled>
+void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const int32_t* ints,
+              const float* offset_scale, int64_t lds, const uint8_t* b, float* c, int64_t ldc,
+              int n, bool accumulate, const LowRankUpdate* update) {
+  __m512 acc[M][2];
+  if (Affine) {
+    offsets_sum<M>(blocks, ints, offset_scale, lds, b, acc);
+  } else {
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) acc[i][0] = acc[i][1] = _mm512_setzero_ps();
+  }
+  q_blocks_sum<M, Affine, ColumnScaled>(blocks, a, lda, ad, ints, lds, b, acc);
   if (ColumnScaled && blocks > 0) {
-    const auto* dc = reinterpret_cast<const float*>(b - kQBlockBytes + kQCodeBytes);
+    const auto* dc = reinterpret_cast<const float*>(b + (blocks - 1) * kQBlockBytes + kQCodeBytes);
     const __m512 d0 = _mm512_load_ps(dc), d1 = _mm512_load_ps(dc + 16);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
@@ -116,39 +152,27 @@ void q_kernel(int64_t blocks, const int8_t* a, int64_t lda, const float* ad, con
   }
 }
 
-template <bool Symmetric, bool ColumnScaled, size_t... I>
+template <bool Affine, bool ColumnScaled, size_t... I>
 constexpr auto kernel_rows(std::index_sequence<I...>) {
   return std::array<QMicroKernel, sizeof...(I)>{
-      [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const float* as,
-         const int32_t* bias, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int, int n,
-         bool accumulate, const LowRankUpdate* update) {
-        q_kernel<int(I) + 1, Symmetric, ColumnScaled>(blocks, a, lda, ad, as, bias, lds, b, c, ldc, n, accumulate,
-                                        update);
+      [](int64_t blocks, const int8_t* a, int64_t lda, const float* ad, const int32_t* ints,
+         const float* offset_scale, int64_t lds, const uint8_t* b, float* c, int64_t ldc, int,
+         int n, bool accumulate, const LowRankUpdate* update) {
+        q_kernel<int(I) + 1, Affine, ColumnScaled>(blocks, a, lda, ad, ints, offset_scale, lds, b,
+                                                   c, ldc, n, accumulate, update);
       }...};
 }
 
-constexpr auto kRows = kernel_rows<false, false>(std::make_index_sequence<kMr>());
-constexpr auto kSymmetricRows = kernel_rows<true, false>(std::make_index_sequence<kMr>());
-constexpr auto kColumnScaledRows = kernel_rows<true, true>(std::make_index_sequence<kMr>());
+constexpr auto kAffineRows = kernel_rows<true, false>(std::make_index_sequence<kMr>());
+constexpr auto kSymmetricRows = kernel_rows<false, false>(std::make_index_sequence<kMr>());
+constexpr auto kColumnScaledRows = kernel_rows<false, true>(std::make_index_sequence<kMr>());
 
-void q_kernel_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                     const float* as, const int32_t* bias, int64_t lds, const uint8_t* b, float* c,
-                     int64_t ldc, int m, int n, bool accumulate, const LowRankUpdate* update) {
-  kRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
-}
-
-void q_kernel_symmetric_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                               const float* as, const int32_t* bias, int64_t lds, const uint8_t* b,
-                               float* c, int64_t ldc, int m, int n, bool accumulate,
-                               const LowRankUpdate* update) {
-  kSymmetricRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
-}
-
-void q_kernel_column_scaled_avx512(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
-                                   const float* as, const int32_t* bias, int64_t lds,
-                                   const uint8_t* b, float* c, int64_t ldc, int m, int n,
-                                   bool accumulate, const LowRankUpdate* update) {
-  kColumnScaledRows[m - 1](blocks, a, lda, ad, as, bias, lds, b, c, ldc, m, n, accumulate, update);
+template <const auto& Rows>
+void q_kernel_rows(int64_t blocks, const int8_t* a, int64_t lda, const float* ad,
+                   const int32_t* ints, const float* offset_scale, int64_t lds, const uint8_t* b,
+                   float* c, int64_t ldc, int m, int n, bool accumulate,
+                   const LowRankUpdate* update) {
+  Rows[m - 1](blocks, a, lda, ad, ints, offset_scale, lds, b, c, ldc, m, n, accumulate, update);
 }
 
 // x * inv rounded to nearest even, as int32 lanes.
@@ -159,8 +183,9 @@ inline __m512i round_scaled(__m512 x, __m512 inv) {
 }  // namespace
 
 const QKernelSet& q_kernels_avx512() {
-  static const QKernelSet set{kMr, q_kernel_avx512, q_kernel_symmetric_avx512,
-                              q_kernel_column_scaled_avx512};
+  static const QKernelSet set{{kMr, q_kernel_rows<kAffineRows>},
+                              {kMr, q_kernel_rows<kSymmetricRows>},
+                              {kMr, q_kernel_rows<kColumnScaledRows>}};
   return set;
 }
 
@@ -253,20 +278,39 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
                           int64_t ldd) {
   if (count != 16 || j % 16 != 0 || ld % 4 != 0) return false;
   // Lane i reads column j + i: dword offsets i * ld / 4 into the codes, i * ldd into d and c.
-  const __m512i rows = _mm512_mullo_epi32(_mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0),
-                                          _mm512_set1_epi32(int32_t(ld / 4)));
-  const __m512i scale_rows = _mm512_mullo_epi32(
-      _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0), _mm512_set1_epi32(int32_t(ldd)));
+  const __m512i lanes = _mm512_set_epi32(15, 14, 13, 12, 11, 10, 9, 8, 7, 6, 5, 4, 3, 2, 1, 0);
+  const __m512i rows = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(int32_t(ld / 4)));
+  const __m512i scale_rows = _mm512_mullo_epi32(lanes, _mm512_set1_epi32(int32_t(ldd)));
   const int64_t lane = j % kQNr;
   for (int64_t b = 0; b < blocks; ++b) {
     uint8_t* block = q_block_at(panel, blocks, j, b);
     const auto* src = reinterpret_cast<const int*>(codes + b * kQBlock);
     for (int g = 0; g < kQBlock / 4; ++g)
       _mm512_storeu_si512(block + (g * kQNr + lane) * 4, _mm512_i32gather_epi32(rows, src + g, 4));
-    auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
-    _mm512_storeu_ps(dc + lane, _mm512_i32gather_ps(scale_rows, d + b, 4));
-    _mm512_storeu_ps(dc + kQNr + lane, _mm512_i32gather_ps(scale_rows, c + b, 4));
+    _mm512_storeu_ps(reinterpret_cast<float*>(block + kQCodeBytes) + lane,
+                     _mm512_i32gather_ps(scale_rows, d + b, 4));
   }
+  if (!c) return true;
+  // Offsets (put_q_offsets_scalar): the columns' amax over the blocks, then codes by pairs.
+  __m512 amax = _mm512_setzero_ps(), poison = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; ++b) {
+    const __m512 v = _mm512_i32gather_ps(scale_rows, c + b, 4);
+    amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    poison = _mm512_add_ps(poison, _mm512_sub_ps(v, v));
+  }
+  const __mmask16 finite_nonzero = _mm512_cmp_ps_mask(amax, _mm512_setzero_ps(), _CMP_NEQ_OQ) &
+                                   _mm512_cmp_ps_mask(poison, _mm512_setzero_ps(), _CMP_EQ_OQ);
+  const __m512 inv = _mm512_maskz_div_ps(finite_nonzero, _mm512_set1_ps(float(kOffsetCodeMax)), amax);
+  for (int64_t b = 0; b < blocks; b += 2) {
+    const __m512i lo = round_scaled(_mm512_i32gather_ps(scale_rows, c + b, 4), inv);
+    const __m512i hi = b + 1 < blocks ? round_scaled(_mm512_i32gather_ps(scale_rows, c + b + 1, 4), inv)
+                                      : _mm512_setzero_si512();
+    const __m512i pair = _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
+                                         _mm512_slli_epi32(hi, 16));
+    _mm512_storeu_si512(q_block_at(panel, blocks, j, b) + kQCodeBytes + kQNr * 4 + 4 * lane, pair);
+  }
+  _mm512_storeu_ps(reinterpret_cast<float*>(q_block_at(panel, blocks, j, blocks)) + lane,
+                   _mm512_add_ps(_mm512_div_ps(amax, _mm512_set1_ps(float(kOffsetCodeMax))), poison));
   return true;
 }
 
@@ -316,9 +360,7 @@ bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc,
         }
         _mm512_mask_storeu_epi32(block + (g * kQNr + lane) * 4, mask, word);
       }
-      auto* dc = reinterpret_cast<float*>(block + kQCodeBytes);
-      _mm512_mask_storeu_ps(dc + lane, mask, dq);
-      _mm512_mask_storeu_ps(dc + kQNr + lane, mask, _mm512_mul_ps(dq, _mm512_set1_ps(-128.0f)));
+      _mm512_mask_storeu_ps(reinterpret_cast<float*>(block + kQCodeBytes) + lane, mask, dq);
     }
   }
   return true;

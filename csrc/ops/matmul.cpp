@@ -144,9 +144,9 @@ class CodesTransposed final : public gemm::QuantBOperand {
         auto* q = reinterpret_cast<int8_t*>(u);
         gemm::quantize_rows_q8(rows, count, kc, kc, q, ldq, d, s, sum, blocks);
         for (int64_t i = 0; i < count * ldq; ++i) u[i] = uint8_t(q[i] + 128);
-        for (int64_t i = 0; i < count * blocks; ++i) c[i] = -128.0f * d[i];
       }
-      gemm::put_q_columns(panel, blocks, n, count, u, ldq, d, c, blocks);
+      // Symmetric types' offsets are folded into the codes (offset_code): only affine ones go in.
+      gemm::put_q_columns(panel, blocks, n, count, u, ldq, d, offset_code() == 0 ? c : nullptr, blocks);
     }
   }
 
