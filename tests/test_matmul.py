@@ -159,6 +159,10 @@ def test_results_do_not_depend_on_thread_count(precision):
 
 # ---- int8: Q8 activations, integer codes (csrc/gemm/qgemm.h) ----
 
+def ceil_div(a, b):
+    return -(a // -b)
+
+
 def q8_blocks(x):
     """x [T, K] rounded as the int8 engine rounds activations: per 32 values along K,
     d = amax / 127 and code = round-half-even(x * (127 / amax)), all in float32. Returns the
@@ -209,9 +213,9 @@ def forward_offsets(x, c, qtype, max_panel=1024):
     sa = (d[:, :, 0] * codes.sum(axis=2).astype(np.float32)).astype(np.float32)
     s16, s_scale = int16_codes(sa, 32767)
     K, blocks = x.shape[1], c.shape[1]
-    panels = -(-K // max_panel)
-    align = np.lcm(GGML_QUANT_SIZES[qtype][0], 64)
-    kb = min(K, -(-(-(-K // panels)) // align) * align) // 32
+    panels = ceil_div(K, max_panel)
+    align = int(np.lcm(GGML_QUANT_SIZES[qtype][0], 64))
+    kb = min(K, ceil_div(ceil_div(K, panels), align) * align) // 32
     term, scale = np.zeros((x.shape[0], c.shape[0])), np.zeros((x.shape[0], c.shape[0]))
     for b0 in range(0, blocks, kb):
         c16, c_scale = int16_codes(c[:, b0:b0 + kb], 2047)
@@ -226,8 +230,8 @@ def q8_columns(w, max_panel=1024):
     panel of rows (the int8 engine's K panels: as few as fit max_panel rows, cut equally and
     rounded up to 32), d = amax / 127 and code = round-half-even(x * (127 / amax))."""
     rows = w.shape[0]
-    panels = -(-rows // max_panel)
-    kc = min(rows, -(-(-(-rows // panels)) // 32) * 32)
+    panels = ceil_div(rows, max_panel)
+    kc = min(rows, ceil_div(ceil_div(rows, panels), 32) * 32)
     out = np.empty(w.shape, np.float64)
     for r0 in range(0, rows, kc):
         band = w[r0:r0 + kc].astype(np.float32)
