@@ -203,6 +203,7 @@ class Graph:
         self.lora = lora
         self.precision = precision
         self.head_chunk = head_chunk
+        self._logits = None  # the head's [chunk, V] buffer, kept from step to step (logits_buffer)
         self.linears = LoraLinears(lora, kernels, precision)
         # dtype of the compact kept activations (block.COMPACT); None: the precision's (kept_dtype)
         self.block = Block(weights, self.linears, kernels, attention_tiles=attention_tiles(precision, weights),
@@ -243,6 +244,16 @@ class Graph:
     def head_name(self) -> str:
         return "token_embd.weight" if self.model.tied_embeddings else "output.weight"
 
+    def logits_buffer(self, rows: int, vocab: int) -> np.ndarray:
+        """The head's [rows, V] logits buffer, one for every chunk of every step: at 50 MB (SmolLM2's
+        chunk) it is beyond malloc's heap blocks (32 MiB at most), so a fresh one per chunk was mapped
+        and page-faulted anew (6-100 ms each, measured), and one per step still cost its page
+        zeroing, ~1.3% of a step (perf). memory.py counts it among the work buffers."""
+        if self._logits is None or self._logits.shape[0] < rows or self._logits.shape[1] != vocab:
+            self._logits = None  # the old one goes before the new one is allocated
+            self._logits = _empty(rows, vocab)
+        return self._logits[:rows]
+
     def head(self, x: np.ndarray, targets: np.ndarray, grads: Grads | None, loss_scale: float):
         """Final norm, output matmul and cross-entropy over row chunks.
 
@@ -256,9 +267,7 @@ class Graph:
         T = x.shape[0]
         dh = _empty(T, hp.n_embd) if grads is not None else None
         loss_sum = 0.0
-        # One [chunk, V] buffer for every chunk (a fresh 50 MB array per chunk would be mapped
-        # and page-faulted anew: 6-100 ms each, measured); freed with the head, as memory.py plans.
-        logits_buffer = _empty(min(T, self.head_chunk), weight.n_out)
+        logits_buffer = self.logits_buffer(min(T, self.head_chunk), weight.n_out)
         for r0 in range(0, T, self.head_chunk):
             r1 = min(T, r0 + self.head_chunk)
             hc, tc = h[r0:r1], targets[r0:r1]
