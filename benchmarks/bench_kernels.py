@@ -5,10 +5,13 @@
         [--decode-only] [--model M] [--lora-only] [--rank 4]
 
 1. Peaks: `_core.peak_rate` runs register-only loops of vpdpbusd (int8), vdpbf16ps (bf16) and float32
-   FMA on 1 thread and on N (the widest instruction the tier has; csrc/bench/peaks.h).
+   FMA on 1 thread and on N (the widest instruction the tier has; csrc/bench/peaks.h), and on avx512
+   the int8 engine's ceilings: each micro-kernel (affine, symmetric, column-scaled) on one tile whose
+   operands stay in L1, so only its own instruction mix limits it.
 2. Kernels: for each weight shape (in -> out) and type, the forward Y = X @ W.T and the backward
    dX = dY @ W on 1 thread and on N, each as GOP/s, as a fraction of its engine's peak at the same
-   thread count (int8 engine: the int8 peak; f32 engine: the f32 peak), and the parallel efficiency
+   thread count (int8 engine: the int8 peak; f32 engine: the f32 peak) and, for int8, of the ceiling
+   of the micro-kernel it runs (what packing, quantization and caches cost), and the parallel efficiency
    rate(N) / (N * rate(1)). numpy float32 of the same shapes runs in the same turns (ratio numpy time /
    ggtune time). An op is a multiply or an add: 2 * T * in * out per product.
 3. Decode: the products of one generated token (T = 1) of SmolLM2 with its real weights (every layer's
@@ -75,15 +78,35 @@ def with_threads(n, fn):
     return call
 
 
+CEILINGS = ["int8_affine", "int8_symmetric", "int8_column_scaled"]
+# Types whose forward runs the affine micro-kernel (offsets of their own); every other int8 forward
+# is symmetric, every int8 backward column-scaled (csrc/gemm/qgemm.h).
+AFFINE = {GGMLQuantizationType.Q4_1, GGMLQuantizationType.Q5_1, GGMLQuantizationType.Q4_K,
+          GGMLQuantizationType.Q5_K}
+
+
 def measure_peaks(thread_counts, cpu_time=False):
     """{(kind, threads): ops/s} for the kinds the active tier has (1 thread: per CPU second with
-    cpu_time)."""
-    kinds = ["int8", "bf16", "f32"] if _core.active_isa() == "avx512" else ["f32"]
+    cpu_time): the instruction peaks, and on avx512 the int8 micro-kernels' own ceilings (each on
+    one L1-resident tile, so only its instruction mix limits it)."""
+    kinds = ["int8", "bf16", "f32"] + CEILINGS if _core.active_isa() == "avx512" else ["f32"]
     peaks = {(k, n): _core.peak_rate(k, n, 0.5, cpu_time=cpu_time and n == 1) for k in kinds for n in thread_counts}
-    print("peaks (register-only loops, GOP/s): " + ", ".join(
-        f"{k} " + " / ".join(f"{peaks[k, n] / 1e9:.0f}" for n in thread_counts) for k in kinds)
-        + f"  at {' / '.join(map(str, thread_counts))} threads")
+    line = lambda ks: ", ".join(f"{k} " + " / ".join(f"{peaks[k, n] / 1e9:.0f}" for n in thread_counts)
+                                for k in ks)
+    counts = " / ".join(map(str, thread_counts))
+    print(f"peaks (register-only loops, GOP/s): {line([k for k in kinds if k not in CEILINGS])}  at {counts} threads")
+    if _core.active_isa() == "avx512":
+        one = thread_counts[0]
+        shares = " / ".join(f"{100 * peaks[k, one] / peaks['int8', one]:.0f}%" for k in CEILINGS)
+        print(f"int8 kernel ceilings (the micro-kernel on L1-resident operands, GOP/s): {line(CEILINGS)}"
+              f"  = {shares} of the int8 peak at {one} thread")
     return peaks
+
+
+def ceiling_of(qtype, direction):
+    if direction == "bwd":
+        return "int8_column_scaled"
+    return "int8_affine" if qtype in AFFINE else "int8_symmetric"
 
 
 def engine_of(qtype, precision):
@@ -138,8 +161,12 @@ def bench_shapes(args, types, thread_counts, peaks):
                 for n, f in zip(thread_counts, fracs):
                     fractions.setdefault((qtype.name, d, (n_in, n_out) in LARGE, n), []).append(f)
                 ratio = f" {best['np', d] / best[qtype.name, d, full]:4.2f}x np" if args.numpy else ""
+                ceiling = ""
+                if engine == "int8" and (ceiling_of(qtype, d), full) in peaks:
+                    of = [r * 1e9 / peaks[ceiling_of(qtype, d), n] for r, n in zip(rates, thread_counts)]
+                    ceiling = f" ({' / '.join(f'{100 * f:3.0f}%' for f in of)} of ceiling)"
                 cells.append(f"{d} {' / '.join(f'{r:4.0f}' for r in rates)} "
-                             f"{' / '.join(f'{100 * f:3.0f}%' for f in fracs)} eff {eff:4.2f}{ratio}")
+                             f"{' / '.join(f'{100 * f:3.0f}%' for f in fracs)}{ceiling} eff {eff:4.2f}{ratio}")
             print(f"{'':>15} {qtype.name:<5} {engine:<4} " + "   ".join(cells))
     print(f"\nmean fraction of peak at {' / '.join(map(str, thread_counts))} threads "
           f"(issue target: >= 75% large shapes, >= 60% 576-wide):")

@@ -40,6 +40,8 @@ double thread_cpu_seconds() {
 }  // namespace
 
 int64_t peak_loop(PeakKind kind, int64_t iterations) {
+  if (kind != PeakKind::int8 && kind != PeakKind::bf16 && kind != PeakKind::f32)
+    return kernel_loop(kind, iterations);
   switch (active_isa()) {
 #if defined(__x86_64__)
     case Isa::avx512: return peak_loop_avx512(kind, iterations);

@@ -174,11 +174,19 @@ void gemm(const py::array& a, const py::array& b, py::array& out, bool trans_a, 
 
 // Ops per second of the machine's own peak loop (bench/peaks.h).
 double peak_rate(const std::string& kind, int threads, double seconds, bool cpu_time) {
-  bench::PeakKind k;
-  if (kind == "int8") k = bench::PeakKind::int8;
-  else if (kind == "bf16") k = bench::PeakKind::bf16;
-  else if (kind == "f32") k = bench::PeakKind::f32;
-  else fail("kind", "expected 'int8', 'bf16' or 'f32', got '" + kind + "'");
+  static const std::pair<const char*, bench::PeakKind> kinds[] = {
+      {"int8", bench::PeakKind::int8},
+      {"bf16", bench::PeakKind::bf16},
+      {"f32", bench::PeakKind::f32},
+      {"int8_affine", bench::PeakKind::int8_affine},
+      {"int8_symmetric", bench::PeakKind::int8_symmetric},
+      {"int8_column_scaled", bench::PeakKind::int8_column_scaled}};
+  const auto* found = std::find_if(std::begin(kinds), std::end(kinds),
+                                   [&](const auto& entry) { return kind == entry.first; });
+  if (found == std::end(kinds))
+    fail("kind", "expected 'int8', 'bf16', 'f32', 'int8_affine', 'int8_symmetric' or "
+                 "'int8_column_scaled', got '" + kind + "'");
+  const bench::PeakKind k = found->second;
   if (!(seconds > 0 && seconds <= 60)) fail("seconds", "expected a duration in (0, 60]");
   if (threads <= 0) threads = num_threads();
   if (cpu_time && threads != 1) fail("cpu_time", "only with threads=1 (one thread's CPU time)");
@@ -199,7 +207,8 @@ void bind_matmul(py::module_& m) {
         "type w_type, dequantized tile by tile. precision: 'f32', 'bf16' (operands rounded to "
         "bfloat16, float32 accumulation; vdpbf16ps on the avx512 tier, emulated elsewhere), "
         "'int8' (x rounded to Q8 per 32 values, W as its integer codes or requantized to 8 bits "
-        "per 32, integer dot products: csrc/gemm/qgemm.h) or 'auto' (int8 for quantized W on "
+        "per 32, integer dot products, the offsets of Q4_1/Q5_1/Q4_K/Q5_K summed as int16 codes: "
+        "csrc/gemm/qgemm.h) or 'auto' (int8 for quantized W on "
         "the avx512 tier, else f32: see auto_matmul_precision in csrc/ops/matmul.h). "
         "lora=(z, b, scale) (z float32 [T, r], b float32 [r, N]) also adds scale * z @ b, the "
         "LoRA up-projection, to each output tile as it is computed: the same float ops as "
@@ -213,7 +222,8 @@ void bind_matmul(py::module_& m) {
   m.def("matmul_backward", &matmul_backward, "dy"_a, "w"_a, "w_type"_a, "dx"_a,
         "accumulate"_a = false, "precision"_a = "auto", "lora"_a = py::none(),
         "dx[T, K] (= or +=) dy[T, N] @ W: the input gradient of matmul; same W and precision "
-        "(int8: dy rounded to Q8 per 32 values along N, W requantized to 8 bits per 32 rows). "
+        "(int8: dy rounded to Q8 per 32 values along N, W requantized to 8 bits with one scale "
+        "per column and K panel of up to 1024 rows). "
         "lora=(z, b, scale) (b [r, K]) adds scale * z @ b to dx as in matmul (the adapters' "
         "dz·A). dx must not overlap dy, z or b.");
   m.def("gemm", &gemm, "a"_a, "b"_a, "out"_a, "trans_a"_a = false, "trans_b"_a = false,
@@ -224,7 +234,9 @@ void bind_matmul(py::module_& m) {
         "Operations per second (a multiply-add counts 2) of `threads` threads (0: num_threads()) "
         "running a register-only loop of the widest instruction the active tier has for `kind`: "
         "'int8' vpdpbusd zmm, 'bf16' vdpbf16ps zmm (avx512 only), 'f32' FMA (zmm, ymm or "
-        "scalar). Best of 5 rounds lasting about seconds / 5 each. cpu_time (threads=1 only): per second "
+        "scalar); or the int8 engine's ceilings (avx512 only), its micro-kernel on one tile of "
+        "K = 576 with every operand in L1: 'int8_affine' (Q4_1/Q5_1/Q4_K/Q5_K forward), "
+        "'int8_symmetric' (other forward) and 'int8_column_scaled' (backward). Best of 5 rounds lasting about seconds / 5 each. cpu_time (threads=1 only): per second "
         "of the thread's CPU time, so time slices of other processes do not count.");
 }
 
