@@ -322,6 +322,24 @@ def test_int8_accumulates_and_handles_zero_and_nonfinite_blocks(K):
     assert np.all(np.abs(out[2:] - ref) <= int8_tolerance(S, K))
 
 
+@pytest.mark.parametrize("bad", [np.inf, np.nan])
+def test_int8_forward_keeps_a_nonfinite_offset_to_its_column(isa, bad):
+    """An affine weight's offset codes share one scale per column (weight row) and panel: an inf or
+    NaN offset (m of a Q4_1 block) poisons that row's output, which it reaches anyway, and no other."""
+    rng = np.random.default_rng(13)
+    N, K, T = 40, 128, 7
+    w, wd = weight_bytes(rng, Q.Q4_1, N, K)
+    w = w.copy()
+    w.reshape(N, -1, 20)[5, 1, 2:4] = np.array([bad], np.float16).view(np.uint8)
+    x = rng.standard_normal((T, K)).astype(np.float32)
+    out = np.empty((T, N), np.float32)
+    _core.matmul(x, w, int(Q.Q4_1), out, precision="int8")
+    assert not np.any(np.isfinite(out[:, 5]))
+    rest = np.delete(np.arange(N), 5)
+    ref, S = int8_forward_reference(x, np.ascontiguousarray(w[rest]), wd[rest], Q.Q4_1)
+    assert np.all(np.abs(out[:, rest] - ref) <= int8_tolerance(S, K))
+
+
 def test_int8_backward_keeps_a_nonfinite_weight_to_its_column(isa):
     """The backward's column scales span a whole panel: an inf weight poisons its own column of
     dx (which it reaches anyway), and no other."""

@@ -55,7 +55,7 @@ void add_update(const LowRankUpdate& up, int64_t m, int64_t n, float* c, int64_t
 
 // The offset codes of column j's blocks 2p and 2p + 1 in a strip (its even block's c slot).
 inline const int16_t* offset_pair(const uint8_t* strip, int64_t p, int j) {
-  return reinterpret_cast<const int16_t*>(strip + 2 * p * kQBlockBytes + kQCodeBytes + kQNr * 4) + 2 * j;
+  return reinterpret_cast<const int16_t*>(strip + 2 * p * kQBlockBytes + kQOffsetSlot) + 2 * j;
 }
 
 inline const float* offset_scales(const uint8_t* strip, int64_t blocks) {
@@ -237,11 +237,11 @@ void put_q_offsets_scalar(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
     const float inv = amax != 0.0f && poison == 0.0f ? float(kOffsetCodeMax) / amax : 0.0f;
     const int lane = int((j + i) % kQNr);
     for (int64_t b = 0; b < round_up(blocks, 2); ++b) {
-      auto* pair = reinterpret_cast<int16_t*>(q_block_at(panel, blocks, j + i, b & ~int64_t(1)) +
-                                              kQCodeBytes + kQNr * 4);
+      auto* pair =
+          reinterpret_cast<int16_t*>(q_block_at(panel, blocks, j + i, b & ~int64_t(1)) + kQOffsetSlot);
       pair[2 * lane + (b & 1)] = b < blocks ? int16_t(std::nearbyint(ci[b] * inv)) : 0;
     }
-    reinterpret_cast<float*>(q_block_at(panel, blocks, j + i, blocks))[lane] =
+    reinterpret_cast<float*>(q_strip_tail(panel, blocks, j + i))[lane] =
         amax / float(kOffsetCodeMax) + poison;
   }
 }

@@ -57,6 +57,7 @@ static_assert(kMaxKc / kQBlock * int64_t(kOffsetCodeMax) * kOffsetSumMax <= INT3
 inline int64_t q_blocks(int64_t k) { return (k + kQBlock - 1) / kQBlock; }
 inline int64_t q_pairs(int64_t k) { return (q_blocks(k) + 1) / 2; }
 inline int64_t q_strip_bytes(int64_t blocks) { return blocks * kQBlockBytes + kQNr * 4; }
+constexpr int64_t kQOffsetSlot = kQCodeBytes + kQNr * 4;  // a block's c slot (layout below)
 
 // A quantized: rows of ldq int8 codes (K rounded up to 32, zero past K) and per block
 // d, s = d * sum(codes) and the integer sum itself, ld lds.
@@ -103,6 +104,11 @@ class QuantBOperand {
 // Address of block b of the strip holding panel column j, and j's lane in it.
 inline uint8_t* q_block_at(uint8_t* panel, int64_t blocks, int64_t j, int64_t b) {
   return panel + (j / kQNr) * q_strip_bytes(blocks) + b * kQBlockBytes;
+}
+
+// The strip holding column j: its tail, the offset scales after its `blocks` blocks.
+inline uint8_t* q_strip_tail(uint8_t* panel, int64_t blocks, int64_t j) {
+  return panel + (j / kQNr) * q_strip_bytes(blocks) + blocks * kQBlockBytes;
 }
 
 // Writes one column's block: 32 codes (k order) and its scale; lane = column % kQNr.

@@ -58,7 +58,7 @@ inline void offsets_sum(int64_t blocks, const int32_t* ints, const float* offset
 #pragma GCC unroll 8
   for (int i = 0; i < M; ++i) off[i][0] = off[i][1] = _mm512_setzero_si512();
   for (int64_t p = 0; 2 * p < blocks; ++p) {  // the pair's codes: its even block's c slot
-    const uint8_t* pair = b + 2 * p * kQBlockBytes + kQCodeBytes + kQNr * 4;
+    const uint8_t* pair = b + 2 * p * kQBlockBytes + kQOffsetSlot;
     const __m512i c0 = _mm512_load_si512(pair), c1 = _mm512_load_si512(pair + 64);
 #pragma GCC unroll 8
     for (int i = 0; i < M; ++i) {
@@ -307,9 +307,9 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
                                       : _mm512_setzero_si512();
     const __m512i pair = _mm512_or_si512(_mm512_and_si512(lo, _mm512_set1_epi32(0xffff)),
                                          _mm512_slli_epi32(hi, 16));
-    _mm512_storeu_si512(q_block_at(panel, blocks, j, b) + kQCodeBytes + kQNr * 4 + 4 * lane, pair);
+    _mm512_storeu_si512(q_block_at(panel, blocks, j, b) + kQOffsetSlot + 4 * lane, pair);
   }
-  _mm512_storeu_ps(reinterpret_cast<float*>(q_block_at(panel, blocks, j, blocks)) + lane,
+  _mm512_storeu_ps(reinterpret_cast<float*>(q_strip_tail(panel, blocks, j)) + lane,
                    _mm512_add_ps(_mm512_div_ps(amax, _mm512_set1_ps(float(kOffsetCodeMax))), poison));
   return true;
 }
