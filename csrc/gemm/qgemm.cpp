@@ -260,20 +260,29 @@ void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, con
   if (c) put_q_offsets_scalar(panel, blocks, j, count, c, ldd);
 }
 
+void offset_sums_row_scalar(const float* s, int64_t blocks, int32_t* pairs, float* scale) {
+  float amax = 0.0f;
+  for (int64_t b = 0; b < blocks; ++b) amax = std::fmax(amax, std::fabs(s[b]));  // NaN: skipped
+  const float inv = amax != 0.0f ? float(kOffsetSumMax) / amax : 0.0f;
+  auto code = [&](int64_t b) -> uint32_t {
+    return b < blocks && s[b] == s[b] ? uint16_t(int16_t(std::nearbyint(s[b] * inv))) : 0;
+  };
+  for (int64_t p = 0; p < (blocks + 1) / 2; ++p) pairs[p] = int32_t(code(2 * p) | code(2 * p + 1) << 16);
+  *scale = amax / float(kOffsetSumMax);
+}
+
 void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, float* scale) {
   const int64_t blocks = q_blocks(K);
-  for (int64_t m = 0; m < M; ++m) {
-    const float* s = a.s + m * a.lds;
-    float amax = 0.0f;
-    for (int64_t b = 0; b < blocks; ++b) amax = std::fmax(amax, std::fabs(s[b]));  // NaN: skipped
-    const float inv = amax != 0.0f ? float(kOffsetSumMax) / amax : 0.0f;
-    auto code = [&](int64_t b) -> uint32_t {
-      return b < blocks && s[b] == s[b] ? uint16_t(int16_t(std::nearbyint(s[b] * inv))) : 0;
-    };
-    for (int64_t p = 0; p < (blocks + 1) / 2; ++p)
-      pairs[m * a.lds + p] = int32_t(code(2 * p) | code(2 * p + 1) << 16);
-    scale[m] = amax / float(kOffsetSumMax);
-  }
+  parallel_for(M, 64, [&](int64_t m0, int64_t m1) {
+    for (int64_t m = m0; m < m1; ++m) {
+#if defined(__x86_64__)
+      if (active_isa() == Isa::avx512 &&
+          offset_sums_row_avx512(a.s + m * a.lds, blocks, pairs + m * a.lds, scale + m))
+        continue;
+#endif
+      offset_sums_row_scalar(a.s + m * a.lds, blocks, pairs + m * a.lds, scale + m);
+    }
+  });
 }
 
 void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,

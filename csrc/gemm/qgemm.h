@@ -133,6 +133,9 @@ void put_q_offsets_scalar(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
 // the last), scale[m] = max |sa| / kOffsetSumMax (NaN sa, a row with an inf or NaN: code 0;
 // its block scale is NaN already).
 void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, float* scale);
+// One row's codes from its blocks' sa (s[0 : blocks]) into pairs[0 : q_pairs], its scale.
+void offset_sums_row_scalar(const float* s, int64_t blocks, int32_t* pairs, float* scale);
+bool offset_sums_row_avx512(const float* s, int64_t blocks, int32_t* pairs, float* scale);
 
 // The backward's requantization of a float tile into packed u8 columns, element (k, j) of the
 // tile at tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks`

@@ -307,6 +307,23 @@ inline void transpose_codes(const uint8_t* codes, int64_t ld, __m512i (&group)[k
 
 }  // namespace
 
+bool offset_sums_row_avx512(const float* s, int64_t blocks, int32_t* pairs, float* scale) {
+  __m512 amax = _mm512_setzero_ps();
+  for (int64_t b = 0; b < blocks; b += 16)  // max(|v|, amax): a NaN v gives amax, skipped
+    amax = _mm512_max_ps(_mm512_abs_ps(_mm512_maskz_loadu_ps(first_lanes(blocks - b), s + b)), amax);
+  const float m = _mm512_reduce_max_ps(amax);
+  const __m512 inv = _mm512_set1_ps(m != 0.0f ? float(kOffsetSumMax) / m : 0.0f);
+  for (int64_t b = 0; b < blocks; b += 16) {
+    const __m512 v = _mm512_maskz_loadu_ps(first_lanes(blocks - b), s + b);
+    const __m512i codes = _mm512_maskz_cvtps_epi32(_mm512_cmp_ps_mask(v, v, _CMP_ORD_Q), _mm512_mul_ps(v, inv));
+    // 16 int16 codes, in order: 8 pairs, the even block in the low half (lanes past blocks are 0)
+    _mm256_mask_storeu_epi32(pairs + b / 2, __mmask8(first_lanes((blocks - b + 1) / 2)),
+                             _mm512_cvtepi32_epi16(codes));
+  }
+  *scale = m / float(kOffsetSumMax);
+  return true;
+}
+
 bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
                           const uint8_t* codes, int64_t ld, const float* d, const float* c,
                           int64_t ldd) {
