@@ -366,9 +366,10 @@ void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOp
   float* offset_scale = nullptr;
   if (const int k_code = b.offset_code(); k_code > 0) {
     const int64_t blocks = q_blocks(K);
-    for (int64_t m = 0; m < M; ++m)
-      for (int64_t blk = 0; blk < blocks; ++blk)
-        ints[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
+    parallel_for(M, 64, [&](int64_t m0, int64_t m1) {
+      for (int64_t m = m0; m < m1; ++m)
+        for (int64_t blk = 0; blk < blocks; ++blk) ints[m * a.lds + blk] = -k_code * a.sum[m * a.lds + blk];
+    });
   } else {
     offset_scale = static_cast<float*>(scale_buf.get(4 * M));
     offset_sums(a, M, K, ints, offset_scale);
