@@ -105,50 +105,55 @@ def test_smollm2_default_plan_keeps_every_layer_within_800_mb(smollm2_path, monk
     assert plan.kept_layers == 30 and plan.total <= memory.DEFAULT_BUDGET_MIB * 2**20 < 800e6
 
 
+RETAINED_HEAP_PROBE = """
+import ctypes, json, resource
+import numpy as np
+from ggtune import memory
+try:
+    from numpy._core.multiarray import _set_madvise_hugepage
+except ImportError:  # numpy < 2
+    from numpy.core.multiarray import _set_madvise_hugepage
+_set_madvise_hugepage(False)  # else the arrays fault in 2 MiB at a time when the kernel has some free
+
+def faults_of_reallocated_arrays():
+    arrays = [np.ones(2**22, np.float32) for _ in range(6)]  # allocated, touched, freed
+    del arrays
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    arrays = [np.ones(2**22, np.float32) for _ in range(6)]
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+faults_of_reallocated_arrays()
+counts = [faults_of_reallocated_arrays()]
+with memory.retained_heap():
+    faults_of_reallocated_arrays()  # the heap grows to the arrays' size once
+    counts.append(faults_of_reallocated_arrays())
+counts.append(faults_of_reallocated_arrays())
+print(json.dumps(dict(glibc=hasattr(ctypes.CDLL(None), "mallopt"), counts=counts)))
+"""
+
+
 def test_retained_heap_hands_freed_arrays_to_the_next_without_page_faults():
     """Six 16 MiB arrays (a layer's temporaries) freed and allocated again: by default malloc hands
-    the freed top of its heap back to the system and the new arrays fault their pages in again;
-    inside retained_heap they reuse them, and after it the defaults are back."""
-    import ctypes
-    import resource
+    them back to the system and the new arrays fault their pages in again; inside retained_heap
+    they reuse them, and after it the defaults are back. In a fresh process: malloc's behaviour
+    follows what the process allocated and freed before (this suite's other tests)."""
+    import json
+    import os
+    import subprocess
+    import sys
 
-    import numpy as np
-
-    libc = ctypes.CDLL(None)
-    if not hasattr(libc, "mallopt"):
-        pytest.skip("malloc is not glibc's")
-    # glibc's thresholds fixed at their defaults, as retained_heap leaves them: left dynamic, they
-    # follow what the process freed before (the suite's other tests), and 16 MiB arrays may then
-    # stay on the heap with or without retained_heap.
-    libc.mallopt(memory.M_MMAP_THRESHOLD, memory.DEFAULT_MMAP_THRESHOLD)
-    libc.mallopt(memory.M_TRIM_THRESHOLD, memory.DEFAULT_TRIM_THRESHOLD)
-
-    def faults_of_reallocated_arrays() -> int:
-        arrays = [np.ones(2**22, np.float32) for _ in range(6)]  # allocated, touched, freed
-        del arrays
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-        arrays = [np.ones(2**22, np.float32) for _ in range(6)]
-        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
-
-    # numpy asks for huge pages on large arrays: when the kernel has them free, the arrays fault in
-    # 2 MiB at a time (48 faults, not 24576), so the count would follow the machine's free memory.
-    try:
-        from numpy._core.multiarray import _set_madvise_hugepage
-    except ImportError:  # numpy < 2
-        from numpy.core.multiarray import _set_madvise_hugepage
     try:
         with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
             if "[always]" in f.read():
                 pytest.skip("transparent huge pages are always on: the fault counts follow free memory")
     except OSError:
         pass
-    huge_pages = _set_madvise_hugepage(False)
-    try:
-        faults_of_reallocated_arrays()
-        assert faults_of_reallocated_arrays() > 1000  # of 24576 pages
-        with memory.retained_heap():
-            faults_of_reallocated_arrays()  # the heap grows to the arrays' size once
-            assert faults_of_reallocated_arrays() < 64
-        assert faults_of_reallocated_arrays() > 1000
-    finally:
-        _set_madvise_hugepage(huge_pages)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    out = subprocess.run([sys.executable, "-c", RETAINED_HEAP_PROBE], capture_output=True, text=True,
+                         env=env, timeout=120, check=True)
+    probe = json.loads(out.stdout)
+    if not probe["glibc"]:
+        pytest.skip("malloc is not glibc's")
+    before, inside, after = probe["counts"]
+    assert before > 1000 and after > 1000  # of 24576 pages
+    assert inside < 64
