@@ -90,7 +90,14 @@ def measure_peaks(thread_counts, cpu_time=False):
     cpu_time): the instruction peaks, and on avx512 the int8 micro-kernels' own ceilings (each on
     one L1-resident tile, so only its instruction mix limits it)."""
     kinds = ["int8", "bf16", "f32"] + CEILINGS if _core.active_isa() == "avx512" else ["f32"]
-    peaks = {(k, n): _core.peak_rate(k, n, 0.5, cpu_time=cpu_time and n == 1) for k in kinds for n in thread_counts}
+    # The best of three passes over the kinds: the VM's clock moves between minutes (int8 peak
+    # 430-470 GOP/s on one thread in one afternoon), and a kernel's fraction of a low peak reads high.
+    peaks = {}
+    for _ in range(3):
+        for k in kinds:
+            for n in thread_counts:
+                rate = _core.peak_rate(k, n, 0.5, cpu_time=cpu_time and n == 1)
+                peaks[k, n] = max(peaks.get((k, n), 0.0), rate)
     line = lambda ks: ", ".join(f"{k} " + " / ".join(f"{peaks[k, n] / 1e9:.0f}" for n in thread_counts)
                                 for k in ks)
     counts = " / ".join(map(str, thread_counts))
