@@ -8,6 +8,7 @@
 #include <utility>
 
 #include "gemm/qgemm.h"
+#include "transpose_avx512.h"
 
 namespace ggtune::gemm {
 namespace {
@@ -273,40 +274,6 @@ bool quantize_row_q8_avx512(const float* x, int64_t K, int8_t* q, float* d, floa
   return true;
 }
 
-namespace {
-
-// One block of 16 columns' codes, 32 bytes each (column i at codes + i * ld), as its 8 vpdpbusd
-// groups: group[g] lane i = column i's bytes 4g..4g+3. A 16 x 8 dword transpose in registers:
-// rows i and i + 8 share a register, each 256-bit half then an 8 x 8 transpose (unpacks by dwords
-// and qwords, then one two-source permute), in place of one 16-lane gather per group.
-inline void transpose_codes(const uint8_t* codes, int64_t ld, __m512i (&group)[kQBlock / 4]) {
-  __m512i r[8], t[8], u[8];
-  for (int i = 0; i < 8; ++i) {
-    const auto* lo = reinterpret_cast<const __m256i*>(codes + i * ld);
-    const auto* hi = reinterpret_cast<const __m256i*>(codes + (i + 8) * ld);
-    r[i] = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_loadu_si256(lo)), _mm256_loadu_si256(hi), 1);
-  }
-  for (int i = 0; i < 8; i += 2) {
-    t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
-    t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
-  }
-  for (int i = 0; i < 8; i += 4)
-    for (int k = 0; k < 2; ++k) {
-      u[i + 2 * k] = _mm512_unpacklo_epi64(t[i + k], t[i + k + 2]);
-      u[i + 2 * k + 1] = _mm512_unpackhi_epi64(t[i + k], t[i + k + 2]);
-    }
-  // u[q] (q < 4) holds dword q of rows 0-3 in 128-bit lanes 0 and 2 (rows 8-11) and dword q + 4
-  // in lanes 1 and 3; u[q + 4] the same of rows 4-7 (12-15).
-  const __m512i low = _mm512_setr_epi64(0, 1, 8, 9, 4, 5, 12, 13);
-  const __m512i high = _mm512_setr_epi64(2, 3, 10, 11, 6, 7, 14, 15);
-  for (int q = 0; q < 4; ++q) {
-    group[q] = _mm512_permutex2var_epi64(u[q], low, u[q + 4]);
-    group[q + 4] = _mm512_permutex2var_epi64(u[q], high, u[q + 4]);
-  }
-}
-
-}  // namespace
-
 bool offset_sums_row_avx512(const float* s, int64_t blocks, int32_t* pairs, float* scale) {
   __m512 amax = _mm512_setzero_ps();
   for (int64_t b = 0; b < blocks; b += 16)  // max(|v|, amax): a NaN v gives amax, skipped
@@ -334,8 +301,9 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
   const int64_t lane = j % kQNr;
   for (int64_t b = 0; b < blocks; ++b) {
     uint8_t* block = q_block_at(panel, blocks, j, b);
+    // group g, lane i: column i's codes 4g..4g+3 (a register transpose, not eight gathers)
     __m512i group[kQBlock / 4];
-    transpose_codes(codes + b * kQBlock, ld, group);
+    transpose_16x8_dwords(codes + b * kQBlock, ld, group);
     for (int g = 0; g < kQBlock / 4; ++g) _mm512_storeu_si512(block + (g * kQNr + lane) * 4, group[g]);
     _mm512_storeu_ps(reinterpret_cast<float*>(block + kQCodeBytes) + lane,
                      _mm512_i32gather_ps(scale_rows, d + b, 4));
