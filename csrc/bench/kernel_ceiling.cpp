@@ -45,17 +45,16 @@ struct Tile {
 int64_t kernel_loop(PeakKind kind, int64_t iterations) {
   if (active_isa() != Isa::avx512) return 0;
   const gemm::QKernelSet& set = gemm::active_q_kernels();
-  const gemm::QKernel kernel = kind == PeakKind::int8_affine      ? set.affine
-                               : kind == PeakKind::int8_symmetric ? set.symmetric
-                                                                  : set.column_scaled;
-  thread_local Tile tile(kernel.mr);
-  if (int64_t(tile.offset_scale.size()) != kernel.mr) tile = Tile(kernel.mr);
+  const gemm::QMicroKernel kernel = kind == PeakKind::int8_affine      ? set.affine
+                                     : kind == PeakKind::int8_symmetric ? set.symmetric
+                                                                        : set.column_scaled;
+  thread_local Tile tile(set.mr);
   const uint8_t* b = tile.aligned();
   for (int64_t it = 0; it < iterations; ++it)
-    kernel.fn(tile.blocks, tile.a.data(), kDepth, tile.ad.data(), tile.ints.data(),
-              tile.offset_scale.data(), tile.blocks, b, tile.c.data(), gemm::kQNr, kernel.mr,
-              gemm::kQNr, false, nullptr);
-  return iterations * 2 * kernel.mr * gemm::kQNr * kDepth;
+    kernel(tile.blocks, tile.a.data(), kDepth, tile.ad.data(), tile.ints.data(),
+           tile.offset_scale.data(), tile.blocks, b, tile.c.data(), gemm::kQNr, set.mr, gemm::kQNr,
+           false, nullptr);
+  return iterations * 2 * set.mr * gemm::kQNr * kDepth;
 }
 
 }  // namespace ggtune::bench

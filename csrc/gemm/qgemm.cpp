@@ -106,7 +106,8 @@ struct QPlan {
   float* c;
   int64_t ldc;
   bool accumulate;
-  QKernel kernel;
+  const QKernelSet* ks;
+  QMicroKernel kernel;
   bool affine;
   const int32_t* ints;         // per A row: symmetric, -k * sum(qa) per block; affine, offset codes
   const float* offset_scale;   // affine: per A row, the offset codes' scale
@@ -117,10 +118,10 @@ struct QPlan {
 QPlan make_plan(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOperand& b,
                 float* c, int64_t ldc, bool accumulate, const int32_t* ints,
                 const float* offset_scale, const LowRankUpdate* update) {
-  const QKernelSet& ks = active_q_kernels();
+  const QKernelSet* ks = &active_q_kernels();
   const bool affine = b.offset_code() == 0;
-  const QKernel kernel = affine ? ks.affine : b.column_scaled() ? ks.column_scaled : ks.symmetric;
-  QPlan p{M, N, K, a, &b, c, ldc, accumulate, kernel, affine, ints, offset_scale, 0, 0, 0, update};
+  const QMicroKernel kernel = affine ? ks->affine : b.column_scaled() ? ks->column_scaled : ks->symmetric;
+  QPlan p{M, N, K, a, &b, c, ldc, accumulate, ks, kernel, affine, ints, offset_scale, 0, 0, 0, update};
   const int64_t panels = (K + kMaxKc - 1) / kMaxKc;
   // An affine panel starts on an even block: A's offset codes go two blocks per int32.
   const int64_t k_align = affine ? std::lcm<int64_t>(b.k_align(), 2 * kQBlock) : b.k_align();
@@ -142,13 +143,13 @@ struct Grid {
 constexpr double kPackPerMac = 28.0;
 
 Grid thread_grid(int64_t M, int64_t N, const QPlan& p, int threads) {
-  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.kernel.mr - 1) / p.kernel.mr;
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
   Grid best{1, 1};
   double best_cost = 0;
   for (int64_t tn = 1; tn <= std::min<int64_t>(threads, n_units); ++tn) {
     const int64_t tm = std::min<int64_t>(threads / tn, m_units);
     const double cols = double((n_units + tn - 1) / tn * p.n_unit);
-    const double rows = double((m_units + tm - 1) / tm * p.kernel.mr);
+    const double rows = double((m_units + tm - 1) / tm * p.ks->mr);
     const double cost = cols * (kPackPerMac + rows);
     if (tn == 1 || cost < best_cost) best = {tn, tm}, best_cost = cost;
   }
@@ -157,7 +158,7 @@ Grid thread_grid(int64_t M, int64_t N, const QPlan& p, int threads) {
 
 void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
   thread_local ScratchBuffer panel_buf, scratch_buf;
-  const int64_t mr = p.kernel.mr;
+  const int64_t mr = p.ks->mr;
   for (int64_t jc = n0; jc < n1; jc += p.nc) {
     const int64_t ncur = std::min(p.nc, n1 - jc);
     const int64_t strips = (ncur + kQNr - 1) / kQNr;
@@ -173,14 +174,14 @@ void run_block(const QPlan& p, int64_t m0, int64_t m1, int64_t n0, int64_t n1) {
       const int64_t b0 = pc / kQBlock, i0 = p.affine ? b0 / 2 : b0;  // ints: per pair, per block
       for (int64_t ir = m0; ir < m1; ir += mr) {
         const int m = int(std::min(mr, m1 - ir));
-        const int32_t* ints = p.ints ? p.ints + ir * p.a.lds + i0 : nullptr;
+        const int32_t* ints = p.ints + ir * p.a.lds + i0;
         const float* offset_scale = p.offset_scale ? p.offset_scale + ir : nullptr;
         for (int64_t jr = 0; jr < ncur; jr += kQNr) {
           const uint8_t* strip = panel + (jr / kQNr) * strip_bytes;
           float* tile = p.c + ir * p.ldc + jc + jr;
           const int n = int(std::min<int64_t>(kQNr, ncur - jr));
           const LowRankUpdate update = p.update && last_panel ? p.update->at(ir, jc + jr) : LowRankUpdate{};
-          p.kernel.fn(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0, ints,
+          p.kernel(kb, p.a.q + ir * p.a.ldq + pc, p.a.ldq, p.a.d + ir * p.a.lds + b0, ints,
                       offset_scale, p.a.lds, strip, tile, p.ldc, m, n, accumulate,
                       update.u ? &update : nullptr);
         }
@@ -285,61 +286,57 @@ void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, floa
   });
 }
 
-void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
-                        float* amax, float* poison) {
-  for (int64_t r = 0; r < rows; ++r)
+void column_amax_scalar(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax,
+                        float* poison) {
+  std::fill(amax, amax + nc, 0.0f);
+  std::fill(poison, poison + nc, 0.0f);
+  for (int64_t r = 0; r < kc; ++r)
     for (int64_t j = 0; j < nc; ++j) {
-      const float x = tile[r * rs + j * cs];
+      const float x = tile[r * ld + j];
       amax[j] = std::fmax(amax[j], std::fabs(x));
       poison[j] += x - x;
     }
 }
 
-void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                          int64_t b0, int64_t j_off) {
+void quantize_tile_scalar(const float* tile, int64_t ld, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel) {
+  const int64_t blocks = q_blocks(kc);
   uint8_t codes[kQBlock];
   for (int64_t j = 0; j < nc; ++j) {
-    const int64_t col = j_off + j;
     const float inv = amax[j] != 0.0f && poison[j] == 0.0f ? 127.0f / amax[j] : 0.0f;
     const float d = amax[j] / 127.0f + poison[j];
-    for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
-      const int64_t r0 = bb * kQBlock;
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kQBlock;
       for (int64_t r = 0; r < kQBlock; ++r) {
-        const int32_t q = r0 + r < kc && inv != 0.0f
-                              ? int32_t(std::nearbyint(tile[(r0 + r) * rs + j * cs] * inv))
-                              : 0;
+        const int32_t q =
+            r0 + r < kc && inv != 0.0f ? int32_t(std::nearbyint(tile[(r0 + r) * ld + j] * inv)) : 0;
         codes[r] = uint8_t(128 + q);
       }
-      put_q_column(q_block_at(panel, blocks, col, b0 + bb), int(col % kQNr), codes, d);
+      put_q_column(q_block_at(panel, blocks, j, b), int(j % kQNr), codes, d);
     }
   }
 }
 
-void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
-                 float* poison) {
+void column_amax(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax, float* poison) {
 #if defined(__x86_64__)
-  if (active_isa() == Isa::avx512 && column_amax_avx512(tile, rs, cs, rows, nc, amax, poison))
-    return;
+  if (active_isa() == Isa::avx512 && column_amax_avx512(tile, ld, kc, nc, amax, poison)) return;
 #endif
-  column_amax_scalar(tile, rs, cs, rows, nc, amax, poison);
+  column_amax_scalar(tile, ld, kc, nc, amax, poison);
 }
 
-void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                   const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                   int64_t b0, int64_t j_off) {
+void quantize_tile(const float* tile, int64_t ld, int64_t kc, int64_t nc, const float* amax,
+                   const float* poison, uint8_t* panel) {
 #if defined(__x86_64__)
-  if (active_isa() == Isa::avx512 &&
-      quantize_tile_avx512(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off))
+  if (active_isa() == Isa::avx512 && quantize_tile_avx512(tile, ld, kc, nc, amax, poison, panel))
     return;
 #endif
-  quantize_tile_scalar(tile, rs, cs, kc, nc, amax, poison, panel, blocks, b0, j_off);
+  quantize_tile_scalar(tile, ld, kc, nc, amax, poison, panel);
 }
 
 const QKernelSet& q_kernels_scalar() {
   // Column-scaled panels are symmetric ones whose d repeats: the symmetric kernel covers them.
-  static const QKernelSet set{{kScalarMr, q_kernel_scalar<true>}, {kScalarMr, q_kernel_scalar<false>},
-                              {kScalarMr, q_kernel_scalar<false>}};
+  static const QKernelSet set{kScalarMr, q_kernel_scalar<true>, q_kernel_scalar<false>,
+                              q_kernel_scalar<false>};
   return set;
 }
 
@@ -376,12 +373,12 @@ void run_q8(int64_t M, int64_t N, int64_t K, const QuantizedA& a, const QuantBOp
   }
   const QPlan p = make_plan(M, N, K, a, b, c, ldc, accumulate, ints, offset_scale, update);
   const Grid grid = thread_grid(M, N, p, num_threads());
-  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.kernel.mr - 1) / p.kernel.mr;
+  const int64_t n_units = (N + p.n_unit - 1) / p.n_unit, m_units = (M + p.ks->mr - 1) / p.ks->mr;
   parallel_for(grid.tn * grid.tm, 1, [&](int64_t t0, int64_t t1) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t in = t % grid.tn, im = t / grid.tn;
       const int64_t n0 = n_units * in / grid.tn * p.n_unit, n1 = n_units * (in + 1) / grid.tn * p.n_unit;
-      const int64_t m0 = m_units * im / grid.tm * p.kernel.mr, m1 = m_units * (im + 1) / grid.tm * p.kernel.mr;
+      const int64_t m0 = m_units * im / grid.tm * p.ks->mr, m1 = m_units * (im + 1) / grid.tm * p.ks->mr;
       if (n0 < n1 && m0 < m1) run_block(p, m0, std::min(M, m1), n0, std::min(N, n1));
     }
   });

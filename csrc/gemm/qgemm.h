@@ -55,7 +55,6 @@ constexpr int32_t kOffsetSumMax = 32767;
 static_assert(kMaxKc / kQBlock * int64_t(kOffsetCodeMax) * kOffsetSumMax <= INT32_MAX);
 
 inline int64_t q_blocks(int64_t k) { return (k + kQBlock - 1) / kQBlock; }
-inline int64_t q_pairs(int64_t k) { return (q_blocks(k) + 1) / 2; }
 inline int64_t q_strip_bytes(int64_t blocks) { return blocks * kQBlockBytes + kQNr * 4; }
 constexpr int64_t kQOffsetSlot = kQCodeBytes + kQNr * 4;  // a block's c slot (layout below)
 
@@ -116,7 +115,7 @@ void put_q_column(uint8_t* block, int lane, const uint8_t* codes, float d);
 
 // Writes `count` panel columns j.. from unpacked rows: column j + i has its codes at
 // codes[i * ld ...] (`blocks` blocks of 32) and its scales at d[i * ldd ...]; with c, its
-// offsets c[i * ldd ...] as offset codes and scale (put_q_offsets). Runs on active_isa(); the
+// offsets c[i * ldd ...] as offset codes and scale (put_q_offsets_scalar). Runs on active_isa(); the
 // avx512 variant covers 16 columns from a multiple of 16.
 void put_q_columns(uint8_t* panel, int64_t blocks, int64_t j, int64_t count, const uint8_t* codes,
                    int64_t ld, const float* d, const float* c, int64_t ldd);
@@ -128,40 +127,34 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
 void put_q_offsets_scalar(uint8_t* panel, int64_t blocks, int64_t j, int64_t count,
                           const float* c, int64_t ldd);
 
-// A's offset codes (kernel argument `ints` of affine B): per row m, ld lds, OffsetSums of its
+// A's offset codes (kernel argument `ints` of affine B): per row m, ld lds, the codes of its
 // sa over q_blocks(K) blocks: codes round-half-even(sa / scale), two blocks per int32 (0 past
 // the last), scale[m] = max |sa| / kOffsetSumMax (NaN sa, a row with an inf or NaN: code 0;
 // its block scale is NaN already).
 void offset_sums(const QuantizedA& a, int64_t M, int64_t K, int32_t* pairs, float* scale);
-// One row's codes from its blocks' sa (s[0 : blocks]) into pairs[0 : q_pairs], its scale.
+// One row's codes from its blocks' sa (s[0 : blocks]) into pairs[0 : (blocks + 1) / 2], its scale.
 void offset_sums_row_scalar(const float* s, int64_t blocks, int32_t* pairs, float* scale);
 bool offset_sums_row_avx512(const float* s, int64_t blocks, int32_t* pairs, float* scale);
 
-// The backward's requantization of a float tile into packed u8 columns, element (k, j) of the
-// tile at tile[k * rs + j * cs], written to panel columns j_off.. of a panel with `blocks`
-// blocks per strip from block b0: per column one scale d = amax / 127 over the whole panel (NaN
-// when the column holds an inf or NaN; its kernel multiplies by d once per panel instead of
-// once per block), codes = round(x / d) + 128 and c = -128 d in every block.
+// The backward's requantization of a float panel tile[k * ld + j] (k < kc, j < nc) into a packed
+// panel of q_blocks(kc) blocks per strip: per column one scale d = amax / 127 over the whole
+// panel (NaN when the column holds an inf or NaN; its kernel multiplies by d once per panel
+// instead of once per block) and codes = round(x / d) + 128.
 //
-// amax[j] = max(amax[j], |x|) and poison[j] += x - x over rows [0, rows) x columns [0, nc).
-void column_amax(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc, float* amax,
-                 float* poison);
+// amax[j] = max |x| and poison[j] = sum of x - x over the column's rows [0, kc).
+void column_amax(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax, float* poison);
 // Codes for rows [0, kc) (a last partial block padded with code 128: zero) with the scales of
 // column_amax's amax and poison. Runs on active_isa().
-void quantize_tile(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                   const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                   int64_t b0, int64_t j_off);
-void column_amax_scalar(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
-                        float* amax, float* poison);
-void quantize_tile_scalar(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                          int64_t b0, int64_t j_off);
-// Cover cs == 1 (and quantize_tile j_off a multiple of 16); false otherwise.
-bool column_amax_avx512(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
-                        float* amax, float* poison);
-bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                          int64_t b0, int64_t j_off);
+void quantize_tile(const float* tile, int64_t ld, int64_t kc, int64_t nc, const float* amax,
+                   const float* poison, uint8_t* panel);
+void column_amax_scalar(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax,
+                        float* poison);
+void quantize_tile_scalar(const float* tile, int64_t ld, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel);
+bool column_amax_avx512(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax,
+                        float* poison);
+bool quantize_tile_avx512(const float* tile, int64_t ld, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel);
 
 // Micro-kernel: an m x n tile (m <= MR, n <= kQNr) of C from `blocks` blocks of one B strip
 // (starting at an even block of the panel for `affine`) and m rows of A from the same block:
@@ -178,15 +171,11 @@ using QMicroKernel = void (*)(int64_t blocks, const int8_t* a, int64_t lda, cons
                               const uint8_t* b, float* c, int64_t ldc, int m, int n,
                               bool accumulate, const LowRankUpdate* update);
 
-struct QKernel {
-  int mr;  // rows of A per call
-  QMicroKernel fn;
-};
-
 struct QKernelSet {
-  QKernel affine;
-  QKernel symmetric;
-  QKernel column_scaled;
+  int mr;  // rows of A per call, every kernel of the set
+  QMicroKernel affine;
+  QMicroKernel symmetric;
+  QMicroKernel column_scaled;
 };
 
 const QKernelSet& q_kernels_scalar();

@@ -184,9 +184,8 @@ inline __m512i round_scaled(__m512 x, __m512 inv) {
 }  // namespace
 
 const QKernelSet& q_kernels_avx512() {
-  static const QKernelSet set{{kMr, q_kernel_rows<kAffineRows>},
-                              {kMr, q_kernel_rows<kSymmetricRows>},
-                              {kMr, q_kernel_rows<kColumnScaledRows>}};
+  static const QKernelSet set{kMr, q_kernel_rows<kAffineRows>, q_kernel_rows<kSymmetricRows>,
+                              q_kernel_rows<kColumnScaledRows>};
   return set;
 }
 
@@ -332,14 +331,13 @@ bool put_q_columns_avx512(uint8_t* panel, int64_t blocks, int64_t j, int64_t cou
   return true;
 }
 
-bool column_amax_avx512(const float* tile, int64_t rs, int64_t cs, int64_t rows, int64_t nc,
-                        float* amax, float* poison) {
-  if (cs != 1) return false;  // columns are vectorized: they must be contiguous
+bool column_amax_avx512(const float* tile, int64_t ld, int64_t kc, int64_t nc, float* amax,
+                        float* poison) {
   for (int64_t j = 0; j < nc; j += 16) {
     const __mmask16 mask = first_lanes(nc - j);
-    __m512 m = _mm512_maskz_loadu_ps(mask, amax + j), p = _mm512_maskz_loadu_ps(mask, poison + j);
-    for (int64_t r = 0; r < rows; ++r) {
-      const __m512 v = _mm512_maskz_loadu_ps(mask, tile + r * rs + j);
+    __m512 m = _mm512_setzero_ps(), p = _mm512_setzero_ps();
+    for (int64_t r = 0; r < kc; ++r) {
+      const __m512 v = _mm512_maskz_loadu_ps(mask, tile + r * ld + j);
       m = _mm512_max_ps(m, _mm512_abs_ps(v));
       p = _mm512_add_ps(p, _mm512_sub_ps(v, v));
     }
@@ -349,30 +347,28 @@ bool column_amax_avx512(const float* tile, int64_t rs, int64_t cs, int64_t rows,
   return true;
 }
 
-bool quantize_tile_avx512(const float* tile, int64_t rs, int64_t cs, int64_t kc, int64_t nc,
-                          const float* amax, const float* poison, uint8_t* panel, int64_t blocks,
-                          int64_t b0, int64_t j_off) {
-  // A 16-column vector must be contiguous and must not straddle two strips.
-  if (cs != 1 || j_off % 16 != 0) return false;
+bool quantize_tile_avx512(const float* tile, int64_t ld, int64_t kc, int64_t nc,
+                          const float* amax, const float* poison, uint8_t* panel) {
+  const int64_t blocks = q_blocks(kc);
   const __m512i bias = _mm512_set1_epi32(128);
-  for (int64_t j = 0; j < nc; j += 16) {
+  for (int64_t j = 0; j < nc; j += 16) {  // 16 columns, never across two strips
     const __mmask16 mask = first_lanes(nc - j);
-    const int64_t col = j_off + j, lane = col % kQNr;
+    const int64_t lane = j % kQNr;
     const __m512 m = _mm512_maskz_loadu_ps(mask, amax + j), p = _mm512_maskz_loadu_ps(mask, poison + j);
     const __mmask16 finite_nonzero = _mm512_cmp_ps_mask(m, _mm512_setzero_ps(), _CMP_NEQ_OQ) &
                                      _mm512_cmp_ps_mask(p, _mm512_setzero_ps(), _CMP_EQ_OQ);
     const __m512 inv = _mm512_maskz_div_ps(finite_nonzero, _mm512_set1_ps(127.0f), m);
     const __m512 dq = _mm512_add_ps(_mm512_div_ps(m, _mm512_set1_ps(127.0f)), p);
-    for (int64_t bb = 0; bb * kQBlock < kc; ++bb) {
-      const int64_t r0 = bb * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
-      const float* src = tile + r0 * rs + j;
-      uint8_t* block = q_block_at(panel, blocks, col, b0 + bb);
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t r0 = b * kQBlock, rows = std::min<int64_t>(kQBlock, kc - r0);
+      const float* src = tile + r0 * ld + j;
+      uint8_t* block = q_block_at(panel, blocks, j, b);
       for (int g = 0; g < kQBlock / 4; ++g) {
         __m512i word = _mm512_setzero_si512();
         for (int t = 0; t < 4; ++t) {
           const int64_t r = 4 * g + t;
           const __m512i code =
-              r < rows ? _mm512_add_epi32(round_scaled(_mm512_maskz_loadu_ps(mask, src + r * rs), inv), bias)
+              r < rows ? _mm512_add_epi32(round_scaled(_mm512_maskz_loadu_ps(mask, src + r * ld), inv), bias)
                        : bias;
           word = _mm512_or_si512(word, _mm512_slli_epi32(code, 8 * t));
         }

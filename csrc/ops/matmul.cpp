@@ -171,10 +171,9 @@ class CodesRows final : public gemm::QuantBOperand {
             float* scratch) const override {
     float* amax = scratch + kc * nc;
     float* poison = amax + nc;
-    std::fill(amax, poison + nc, 0.0f);
     for (int64_t r = 0; r < kc; ++r) w_.dequantize(k0 + r, n0, nc, scratch + r * nc);
-    gemm::column_amax(scratch, nc, 1, kc, nc, amax, poison);
-    gemm::quantize_tile(scratch, nc, 1, kc, nc, amax, poison, panel, gemm::q_blocks(kc), 0, 0);
+    gemm::column_amax(scratch, nc, kc, nc, amax, poison);
+    gemm::quantize_tile(scratch, nc, kc, nc, amax, poison, panel);
   }
 
  private:
