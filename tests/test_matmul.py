@@ -163,6 +163,20 @@ def ceil_div(a, b):
     return -(a // -b)
 
 
+def panel_depth(K, align, max_panel=1024):
+    """The int8 engine's K panel depth: as few panels as fit max_panel, cut equally and rounded
+    up to `align`."""
+    return min(K, ceil_div(ceil_div(K, ceil_div(K, max_panel)), align) * align)
+
+
+def symmetric_codes(v, code_max, axis):
+    """v as codes round-half-even(v * (code_max / amax)), amax = max |v| along `axis`, all in
+    float32: (codes, scale = amax / code_max)."""
+    amax = np.abs(v).max(axis=axis, keepdims=True)
+    inv = np.where(amax > 0, np.float32(code_max) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
+    return np.rint(v * inv), amax / np.float32(code_max)
+
+
 def q8_blocks(x):
     """x [T, K] rounded as the int8 engine rounds activations: per 32 values along K,
     d = amax / 127 and code = round-half-even(x * (127 / amax)), all in float32. Returns the
@@ -170,23 +184,12 @@ def q8_blocks(x):
     T, K = x.shape
     padded = np.zeros((T, -(-K // 32) * 32), np.float32)
     padded[:, :K] = x
-    blocks = padded.reshape(T, -1, 32)
-    amax = np.abs(blocks).max(axis=2, keepdims=True)
-    inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    return np.rint(blocks * inv), amax / np.float32(127)
+    return symmetric_codes(padded.reshape(T, -1, 32), 127, axis=2)
 
 
 def q8_rows(x):
     codes, d = q8_blocks(x)
     return (codes * d).reshape(x.shape[0], -1)[:, :x.shape[1]].astype(np.float64)
-
-
-def int16_codes(v, code_max):
-    """v [rows, n] as codes round-half-even(v / scale), scale = max |v| / code_max per row, in
-    float32: (codes, scale [rows, 1])."""
-    amax = np.abs(v).max(axis=1, keepdims=True)
-    inv = np.where(amax > 0, np.float32(code_max) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-    return np.rint(v * inv), amax / np.float32(code_max)
 
 
 # Types with offsets of their own (w = d * code + c, any c): the forward sums their offsets in
@@ -211,14 +214,12 @@ def forward_offsets(x, c, qtype, max_panel=1024):
     (one scale per column and panel)."""
     codes, d = q8_blocks(x)
     sa = (d[:, :, 0] * codes.sum(axis=2).astype(np.float32)).astype(np.float32)
-    s16, s_scale = int16_codes(sa, 32767)
+    s16, s_scale = symmetric_codes(sa, 32767, axis=1)
     K, blocks = x.shape[1], c.shape[1]
-    panels = ceil_div(K, max_panel)
-    align = int(np.lcm(GGML_QUANT_SIZES[qtype][0], 64))
-    kb = min(K, ceil_div(ceil_div(K, panels), align) * align) // 32
+    kb = panel_depth(K, int(np.lcm(GGML_QUANT_SIZES[qtype][0], 64)), max_panel) // 32
     term, scale = np.zeros((x.shape[0], c.shape[0])), np.zeros((x.shape[0], c.shape[0]))
     for b0 in range(0, blocks, kb):
-        c16, c_scale = int16_codes(c[:, b0:b0 + kb], 2047)
+        c16, c_scale = symmetric_codes(c[:, b0:b0 + kb], 2047, axis=1)
         both = s_scale.astype(np.float64) @ c_scale.T.astype(np.float64)
         term += both * (s16[:, b0:b0 + kb] @ c16.T)
         scale += both * (np.abs(s16[:, b0:b0 + kb]) @ np.abs(c16).T)
@@ -229,15 +230,11 @@ def q8_columns(w, max_panel=1024):
     """W [rows, cols] rounded as the backward requantizes it: one scale per column over each
     panel of rows (the int8 engine's K panels: as few as fit max_panel rows, cut equally and
     rounded up to 32), d = amax / 127 and code = round-half-even(x * (127 / amax))."""
-    rows = w.shape[0]
-    panels = ceil_div(rows, max_panel)
-    kc = min(rows, ceil_div(ceil_div(rows, panels), 32) * 32)
+    kc = panel_depth(w.shape[0], 32, max_panel)
     out = np.empty(w.shape, np.float64)
-    for r0 in range(0, rows, kc):
-        band = w[r0:r0 + kc].astype(np.float32)
-        amax = np.abs(band).max(axis=0, keepdims=True)
-        inv = np.where(amax > 0, np.float32(127) / np.where(amax > 0, amax, 1), 0).astype(np.float32)
-        out[r0:r0 + kc] = np.rint(band * inv) * (amax / np.float32(127))
+    for r0 in range(0, w.shape[0], kc):
+        codes, d = symmetric_codes(w[r0:r0 + kc].astype(np.float32), 127, axis=0)
+        out[r0:r0 + kc] = codes * d
     return out
 
 
